@@ -1,0 +1,173 @@
+//! Frames on disk: `output/frames/NNNNNNNN.<ext>`, saved atomically, pruned by count.
+//!
+//! On start-up the archive removes temp files a crash left behind, prunes to the retention
+//! count, and tells the daemon the first free sequence number, so numbering continues across
+//! restarts and a frame's file name always means the same picture.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use crate::atomic_file::{remove_stale_temps, write_atomic};
+use crate::frame::EncodedFrame;
+
+/// Digits in a frame's file name.
+const SEQ_DIGITS: usize = 8;
+
+/// The frames folder and its retention.
+pub struct FrameArchive {
+    dir: PathBuf,
+    keep: usize,
+    kept: Mutex<VecDeque<PathBuf>>,
+}
+
+impl FrameArchive {
+    /// Opens (creating) `dir`, keeping at most `keep` frames. Returns the archive and the
+    /// sequence number after the highest one already on disk (0 for an empty folder).
+    pub fn open(dir: &Path, keep: usize) -> io::Result<(FrameArchive, u64)> {
+        let annotate =
+            |e: io::Error| io::Error::new(e.kind(), format!("frames folder {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(annotate)?;
+        remove_stale_temps(dir).map_err(annotate)?;
+        let mut existing: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(annotate)? {
+            let path = entry.map_err(annotate)?.path();
+            if let Some(seq) = parse_seq(&path) {
+                existing.push((seq, path));
+            }
+        }
+        existing.sort_unstable_by_key(|(seq, _)| *seq);
+        let next_seq = existing.last().map_or(0, |(seq, _)| seq + 1);
+        let archive = FrameArchive {
+            dir: dir.to_path_buf(),
+            keep,
+            kept: Mutex::new(existing.into_iter().map(|(_, path)| path).collect()),
+        };
+        archive.prune()?;
+        Ok((archive, next_seq))
+    }
+
+    /// The file a frame is saved to.
+    pub fn path_for(&self, frame: &EncodedFrame) -> PathBuf {
+        self.dir.join(format!(
+            "{:0width$}.{}",
+            frame.seq,
+            frame.format.extension(),
+            width = SEQ_DIGITS
+        ))
+    }
+
+    /// Writes `frame` atomically, then deletes the oldest frames beyond the retention count.
+    pub fn save(&self, frame: &EncodedFrame) -> io::Result<PathBuf> {
+        let path = self.path_for(frame);
+        write_atomic(&path, &frame.bytes)?;
+        self.kept.lock().push_back(path.clone());
+        self.prune()?;
+        Ok(path)
+    }
+
+    /// Number of frames on disk that the archive tracks.
+    pub fn len(&self) -> usize {
+        self.kept.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn prune(&self) -> io::Result<()> {
+        loop {
+            let oldest = {
+                let mut kept = self.kept.lock();
+                if kept.len() <= self.keep {
+                    return Ok(());
+                }
+                kept.pop_front()
+            };
+            if let Some(path) = oldest {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("pruning {}: {e}", path.display()),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `00000123.png` → 123; anything else → None.
+fn parse_seq(path: &Path) -> Option<u64> {
+    let stem = path.file_stem()?.to_str()?;
+    let ext = path.extension()?.to_str()?;
+    if stem.len() != SEQ_DIGITS || !matches!(ext, "png" | "jpg") {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FrameFormat;
+    use crate::frame::FrameKind;
+    use std::sync::Arc;
+
+    fn frame(seq: u64) -> EncodedFrame {
+        EncodedFrame {
+            seq,
+            kind: FrameKind::Keyframe { index: 0 },
+            format: FrameFormat::Png,
+            bytes: Arc::from(vec![seq as u8]),
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn keeps_only_the_newest_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, next) = FrameArchive::open(dir.path(), 3).unwrap();
+        assert_eq!(next, 0);
+        for seq in 0..5 {
+            archive.save(&frame(seq)).unwrap();
+        }
+        assert_eq!(
+            files(dir.path()),
+            ["00000002.png", "00000003.png", "00000004.png"]
+        );
+        assert_eq!(archive.len(), 3);
+    }
+
+    #[test]
+    fn reopening_continues_numbering_prunes_and_cleans_temps() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (archive, _) = FrameArchive::open(dir.path(), 10).unwrap();
+            for seq in 0..6 {
+                archive.save(&frame(seq)).unwrap();
+            }
+        }
+        std::fs::write(dir.path().join(".00000006.png.99.0.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let (_, next) = FrameArchive::open(dir.path(), 2).unwrap();
+        assert_eq!(next, 6);
+        assert_eq!(
+            files(dir.path()),
+            ["00000004.png", "00000005.png", "notes.txt"]
+        );
+    }
+}

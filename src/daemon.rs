@@ -1,0 +1,185 @@
+//! One running daemon: builds every component from the config, runs them, and shuts them down
+//! in order (generation, display, final status) when asked.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::atomic_file::remove_stale_temps;
+use crate::buffer::archive::FrameArchive;
+use crate::buffer::FrameBuffer;
+use crate::config::Config;
+use crate::display::{Display, DisplaySettings};
+use crate::engine::{Engine, LockStats};
+use crate::keyframes;
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::stats::Telemetry;
+use crate::status::{Lifecycle, StatusSources, StatusWriter};
+
+/// How long generation gets to wind down at shutdown before it is abandoned.
+const GENERATION_GRACE: Duration = Duration::from_millis(1000);
+
+/// What a finished run leaves behind, for `dreamd bench` and tests.
+pub struct RunReport {
+    pub telemetry: Arc<Telemetry>,
+    pub lock: LockStats,
+}
+
+/// Components that exist before the first frame (and may fail to start).
+struct Prepared {
+    engine: Arc<Engine>,
+    source: Box<dyn keyframes::KeyframeSource>,
+    archive: Arc<FrameArchive>,
+    first_seq: u64,
+}
+
+fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let output = &config.paths.output_dir;
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create output folder {}", output.display()))?;
+    let stale = remove_stale_temps(output)
+        .with_context(|| format!("cannot clean output folder {}", output.display()))?;
+    if stale > 0 {
+        tracing::info!("removed {stale} stale temporary files from {}", output.display());
+    }
+    let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
+    let engine = Arc::new(Engine::from_config(config)?);
+    let source = keyframes::from_config(config, engine.latent_shape())?;
+    Ok(Prepared {
+        engine,
+        source,
+        archive: Arc::new(archive),
+        first_seq,
+    })
+}
+
+/// Runs the daemon until `shutdown` is cancelled or `duration` passes.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    duration: Option<Duration>,
+) -> anyhow::Result<RunReport> {
+    let Prepared {
+        engine,
+        source,
+        archive,
+        first_seq,
+    } = prepare(&config)?;
+    let output = config.paths.output_dir.clone();
+    tracing::info!(
+        decoder = engine.decoder_name(),
+        device = %engine.device(),
+        source = source.name(),
+        output = %output.display(),
+        fps = config.display.target_fps,
+        frames_per_pair = config.generation.frames_per_pair,
+        size = %format!("{}x{}", config.generation.width, config.generation.height),
+        first_seq,
+        "dreamd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let telemetry = Arc::new(Telemetry::default());
+    let buffer = Arc::new(FrameBuffer::new(first_seq));
+    let status_wake = Arc::new(Notify::new());
+    let writer = Arc::new(StatusWriter::new(
+        output.clone(),
+        Arc::new(StatusSources {
+            telemetry: Arc::clone(&telemetry),
+            buffer: Arc::clone(&buffer),
+            engine: Arc::clone(&engine),
+            source_name: source.name().to_string(),
+            target_fps: config.display.target_fps,
+            target_seconds: config.buffer.target_seconds,
+        }),
+        Arc::clone(&status_wake),
+    ));
+    writer.write(Lifecycle::Running).await;
+
+    let gate_frames =
+        ((config.display.start_gate_seconds * config.display.target_fps).round() as usize).max(1);
+    let display = Display::spawn(
+        DisplaySettings {
+            interval: config.frame_interval(),
+            gate_frames,
+            output_dir: output.clone(),
+        },
+        Arc::clone(&buffer),
+        Arc::clone(&telemetry),
+        status_wake,
+    )
+    .context("cannot start the display threads")?;
+
+    let generation = shutdown.child_token();
+    let pipeline = Pipeline {
+        engine: Arc::clone(&engine),
+        buffer,
+        archive,
+        telemetry: Arc::clone(&telemetry),
+        settings: PipelineSettings::from_config(&config, first_seq),
+    };
+    let pipeline = tokio::spawn(pipeline.run(source, generation.clone()));
+    let status_stop = CancellationToken::new();
+    let status = {
+        let (writer, stop) = (Arc::clone(&writer), status_stop.clone());
+        tokio::spawn(async move { writer.run(stop).await })
+    };
+
+    match duration {
+        Some(duration) => {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(duration) => {}
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+
+    tracing::info!("stopping");
+    status_stop.cancel();
+    let _ = status.await;
+    writer.write(Lifecycle::Stopping).await;
+    generation.cancel();
+    if tokio::time::timeout(GENERATION_GRACE, pipeline).await.is_err() {
+        tracing::warn!("generation did not stop within {GENERATION_GRACE:?}; abandoning it");
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || display.stop()).await {
+        tracing::error!("display shutdown failed: {e}");
+    }
+    writer.write(Lifecycle::Stopped).await;
+    tracing::info!(
+        frames_displayed = telemetry
+            .display
+            .frames_displayed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(RunReport {
+        lock: engine.lock().stats(),
+        telemetry,
+    })
+}
+
+/// Resolves the config: `path` if given, else `./dreamd.toml` if present, else the defaults.
+/// Returns the config and a sentence saying where it came from.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
+    match path {
+        Some(path) => Ok((Config::load(path)?, format!("config {}", path.display()))),
+        None => {
+            let local = Path::new("dreamd.toml");
+            if local.is_file() {
+                Ok((Config::load(local)?, "config ./dreamd.toml".to_string()))
+            } else {
+                Ok((
+                    Config::default(),
+                    "no config file (no --config, no ./dreamd.toml): running on built-in defaults"
+                        .to_string(),
+                ))
+            }
+        }
+    }
+}

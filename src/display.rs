@@ -1,0 +1,398 @@
+//! The display: shows frames in sequence order at the target rate and publishes each one.
+//!
+//! Pacing runs on its own OS thread with absolute deadlines (`start + k·interval`), so neither
+//! the async runtime nor decode work can make it drift; a wake-up more than a whole interval
+//! late re-anchors the schedule instead of bursting. Publishing (the atomic replace of
+//! `current_frame.png`) happens on a second thread with bytes that stage 3 already encoded, so a
+//! slow disk never delays a tick.
+//!
+//! Holes never freeze the screen: a failed slot is skipped at once; a slot still pending holds
+//! the current frame for one interval, then the display skips to the next ready frame. With
+//! nothing ready it goes back to `buffering` until the start gate refills.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::Notify;
+
+use crate::atomic_file::write_atomic;
+use crate::buffer::{Front, FrameBuffer};
+use crate::frame::EncodedFrame;
+use crate::logging::EVENT;
+use crate::stats::{DisplayPhase, Stage, Telemetry};
+
+/// A wake-up later than this counts as a late tick.
+const LATE_AFTER: Duration = Duration::from_millis(2);
+/// How often the display looks at the buffer while it waits for the start gate.
+const GATE_POLL: Duration = Duration::from_millis(10);
+/// Frames queued for the publisher before the display drops the oldest.
+const PUBLISH_QUEUE: usize = 8;
+
+/// Display settings.
+#[derive(Debug, Clone)]
+pub struct DisplaySettings {
+    /// Time each frame is shown.
+    pub interval: Duration,
+    /// Ready frames needed before playback starts or restarts (at least 1).
+    pub gate_frames: usize,
+    /// Folder that receives `current_frame.<ext>`.
+    pub output_dir: PathBuf,
+}
+
+/// The running display; stopping it joins both threads.
+pub struct Display {
+    stop: Option<Sender<()>>,
+    pacer: Option<JoinHandle<()>>,
+    publisher: Option<JoinHandle<()>>,
+}
+
+impl Display {
+    /// Starts the pacing and publishing threads.
+    pub fn spawn(
+        settings: DisplaySettings,
+        buffer: Arc<FrameBuffer>,
+        telemetry: Arc<Telemetry>,
+        status_wake: Arc<Notify>,
+    ) -> std::io::Result<Display> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (publish_tx, publish_rx) = crossbeam_channel::bounded(PUBLISH_QUEUE);
+        let publisher = {
+            let telemetry = Arc::clone(&telemetry);
+            let dir = settings.output_dir.clone();
+            std::thread::Builder::new()
+                .name("display-publish".into())
+                .spawn(move || publish_loop(publish_rx, dir, telemetry))?
+        };
+        let pacer = Pacer {
+            settings,
+            buffer,
+            telemetry,
+            status_wake,
+            stop: stop_rx,
+            publish: publish_tx,
+        };
+        let pacer = std::thread::Builder::new()
+            .name("display-pacer".into())
+            .spawn(move || pacer.run())?;
+        Ok(Display {
+            stop: Some(stop_tx),
+            pacer: Some(pacer),
+            publisher: Some(publisher),
+        })
+    }
+
+    /// Stops pacing, lets the publisher finish its queue, and waits for both threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        for handle in [self.pacer.take(), self.publisher.take()].into_iter().flatten() {
+            if handle.join().is_err() {
+                tracing::error!("a display thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What the pacer does at a tick.
+enum Choice {
+    Show(Arc<EncodedFrame>),
+    Hold(u64),
+    Empty,
+}
+
+struct Pacer {
+    settings: DisplaySettings,
+    buffer: Arc<FrameBuffer>,
+    telemetry: Arc<Telemetry>,
+    status_wake: Arc<Notify>,
+    stop: Receiver<()>,
+    publish: Sender<Arc<EncodedFrame>>,
+}
+
+impl Pacer {
+    fn run(self) {
+        while self.wait_for_gate() {
+            if !self.play() {
+                break;
+            }
+        }
+        self.set_phase(DisplayPhase::Stopped);
+    }
+
+    /// Sleeps until `deadline`; false when asked to stop.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        matches!(
+            self.stop.recv_deadline(deadline),
+            Err(RecvTimeoutError::Timeout)
+        )
+    }
+
+    fn set_phase(&self, phase: DisplayPhase) {
+        if self.telemetry.display.set_phase(phase) {
+            tracing::info!(phase = ?phase, "display {}", phase_name(phase));
+            self.status_wake.notify_one();
+        }
+    }
+
+    /// Waits until enough frames are ready to (re)start playback; false when asked to stop.
+    fn wait_for_gate(&self) -> bool {
+        self.set_phase(DisplayPhase::Buffering);
+        loop {
+            // Failed slots at the front can never be shown; drop them while waiting.
+            while let Front::Failed(seq) = self.buffer.front() {
+                self.buffer.pop_front();
+                self.skipped(seq, "failed");
+            }
+            let counts = self.buffer.counts();
+            if counts.ready >= self.settings.gate_frames {
+                return true;
+            }
+            if !self.sleep_until(Instant::now() + GATE_POLL) {
+                return false;
+            }
+        }
+    }
+
+    /// Shows frames on schedule until the buffer runs dry (true) or a stop (false).
+    fn play(&self) -> bool {
+        self.set_phase(DisplayPhase::Playing);
+        let interval = self.settings.interval;
+        let mut deadline = Instant::now();
+        let mut previous_show: Option<Instant> = None;
+        let mut holding = false;
+        loop {
+            if !self.sleep_until(deadline) {
+                return false;
+            }
+            let now = Instant::now();
+            let lateness = now - deadline;
+            if lateness > LATE_AFTER {
+                self.telemetry.display.late.fetch_add(1, ORDER);
+                tracing::info!(
+                    target: EVENT,
+                    event = "display",
+                    kind = "late",
+                    late_ms = ms(lateness),
+                    "display tick {:.1} ms late",
+                    ms(lateness)
+                );
+                if lateness > interval {
+                    // Too far behind to catch up without a burst: restart the schedule now.
+                    deadline = now;
+                    previous_show = None;
+                }
+            }
+            match self.choose(&mut holding) {
+                Choice::Show(frame) => {
+                    self.show(frame, now);
+                    if let Some(previous) = previous_show {
+                        self.telemetry.display.interval(now - previous, interval);
+                    }
+                    previous_show = Some(now);
+                }
+                Choice::Hold(seq) => {
+                    self.telemetry.display.held.fetch_add(1, ORDER);
+                    tracing::warn!(
+                        target: EVENT,
+                        event = "display",
+                        kind = "held",
+                        seq,
+                        "frame {seq} not ready: holding the current frame one interval"
+                    );
+                    previous_show = None;
+                }
+                Choice::Empty => {
+                    tracing::warn!("display buffer empty: buffering");
+                    return true;
+                }
+            }
+            deadline += interval;
+        }
+    }
+
+    /// Picks the frame for this tick, skipping failed slots, and pending ones after one hold.
+    fn choose(&self, holding: &mut bool) -> Choice {
+        loop {
+            match self.buffer.front() {
+                Front::Ready(frame) => {
+                    self.buffer.pop_front();
+                    *holding = false;
+                    return Choice::Show(frame);
+                }
+                Front::Failed(seq) => {
+                    self.buffer.pop_front();
+                    self.skipped(seq, "failed");
+                }
+                Front::Pending(seq) => {
+                    if !*holding {
+                        *holding = true;
+                        return Choice::Hold(seq);
+                    }
+                    if self.buffer.counts().ready == 0 {
+                        *holding = false;
+                        return Choice::Empty;
+                    }
+                    self.buffer.pop_front();
+                    self.skipped(seq, "late");
+                }
+                Front::Empty => {
+                    *holding = false;
+                    return Choice::Empty;
+                }
+            }
+        }
+    }
+
+    fn skipped(&self, seq: u64, reason: &str) {
+        self.telemetry.display.skipped.fetch_add(1, ORDER);
+        tracing::warn!(
+            target: EVENT,
+            event = "display",
+            kind = "skipped",
+            seq,
+            reason,
+            "skipped frame {seq} ({reason})"
+        );
+    }
+
+    fn show(&self, frame: Arc<EncodedFrame>, at: Instant) {
+        self.telemetry.display.shown(frame.seq, at);
+        if let Err(crossbeam_channel::TrySendError::Full(_)) = self.publish.try_send(frame) {
+            // The publisher is behind (slow disk); the file will catch up with a later frame.
+            self.telemetry.display.publish_failures.fetch_add(1, ORDER);
+        }
+    }
+}
+
+const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+fn phase_name(phase: DisplayPhase) -> &'static str {
+    match phase {
+        DisplayPhase::Starting => "starting",
+        DisplayPhase::Buffering => "buffering",
+        DisplayPhase::Playing => "playing",
+        DisplayPhase::Stopped => "stopped",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Writes the newest queued frame to `current_frame.<ext>`, atomically, until the display stops.
+fn publish_loop(queue: Receiver<Arc<EncodedFrame>>, dir: PathBuf, telemetry: Arc<Telemetry>) {
+    while let Ok(mut frame) = queue.recv() {
+        // Only the newest frame matters; older queued ones are already off screen.
+        if let Some(newest) = queue.try_iter().last() {
+            frame = newest;
+        }
+        let path = dir.join(format!("current_frame.{}", frame.format.extension()));
+        if let Err(e) = write_atomic(&path, &frame.bytes) {
+            telemetry.display.publish_failures.fetch_add(1, ORDER);
+            telemetry
+                .pipeline
+                .record_failure(Stage::Publish, e.to_string());
+            tracing::warn!(seq = frame.seq, "cannot publish current frame: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FrameFormat;
+    use crate::frame::FrameKind;
+
+    fn frame(seq: u64) -> Arc<EncodedFrame> {
+        Arc::new(EncodedFrame {
+            seq,
+            kind: FrameKind::Keyframe { index: 0 },
+            format: FrameFormat::Png,
+            bytes: Arc::from(seq.to_le_bytes().to_vec()),
+        })
+    }
+
+    fn start(buffer: &Arc<FrameBuffer>, gate: usize) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Arc::new(Telemetry::default());
+        let display = Display::spawn(
+            DisplaySettings {
+                interval: Duration::from_millis(20),
+                gate_frames: gate,
+                output_dir: dir.path().to_path_buf(),
+            },
+            Arc::clone(buffer),
+            Arc::clone(&telemetry),
+            Arc::new(Notify::new()),
+        )
+        .unwrap();
+        (display, telemetry, dir)
+    }
+
+    fn wait_for(mut done: impl FnMut() -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < give_up, "condition not reached in 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn shows_frames_in_order_and_publishes_the_current_one() {
+        let buffer = Arc::new(FrameBuffer::new(0));
+        buffer.register(0, 5).unwrap();
+        for seq in 0..5 {
+            buffer.fulfil(frame(seq));
+        }
+        let (display, telemetry, dir) = start(&buffer, 5);
+        wait_for(|| telemetry.display.frames_displayed.load(ORDER) == 5);
+        wait_for(|| {
+            std::fs::read(dir.path().join("current_frame.png")).ok()
+                == Some(4u64.to_le_bytes().to_vec())
+        });
+        assert_eq!(telemetry.display.current_sequence(), Some(4));
+        wait_for(|| telemetry.display.phase() == DisplayPhase::Buffering);
+        display.stop();
+        assert_eq!(telemetry.display.phase(), DisplayPhase::Stopped);
+        assert_eq!(telemetry.display.skipped.load(ORDER), 0);
+    }
+
+    #[test]
+    fn failed_slots_are_skipped_and_a_stuck_one_held_then_skipped() {
+        let buffer = Arc::new(FrameBuffer::new(0));
+        buffer.register(0, 4).unwrap();
+        buffer.fulfil(frame(0));
+        buffer.fail(1);
+        // 2 stays pending for ever; 3 is ready.
+        buffer.fulfil(frame(3));
+        let (display, telemetry, _dir) = start(&buffer, 1);
+        wait_for(|| telemetry.display.current_sequence() == Some(3));
+        let d = &telemetry.display;
+        assert_eq!(d.frames_displayed.load(ORDER), 2);
+        assert_eq!(d.skipped.load(ORDER), 2);
+        assert_eq!(d.held.load(ORDER), 1);
+        display.stop();
+    }
+
+    #[test]
+    fn stops_promptly_while_buffering() {
+        let buffer = Arc::new(FrameBuffer::new(0));
+        let (display, telemetry, _dir) = start(&buffer, 3);
+        wait_for(|| telemetry.display.phase() == DisplayPhase::Buffering);
+        let started = Instant::now();
+        display.stop();
+        assert!(started.elapsed() < Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,65 @@
+//! Keyframes: the endpoints the pipeline interpolates between, and the sources that make them.
+//!
+//! A source is asynchronous and fallible: the coordinator asks it for keyframe `k` under a
+//! timeout, and a failure costs that keyframe's frames, never the pipeline.
+
+pub mod procedural;
+
+use async_trait::async_trait;
+use image::RgbImage;
+
+use crate::config::{Config, SourceKind};
+use crate::latent::{Latent, LatentError, LatentShape};
+
+/// One keyframe: its latent, and its picture when the source has one (an image folder does; a
+/// latent-only source leaves the decoder to draw it).
+#[derive(Debug, Clone)]
+pub struct Keyframe {
+    /// Keyframe number, from 0.
+    pub index: u64,
+    pub latent: Latent,
+    pub image: Option<RgbImage>,
+}
+
+/// Why a keyframe could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyframeError {
+    #[error("keyframe source {source_name}: {message}")]
+    Source {
+        source_name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Latent(#[from] LatentError),
+    #[error("keyframe worker stopped: {0}")]
+    Worker(String),
+}
+
+/// Something that makes keyframes.
+#[async_trait]
+pub trait KeyframeSource: Send {
+    /// Short name for logs and status (`procedural`, `images`, …).
+    fn name(&self) -> &str;
+
+    /// The current theme or prompt, when the source has one.
+    fn theme(&self) -> Option<String> {
+        None
+    }
+
+    /// Makes keyframe `index`. Blocking work inside must go to the blocking pool.
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError>;
+}
+
+/// Builds the source that `config` names, making latents of `shape`.
+pub fn from_config(
+    config: &Config,
+    shape: LatentShape,
+) -> Result<Box<dyn KeyframeSource>, KeyframeError> {
+    match config.keyframes.source {
+        SourceKind::Procedural => Ok(Box::new(procedural::ProceduralSource::new(
+            config.keyframes.seed,
+            config.keyframes.drift,
+            shape,
+        ))),
+    }
+}

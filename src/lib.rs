@@ -1,0 +1,22 @@
+//! dreamd: a realtime frame-generation daemon.
+//!
+//! Keyframes come from a [`keyframes`] source; the [`pipeline`] slerps the in-between
+//! [`latent`]s of each pair, decodes them in one batched call under the [`engine`]'s GPU lock,
+//! and saves the encoded frames into the [`buffer`]. The [`display`] plays them at the target
+//! rate and publishes the current frame; the [`status`] writer keeps `status.json` current.
+//! [`daemon`] wires these together; the README's architecture section draws the flow.
+
+pub mod atomic_file;
+pub mod bench;
+pub mod buffer;
+pub mod config;
+pub mod daemon;
+pub mod display;
+pub mod engine;
+pub mod frame;
+pub mod keyframes;
+pub mod latent;
+pub mod logging;
+pub mod pipeline;
+pub mod stats;
+pub mod status;

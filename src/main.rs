@@ -1,0 +1,198 @@
+//! The `dreamd` command line: `run`, `init`, `bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use dreamd::config::DEFAULT_CONFIG_TOML;
+use dreamd::{bench, daemon, logging};
+
+#[derive(Parser)]
+#[command(name = "dreamd", version, about = "Realtime frame-generation daemon: an endless, smoothly morphing stream of images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (on built-in defaults when no config file is found).
+    Run {
+        /// Config file (default: ./dreamd.toml if it exists, else built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Output folder (overrides paths.output_dir).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Stop gracefully after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Write a commented default config file.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "dreamd.toml")]
+        path: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure the daemon.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Run the real daemon on the embedded default and report display pacing, lock and memory.
+    Pacing {
+        /// Config file to start from (gate, output and log folders are overridden).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long to run.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Target fps (overrides display.target_fps).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dreamd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { path, force } => init(&path, force),
+        Command::Run {
+            config,
+            output,
+            duration,
+        } => {
+            let (mut config, origin) = daemon::load_config(config.as_deref())?;
+            if let Some(output) = output {
+                config.paths.output_dir = output;
+            }
+            let duration = duration.map(seconds).transpose()?;
+            let _logs = logging::init(&config.logging, &config.paths.log_dir)?;
+            tracing::info!("{origin}");
+            runtime()?.block_on_with_signals(|shutdown| daemon::run(config, shutdown, duration))?;
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Pacing {
+                    config,
+                    seconds: secs,
+                    fps,
+                    json,
+                },
+        } => {
+            let (mut config, _) = daemon::load_config(config.as_deref())?;
+            if let Some(fps) = fps {
+                config.display.target_fps = fps;
+            }
+            config.logging.level = "warn".to_string();
+            config.validate()?;
+            seconds(secs)?;
+            let _logs = logging::init(&config.logging, &std::env::temp_dir().join("dreamd-bench-logs"))?;
+            let options = bench::PacingOptions {
+                seconds: secs,
+                warmup_seconds: (secs * 0.1).min(10.0),
+            };
+            let report = runtime()?.block_on_with_signals(|_| bench::pacing(config, options))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn seconds(value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("a duration must be a positive number of seconds (got {value})"))
+}
+
+fn init(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; use --force to replace it",
+            path.display()
+        );
+    }
+    std::fs::write(path, DEFAULT_CONFIG_TOML)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The multi-threaded runtime every command runs on.
+struct Runtime(tokio::runtime::Runtime);
+
+fn runtime() -> anyhow::Result<Runtime> {
+    Ok(Runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("dreamd-rt")
+            .build()
+            .context("cannot start the async runtime")?,
+    ))
+}
+
+impl Runtime {
+    /// Runs `main` with a token that SIGINT or SIGTERM cancels; afterwards gives blocking work
+    /// still running (a hung decode, say) a short grace and exits without waiting for it.
+    fn block_on_with_signals<F, Fut, T>(self, main: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let shutdown = CancellationToken::new();
+        let result = self.0.block_on(async {
+            let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let result = main(shutdown.clone()).await;
+            signals.abort();
+            result
+        });
+        self.0.shutdown_timeout(Duration::from_millis(200));
+        result
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with the duration or kill");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,531 @@
+//! The pipeline: a coordinator on tokio that turns keyframes into a gap-free, ordered stream of
+//! frames in the buffer.
+//!
+//! For every keyframe `k` the coordinator registers the sequence numbers of the pair
+//! `(k−1, k)` up front (in-betweens at `base + (k−1)(N+1) + i`, keyframe `k` at
+//! `base + k(N+1)`), then runs the three [`stages`] on the blocking pool, each under its own
+//! timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
+//! pair overlaps stages 1–2 of the next. A failed or late stage marks its frames failed and
+//! is logged; the coordinator moves on to the next pair. Generation pauses while the buffer
+//! holds its target.
+
+pub mod stages;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::archive::FrameArchive;
+use crate::buffer::FrameBuffer;
+use crate::config::{Config, FrameFormat, TimeoutsConfig};
+use crate::engine::{Engine, LockAccount};
+use crate::frame::FrameKind;
+use crate::keyframes::{Keyframe, KeyframeSource};
+use crate::logging::EVENT;
+use crate::stats::{Stage, Telemetry};
+use stages::{PendingFrame, SaveReport};
+
+/// Pairs whose frames may be saving at once; beyond this the coordinator waits.
+const SAVES_IN_FLIGHT: usize = 2;
+/// How long a keyframe failure backs off at first, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the pipeline needs from the config.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub frames_per_pair: usize,
+    /// Frames registered ahead of the display at which generation pauses.
+    pub buffer_frames: usize,
+    pub format: FrameFormat,
+    pub jpeg_quality: u8,
+    pub timeouts: TimeoutsConfig,
+    /// Sequence number of keyframe 0.
+    pub first_seq: u64,
+}
+
+impl PipelineSettings {
+    pub fn from_config(config: &Config, first_seq: u64) -> Self {
+        Self {
+            frames_per_pair: config.generation.frames_per_pair as usize,
+            buffer_frames: config.buffer_frames(),
+            format: config.output.format,
+            jpeg_quality: config.output.jpeg_quality,
+            timeouts: config.timeouts.clone(),
+            first_seq,
+        }
+    }
+
+    /// Sequence number of keyframe `k`.
+    pub fn keyframe_seq(&self, k: u64) -> u64 {
+        self.first_seq + k * (self.frames_per_pair as u64 + 1)
+    }
+}
+
+/// One keyframe from the producer: made, or failed with a reason.
+struct KeyframeResult {
+    index: u64,
+    result: Result<Keyframe, String>,
+}
+
+/// The coordinator and what it drives.
+pub struct Pipeline {
+    pub engine: Arc<Engine>,
+    pub buffer: Arc<FrameBuffer>,
+    pub archive: Arc<FrameArchive>,
+    pub telemetry: Arc<Telemetry>,
+    pub settings: PipelineSettings,
+}
+
+impl Pipeline {
+    /// Runs until `shutdown`; returns after in-flight saves finish or are abandoned.
+    pub async fn run(self, source: Box<dyn KeyframeSource>, shutdown: CancellationToken) {
+        let (keyframes_tx, mut keyframes) = mpsc::channel(1);
+        let producer = tokio::spawn(produce_keyframes(
+            source,
+            keyframes_tx,
+            self.settings.clone(),
+            Arc::clone(&self.telemetry),
+            shutdown.clone(),
+        ));
+        let saves = Arc::new(Semaphore::new(SAVES_IN_FLIGHT));
+        let mut previous: Option<Keyframe> = None;
+        loop {
+            if !self.wait_for_room(&shutdown).await {
+                break;
+            }
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = keyframes.recv() => next,
+            };
+            let Some(KeyframeResult { index, result }) = next else {
+                break;
+            };
+            let Some(first_seq) = self.register(index) else {
+                break;
+            };
+            match result {
+                Ok(keyframe) => {
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        permit = Arc::clone(&saves).acquire_owned() => permit,
+                    };
+                    let Ok(permit) = permit else { break };
+                    let pair = PairJob {
+                        from: previous.take(),
+                        to: keyframe.clone(),
+                        first_seq,
+                    };
+                    self.run_pair(pair, permit, &shutdown).await;
+                    previous = Some(keyframe);
+                }
+                Err(reason) => {
+                    // Keep the last good keyframe; the next pair interpolates from it.
+                    let last = self.settings.keyframe_seq(index);
+                    for seq in first_seq..=last {
+                        self.buffer.fail(seq);
+                    }
+                    log_failed_pair(index, first_seq, last, Stage::Keyframe, &reason);
+                }
+            }
+        }
+        shutdown.cancel();
+        let _ = producer.await;
+        // Give in-flight saves a moment to land; their slots are failed otherwise.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            saves.acquire_many(SAVES_IN_FLIGHT as u32),
+        )
+        .await;
+    }
+
+    /// Waits until the buffer has room for another pair; false on shutdown.
+    async fn wait_for_room(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                room = self.buffer.wait_for_room(self.settings.buffer_frames, Duration::from_millis(250)) => {
+                    if room {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers the slots that keyframe `index` completes: the in-betweens before it and the
+    /// keyframe itself. Returns the first registered sequence number.
+    fn register(&self, index: u64) -> Option<u64> {
+        let last = self.settings.keyframe_seq(index);
+        let first = if index == 0 {
+            last
+        } else {
+            last - self.settings.frames_per_pair as u64
+        };
+        match self.buffer.register(first, (last - first + 1) as usize) {
+            Ok(()) => Some(first),
+            Err(e) => {
+                // Cannot happen while this coordinator is the only registrant.
+                tracing::error!("frame buffer refused registration: {e}");
+                None
+            }
+        }
+    }
+
+    /// Stages 1 and 2 here; stage 3 in a task that holds `permit` until the frames are saved.
+    async fn run_pair(
+        &self,
+        job: PairJob,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        shutdown: &CancellationToken,
+    ) {
+        let started = Instant::now();
+        let timeouts = &self.settings.timeouts;
+        let n = self.settings.frames_per_pair;
+        let job = Arc::new(job);
+        let last_seq = job.first_seq + job.slot_count(n) as u64 - 1;
+
+        let batch = {
+            let work = Arc::clone(&job);
+            let stage = tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                stages::slerp_stage(work.from.as_ref(), &work.to, n).map(|b| (b, start.elapsed()))
+            });
+            match run_stage(stage, timeouts.slerp(), shutdown).await {
+                StageOutcome::Done(Ok(batch)) => batch,
+                StageOutcome::Done(Err(e)) => {
+                    return self.fail_pair(&job, last_seq, Stage::Slerp, &e.to_string())
+                }
+                StageOutcome::Failed(reason) => {
+                    return self.fail_pair(&job, last_seq, Stage::Slerp, &reason)
+                }
+                StageOutcome::Shutdown => return self.abandon(&job, last_seq),
+            }
+        };
+        let (batch, slerp_time) = batch;
+        let batch_size = batch.len();
+
+        let account = Arc::new(LockAccount::default());
+        let decoded = {
+            let (work, engine, account) =
+                (Arc::clone(&job), Arc::clone(&self.engine), Arc::clone(&account));
+            let lock_timeout = timeouts.decode();
+            let stage = tokio::task::spawn_blocking(move || {
+                stages::decode_stage(&engine, &batch, &work.to, &account, lock_timeout)
+            });
+            match run_stage(stage, timeouts.decode(), shutdown).await {
+                StageOutcome::Done(Ok(output)) => output,
+                StageOutcome::Done(Err(e)) => {
+                    return self.fail_pair(&job, last_seq, Stage::Decode, &e.to_string())
+                }
+                StageOutcome::Failed(reason) => {
+                    return self.fail_pair(&job, last_seq, Stage::Decode, &reason)
+                }
+                StageOutcome::Shutdown => return self.abandon(&job, last_seq),
+            }
+        };
+
+        let frames = job.frames(decoded.images, n);
+        let frames_made = frames.len();
+        let save = {
+            let (buffer, archive) = (Arc::clone(&self.buffer), Arc::clone(&self.archive));
+            let (format, quality) = (self.settings.format, self.settings.jpeg_quality);
+            tokio::task::spawn_blocking(move || {
+                stages::save_stage(frames, format, quality, &buffer, &archive)
+            })
+        };
+        let timing = PairTiming {
+            started,
+            slerp: slerp_time,
+            decode: decoded.decode,
+            resize: decoded.resize,
+            batch_size,
+            frames: frames_made,
+            account,
+        };
+        let (buffer, telemetry) = (Arc::clone(&self.buffer), Arc::clone(&self.telemetry));
+        let save_timeout = timeouts.save();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let outcome = run_stage(save, save_timeout, &shutdown).await;
+            drop(permit);
+            finish_pair(&job, last_seq, n, outcome, timing, &buffer, &telemetry);
+        });
+    }
+
+    fn fail_pair(&self, job: &PairJob, last_seq: u64, stage: Stage, reason: &str) {
+        for seq in job.first_seq..=last_seq {
+            self.buffer.fail(seq);
+        }
+        self.telemetry.pipeline.record_failure(stage, reason);
+        log_failed_pair(job.to.index, job.first_seq, last_seq, stage, reason);
+    }
+
+    fn abandon(&self, job: &PairJob, last_seq: u64) {
+        for seq in job.first_seq..=last_seq {
+            self.buffer.fail(seq);
+        }
+    }
+}
+
+/// A pair to interpolate: from the last good keyframe (none at start) to `to`.
+struct PairJob {
+    from: Option<Keyframe>,
+    to: Keyframe,
+    first_seq: u64,
+}
+
+impl PairJob {
+    /// Registered slots: N in-betweens and the keyframe, or the keyframe alone for keyframe 0.
+    fn slot_count(&self, frames_per_pair: usize) -> usize {
+        if self.to.index == 0 {
+            1
+        } else {
+            frames_per_pair + 1
+        }
+    }
+
+    /// Matches decoded pictures to sequence numbers. Without a `from` keyframe (keyframe 0, or
+    /// after a failed keyframe at the start) only the keyframe itself is drawn; its in-between
+    /// slots are failed by the caller.
+    fn frames(&self, images: Vec<image::RgbImage>, frames_per_pair: usize) -> Vec<PendingFrame> {
+        let to = self.to.index;
+        let keyframe_seq = self.first_seq + self.slot_count(frames_per_pair) as u64 - 1;
+        let inbetweens = images.len().saturating_sub(1);
+        images
+            .into_iter()
+            .enumerate()
+            .map(|(i, image)| {
+                if i == inbetweens {
+                    PendingFrame {
+                        seq: keyframe_seq,
+                        kind: FrameKind::Keyframe { index: to },
+                        image,
+                    }
+                } else {
+                    let step = i as u32 + 1;
+                    PendingFrame {
+                        seq: self.first_seq + i as u64,
+                        kind: FrameKind::Inbetween {
+                            from: to - 1,
+                            step,
+                            t: step as f32 / (frames_per_pair + 1) as f32,
+                        },
+                        image,
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Timings carried from stages 1–2 to the end of stage 3.
+struct PairTiming {
+    started: Instant,
+    slerp: Duration,
+    decode: Duration,
+    resize: Duration,
+    batch_size: usize,
+    frames: usize,
+    account: Arc<LockAccount>,
+}
+
+enum StageOutcome<T> {
+    Done(T),
+    /// Timed out or the worker died; the reason says which.
+    Failed(String),
+    Shutdown,
+}
+
+/// Awaits a blocking stage under `timeout`, giving up on shutdown.
+async fn run_stage<T>(
+    stage: tokio::task::JoinHandle<T>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> StageOutcome<T> {
+    tokio::select! {
+        _ = shutdown.cancelled() => StageOutcome::Shutdown,
+        result = tokio::time::timeout(timeout, stage) => match result {
+            Ok(Ok(value)) => StageOutcome::Done(value),
+            Ok(Err(join)) => StageOutcome::Failed(format!("worker failed: {join}")),
+            Err(_) => StageOutcome::Failed(format!("timed out after {:.1} s", timeout.as_secs_f64())),
+        },
+    }
+}
+
+/// Records the end of a pair: stats, failed slots, and its one JSON event.
+fn finish_pair(
+    job: &PairJob,
+    last_seq: u64,
+    frames_per_pair: usize,
+    outcome: StageOutcome<SaveReport>,
+    timing: PairTiming,
+    buffer: &FrameBuffer,
+    telemetry: &Telemetry,
+) {
+    let report = match outcome {
+        StageOutcome::Done(report) => report,
+        StageOutcome::Failed(reason) => SaveReport {
+            first_error: Some(reason),
+            ..SaveReport::default()
+        },
+        StageOutcome::Shutdown => SaveReport::default(),
+    };
+    // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
+    for seq in job.first_seq..=last_seq {
+        buffer.fail(seq);
+    }
+    let pipeline = &telemetry.pipeline;
+    let ok = report.first_error.is_none() && report.ready == job.slot_count(frames_per_pair);
+    if let Some(error) = &report.first_error {
+        pipeline.record_failure(Stage::Save, error.clone());
+    }
+    let total = timing.started.elapsed();
+    let decode_ms = ms(timing.decode);
+    pipeline.pairs.fetch_add(1, ORDER);
+    let inbetweens_ready = report.ready.saturating_sub(1) as u64;
+    pipeline
+        .interpolated_frames
+        .fetch_add(inbetweens_ready, ORDER);
+    pipeline.record_pair(timing.frames, decode_ms, total);
+    let from = job.from.as_ref().map_or(job.to.index, |k| k.index);
+    let per_frame = if timing.frames > 0 {
+        decode_ms / timing.frames as f64
+    } else {
+        0.0
+    };
+    tracing::info!(
+        target: EVENT,
+        event = "pair",
+        from,
+        to = job.to.index,
+        first_seq = job.first_seq,
+        last_seq,
+        frames = timing.frames,
+        frames_ready = report.ready,
+        batch_size = timing.batch_size,
+        slerp_ms = ms(timing.slerp),
+        decode_ms,
+        decode_ms_per_frame = per_frame,
+        resize_ms = ms(timing.resize),
+        save_ms = ms(report.elapsed),
+        total_ms = ms(total),
+        lock_wait_ms = ms(timing.account.wait()),
+        lock_hold_ms = ms(timing.account.hold()),
+        lock_acquisitions = timing.account.acquisitions(),
+        write_failures = report.write_failures,
+        outcome = if ok { "ok" } else { "partial" },
+        error = report.first_error.as_deref().unwrap_or(""),
+        "pair {from}->{} done: {} frames in {:.0} ms (decode {:.1} ms/frame)",
+        job.to.index,
+        report.ready,
+        ms(total),
+        per_frame,
+    );
+}
+
+fn log_failed_pair(to: u64, first_seq: u64, last_seq: u64, stage: Stage, reason: &str) {
+    tracing::warn!(
+        target: EVENT,
+        event = "pair",
+        from = to.saturating_sub(1),
+        to,
+        first_seq,
+        last_seq,
+        frames = 0,
+        frames_ready = 0,
+        lock_acquisitions = 0,
+        outcome = "failed",
+        stage = stage.as_str(),
+        error = reason,
+        "pair ending at keyframe {to} failed in {stage}: {reason}; frames {first_seq}-{last_seq} skipped"
+    );
+}
+
+const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// Makes keyframes 0, 1, 2, … ahead of the coordinator (one in hand, one being made), each
+/// under the keyframe timeout, backing off after failures.
+async fn produce_keyframes(
+    mut source: Box<dyn KeyframeSource>,
+    results: mpsc::Sender<KeyframeResult>,
+    settings: PipelineSettings,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    let timeout = settings.timeouts.keyframe();
+    let mut backoff = FIRST_BACKOFF;
+    for index in 0u64.. {
+        let started = Instant::now();
+        let made = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            made = tokio::time::timeout(timeout, source.keyframe(index)) => made,
+        };
+        let elapsed = started.elapsed();
+        let result = match made {
+            Ok(Ok(keyframe)) => Ok(keyframe),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("timed out after {:.1} s", timeout.as_secs_f64())),
+        };
+        let seq = settings.keyframe_seq(index);
+        let pipeline = &telemetry.pipeline;
+        match &result {
+            Ok(_) => {
+                pipeline.keyframes.fetch_add(1, ORDER);
+                pipeline.record_keyframe_ms(ms(elapsed));
+                pipeline.set_theme(source.theme());
+                tracing::info!(
+                    target: EVENT,
+                    event = "keyframe",
+                    index,
+                    seq,
+                    source = source.name(),
+                    ms = ms(elapsed),
+                    outcome = "ok",
+                    "keyframe {index} from {} in {:.1} ms",
+                    source.name(),
+                    ms(elapsed)
+                );
+            }
+            Err(reason) => {
+                pipeline.record_failure(Stage::Keyframe, reason.clone());
+                tracing::warn!(
+                    target: EVENT,
+                    event = "keyframe",
+                    index,
+                    seq,
+                    source = source.name(),
+                    ms = ms(elapsed),
+                    outcome = "failed",
+                    error = reason.as_str(),
+                    "keyframe {index} from {} failed: {reason}",
+                    source.name()
+                );
+            }
+        }
+        let failed = result.is_err();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            sent = results.send(KeyframeResult { index, result }) => {
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            backoff = FIRST_BACKOFF;
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The three stages of a pair, each a blocking function run on the blocking pool:
+//! slerp the in-between latents (no lock), decode the batch (one GPU-lock acquisition, one
+//! decoder call), encode and save the frames (atomic writes, filling the buffer as each is done).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use crate::buffer::archive::FrameArchive;
+use crate::buffer::FrameBuffer;
+use crate::config::FrameFormat;
+use crate::engine::{DecodeOutput, Engine, EngineError, LockAccount};
+use crate::frame::{encode, EncodedFrame, FrameKind};
+use crate::keyframes::Keyframe;
+use crate::latent::{inbetween_factors, slerp_batch, LatentBatch, LatentError};
+
+/// Stage 1: the latents to decode for a pair ending at `to`: the N in-betweens from `from`
+/// (none when there is no `from`), then `to` itself unless it already has a picture.
+pub fn slerp_stage(
+    from: Option<&Keyframe>,
+    to: &Keyframe,
+    frames_per_pair: usize,
+) -> Result<LatentBatch, LatentError> {
+    let mut batch = match from {
+        Some(from) => slerp_batch(&from.latent, &to.latent, &inbetween_factors(frames_per_pair))?,
+        None => LatentBatch::with_capacity(to.latent.shape(), 1),
+    };
+    if to.image.is_none() {
+        batch.push(&to.latent)?;
+    }
+    Ok(batch)
+}
+
+/// Stage 2: decodes the batch under one lock acquisition; appends `to`'s own picture, resized,
+/// when it has one.
+pub fn decode_stage(
+    engine: &Engine,
+    batch: &LatentBatch,
+    to: &Keyframe,
+    account: &LockAccount,
+    lock_timeout: Duration,
+) -> Result<DecodeOutput, EngineError> {
+    let mut output = if batch.is_empty() {
+        DecodeOutput {
+            images: Vec::new(),
+            decode: Duration::ZERO,
+            resize: Duration::ZERO,
+        }
+    } else {
+        engine.decode_batch(batch, account, lock_timeout)?
+    };
+    if let Some(image) = &to.image {
+        let (w, h) = engine.output_size();
+        output
+            .images
+            .push(crate::engine::resize::resize_rgb(image.clone(), w, h)?);
+    }
+    Ok(output)
+}
+
+/// A picture waiting for stage 3, with its place in the sequence.
+pub struct PendingFrame {
+    pub seq: u64,
+    pub kind: FrameKind,
+    pub image: RgbImage,
+}
+
+/// What stage 3 did.
+#[derive(Debug, Default)]
+pub struct SaveReport {
+    /// Frames that reached the buffer.
+    pub ready: usize,
+    /// Frames that could not be encoded (their slots are failed).
+    pub encode_failures: usize,
+    /// Frames in the buffer whose file could not be written.
+    pub write_failures: usize,
+    /// The first error met, for the log.
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// Stage 3: encodes each frame once, hands it to the buffer (so the display can use it at
+/// once), and saves it to the archive. A frame whose file cannot be written still plays.
+pub fn save_stage(
+    frames: Vec<PendingFrame>,
+    format: FrameFormat,
+    jpeg_quality: u8,
+    buffer: &FrameBuffer,
+    archive: &FrameArchive,
+) -> SaveReport {
+    let start = Instant::now();
+    let mut report = SaveReport::default();
+    for pending in frames {
+        let bytes = match encode(&pending.image, format, jpeg_quality) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                buffer.fail(pending.seq);
+                report.encode_failures += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("encoding frame {}: {e}", pending.seq));
+                continue;
+            }
+        };
+        let frame = Arc::new(EncodedFrame {
+            seq: pending.seq,
+            kind: pending.kind,
+            format,
+            bytes: Arc::from(bytes),
+        });
+        if buffer.fulfil(Arc::clone(&frame)) {
+            report.ready += 1;
+        }
+        if let Err(e) = archive.save(&frame) {
+            report.write_failures += 1;
+            report.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+    report.elapsed = start.elapsed();
+    report
+}

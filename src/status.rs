@@ -1,0 +1,401 @@
+//! `status.json`: the status document and the one task that writes it.
+//!
+//! The [`StatusWriter`] is the only writer of the file. It writes about once a second and
+//! whenever it is woken by a state change, atomically (temp file, fsync, rename), and a final
+//! time with state `stopped` at shutdown. The document starts with the original Dream Window's
+//! flat keys (the Rainmeter skin's keys first, in the order its regex expects), pretty-printed
+//! with `"key": value` as the original wrote them, followed by dreamd's own sections.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::atomic_file::write_atomic;
+use crate::buffer::FrameBuffer;
+use crate::engine::Engine;
+use crate::logging::EVENT;
+use crate::stats::{DisplayPhase, Stage, Telemetry};
+
+/// A failure this recent makes the state `degraded`.
+pub const DEGRADED_WINDOW: Duration = Duration::from_secs(30);
+/// How often the document is rewritten when nothing changes.
+const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// How often a `buffer` event goes to the JSON log.
+const BUFFER_EVENT_EVERY: Duration = Duration::from_secs(5);
+
+/// The daemon's state as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    Starting,
+    Buffering,
+    Playing,
+    Paused,
+    Degraded,
+    Stopping,
+    Stopped,
+}
+
+impl DaemonState {
+    /// The original's `status` word for this state.
+    fn legacy_status(self) -> &'static str {
+        match self {
+            DaemonState::Starting => "initializing",
+            DaemonState::Buffering => "buffering",
+            DaemonState::Playing => "live",
+            DaemonState::Paused => "paused",
+            DaemonState::Degraded => "degraded",
+            DaemonState::Stopping | DaemonState::Stopped => "stopped",
+        }
+    }
+
+    fn controller_status(self) -> &'static str {
+        match self {
+            DaemonState::Starting => "starting",
+            DaemonState::Buffering | DaemonState::Playing | DaemonState::Degraded => "generating",
+            DaemonState::Paused => "paused",
+            DaemonState::Stopping => "stopping",
+            DaemonState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Where the daemon is in its life, as the writer is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    Stopping,
+    Stopped,
+}
+
+/// The whole document. Field order is the key order in the file.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusDocument {
+    // The Rainmeter skin's keys, in the order of its regex.
+    pub frame_number: u64,
+    pub generation_time: f64,
+    pub status: &'static str,
+    pub current_mode: &'static str,
+    pub current_prompt: String,
+    pub cache_size: u64,
+    pub uptime_hours: f64,
+    pub daemon_status: &'static str,
+    pub comfyui_status: &'static str,
+    pub controller_status: &'static str,
+    pub is_buffering: bool,
+    // The original controller's other flat keys.
+    pub buffer_filled: usize,
+    pub buffer_target: usize,
+    pub buffer_seconds: f64,
+    pub buffer_percentage: f64,
+    pub keyframes_generated: u64,
+    pub interpolations_generated: u64,
+    pub uptime_minutes: f64,
+    pub vae_lock_acquisitions: u64,
+    pub vae_lock_avg_wait_ms: f64,
+    pub vae_lock_max_wait_ms: f64,
+    pub last_update: String,
+    // dreamd's schema.
+    pub state: DaemonState,
+    pub updated_at: String,
+    pub uptime_s: f64,
+    pub pid: u32,
+    pub display: DisplaySection,
+    pub buffer: BufferSection,
+    pub generation: GenerationSection,
+    pub gpu_lock: GpuLockSection,
+    pub failures: FailureSection,
+    pub theme: Option<String>,
+    pub last_error: Option<ErrorSection>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DisplaySection {
+    pub target_fps: f64,
+    pub actual_fps: f64,
+    pub frames_displayed: u64,
+    pub current_sequence: Option<u64>,
+    pub late: u64,
+    pub held: u64,
+    pub skipped: u64,
+    pub interval_error_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BufferSection {
+    pub seconds: f64,
+    pub target_seconds: f64,
+    pub percentage: f64,
+    pub frames_ready: usize,
+    pub frames_registered: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationSection {
+    pub keyframes: u64,
+    pub interpolated_frames: u64,
+    pub pairs: u64,
+    pub keyframe_ms: Option<f64>,
+    pub decode_ms_per_frame: Option<f64>,
+    pub frames_per_s: Option<f64>,
+    pub source: String,
+    pub decoder: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuLockSection {
+    pub acquisitions: u64,
+    pub avg_wait_ms: f64,
+    pub max_wait_ms: f64,
+    pub contention_events: u64,
+    pub avg_hold_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureSection {
+    pub keyframe: u64,
+    pub slerp: u64,
+    pub decode: u64,
+    pub save: u64,
+    pub publish: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorSection {
+    pub stage: &'static str,
+    pub message: String,
+    pub at: String,
+}
+
+/// Everything the document is made from.
+pub struct StatusSources {
+    pub telemetry: Arc<Telemetry>,
+    pub buffer: Arc<FrameBuffer>,
+    pub engine: Arc<Engine>,
+    pub source_name: String,
+    pub target_fps: f64,
+    pub target_seconds: f64,
+}
+
+impl StatusSources {
+    /// The document as of now.
+    pub fn document(&self, lifecycle: Lifecycle) -> StatusDocument {
+        let t = &self.telemetry;
+        let now = SystemTime::now();
+        let uptime = t.started.elapsed().as_secs_f64();
+        let state = self.state(lifecycle);
+        let counts = self.buffer.counts();
+        let seconds = counts.ready as f64 / self.target_fps;
+        let percentage = (seconds / self.target_seconds * 100.0).min(100.0);
+        let averages = t.pipeline.averages();
+        let lock = self.engine.lock().stats();
+        let timing = t.display.timing();
+        let display = &t.display;
+        let frames_displayed = display.frames_displayed.load(ORDER);
+        let keyframes = t.pipeline.keyframes.load(ORDER);
+        let interpolated = t.pipeline.interpolated_frames.load(ORDER);
+        let theme = t.pipeline.theme();
+        let timestamp = humantime::format_rfc3339_millis(now).to_string();
+        StatusDocument {
+            frame_number: frames_displayed,
+            generation_time: round(averages.keyframe_ms.get().unwrap_or(0.0) / 1000.0, 3),
+            status: state.legacy_status(),
+            current_mode: "buffered",
+            current_prompt: theme.clone().unwrap_or_default(),
+            cache_size: 0,
+            uptime_hours: round(uptime / 3600.0, 2),
+            daemon_status: match lifecycle {
+                Lifecycle::Running => "running",
+                Lifecycle::Stopping => "stopping",
+                Lifecycle::Stopped => "stopped",
+            },
+            comfyui_status: "disabled",
+            controller_status: state.controller_status(),
+            is_buffering: matches!(state, DaemonState::Starting | DaemonState::Buffering),
+            buffer_filled: counts.ready,
+            buffer_target: (self.target_seconds * self.target_fps).round() as usize,
+            buffer_seconds: round(seconds, 2),
+            buffer_percentage: round(percentage, 1),
+            keyframes_generated: keyframes,
+            interpolations_generated: interpolated,
+            uptime_minutes: round(uptime / 60.0, 1),
+            vae_lock_acquisitions: lock.acquisitions,
+            vae_lock_avg_wait_ms: round(lock.avg_wait_ms(), 3),
+            vae_lock_max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
+            last_update: timestamp.clone(),
+            state,
+            updated_at: timestamp,
+            uptime_s: round(uptime, 3),
+            pid: std::process::id(),
+            display: DisplaySection {
+                target_fps: self.target_fps,
+                actual_fps: round(display.actual_fps(), 3),
+                frames_displayed,
+                current_sequence: display.current_sequence(),
+                late: display.late.load(ORDER),
+                held: display.held.load(ORDER),
+                skipped: display.skipped.load(ORDER),
+                interval_error_p99_ms: round(
+                    timing.interval_error.quantile(0.99).as_secs_f64() * 1000.0,
+                    3,
+                ),
+            },
+            buffer: BufferSection {
+                seconds: round(seconds, 2),
+                target_seconds: self.target_seconds,
+                percentage: round(percentage, 1),
+                frames_ready: counts.ready,
+                frames_registered: counts.registered,
+            },
+            generation: GenerationSection {
+                keyframes,
+                interpolated_frames: interpolated,
+                pairs: t.pipeline.pairs.load(ORDER),
+                keyframe_ms: averages.keyframe_ms.get().map(|v| round(v, 3)),
+                decode_ms_per_frame: averages.decode_ms_per_frame.get().map(|v| round(v, 3)),
+                frames_per_s: averages.frames_per_s.get().map(|v| round(v, 2)),
+                source: self.source_name.clone(),
+                decoder: self.engine.decoder_name().to_string(),
+                device: self.engine.device().to_string(),
+            },
+            gpu_lock: GpuLockSection {
+                acquisitions: lock.acquisitions,
+                avg_wait_ms: round(lock.avg_wait_ms(), 3),
+                max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
+                contention_events: lock.contention_events,
+                avg_hold_ms: round(lock.avg_hold_ms(), 3),
+            },
+            failures: FailureSection {
+                keyframe: t.pipeline.failures(Stage::Keyframe),
+                slerp: t.pipeline.failures(Stage::Slerp),
+                decode: t.pipeline.failures(Stage::Decode),
+                save: t.pipeline.failures(Stage::Save),
+                publish: t.pipeline.failures(Stage::Publish),
+            },
+            theme,
+            last_error: t.pipeline.last_error().map(|e| ErrorSection {
+                stage: e.stage.as_str(),
+                message: e.message,
+                at: humantime::format_rfc3339_millis(e.at).to_string(),
+            }),
+        }
+    }
+
+    /// The reported state: lifecycle first, then the display's phase, `degraded` while a
+    /// failure is recent.
+    pub fn state(&self, lifecycle: Lifecycle) -> DaemonState {
+        match lifecycle {
+            Lifecycle::Stopping => return DaemonState::Stopping,
+            Lifecycle::Stopped => return DaemonState::Stopped,
+            Lifecycle::Running => {}
+        }
+        let recent_failure = self
+            .telemetry
+            .pipeline
+            .last_error()
+            .is_some_and(|e| e.instant.elapsed() < DEGRADED_WINDOW);
+        match self.telemetry.display.phase() {
+            DisplayPhase::Starting => DaemonState::Starting,
+            _ if recent_failure => DaemonState::Degraded,
+            DisplayPhase::Buffering => DaemonState::Buffering,
+            DisplayPhase::Playing => DaemonState::Playing,
+            DisplayPhase::Stopped => DaemonState::Stopping,
+        }
+    }
+}
+
+const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The only writer of `status.json`.
+pub struct StatusWriter {
+    path: PathBuf,
+    sources: Arc<StatusSources>,
+    wake: Arc<Notify>,
+}
+
+impl StatusWriter {
+    /// A writer for `output_dir/status.json`, woken early by `wake`.
+    pub fn new(output_dir: PathBuf, sources: Arc<StatusSources>, wake: Arc<Notify>) -> Self {
+        Self {
+            path: output_dir.join("status.json"),
+            sources,
+            wake,
+        }
+    }
+
+    /// Writes the document now; errors are logged, never fatal.
+    pub async fn write(&self, lifecycle: Lifecycle) -> Option<DaemonState> {
+        let document = self.sources.document(lifecycle);
+        let state = document.state;
+        let bytes = match serde_json::to_vec_pretty(&document) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!("cannot serialise status document: {e}");
+                return None;
+            }
+        };
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await {
+            Ok(Ok(())) => Some(state),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot write status: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("status write task failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes every second and on wake-ups until `shutdown`, logging state changes and a
+    /// periodic buffer event.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut last_state = None;
+        let mut ticker = tokio::time::interval(WRITE_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buffer_event = tokio::time::interval(BUFFER_EVENT_EVERY);
+        buffer_event.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+                _ = self.wake.notified() => {}
+                _ = buffer_event.tick() => {
+                    self.log_buffer_event();
+                    continue;
+                }
+            }
+            if let Some(state) = self.write(Lifecycle::Running).await {
+                if last_state != Some(state) {
+                    tracing::info!(target: EVENT, event = "state", state = ?state, "state {state:?}");
+                    last_state = Some(state);
+                }
+            }
+        }
+    }
+
+    fn log_buffer_event(&self) {
+        let counts = self.sources.buffer.counts();
+        let seconds = counts.ready as f64 / self.sources.target_fps;
+        tracing::debug!(
+            target: EVENT,
+            event = "buffer",
+            seconds = round(seconds, 2),
+            target_seconds = self.sources.target_seconds,
+            frames_ready = counts.ready,
+            frames_registered = counts.registered,
+            "buffer {seconds:.1}s"
+        );
+    }
+}
