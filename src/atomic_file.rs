@@ -35,11 +35,7 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
         )
     })?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_name = format!(
-        ".{}.{}.{n}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    );
+    let tmp_name = format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id());
     Ok(path.with_file_name(tmp_name))
 }
 

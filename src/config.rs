@@ -302,7 +302,13 @@ impl Config {
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.display;
-        check_range("display.target_fps", d.target_fps, 0.0, 120.0, "> 0 and <= 120")?;
+        check_range(
+            "display.target_fps",
+            d.target_fps,
+            0.0,
+            120.0,
+            "> 0 and <= 120",
+        )?;
         let b = &self.buffer;
         check_range(
             "buffer.target_seconds",
@@ -318,10 +324,7 @@ impl Config {
             return Err(invalid(
                 "display.start_gate_seconds",
                 d.start_gate_seconds,
-                format!(
-                    ">= 0 and <= buffer.target_seconds ({})",
-                    b.target_seconds
-                ),
+                format!(">= 0 and <= buffer.target_seconds ({})", b.target_seconds),
             ));
         }
         if self.buffer_frames() < 1 {
@@ -339,16 +342,29 @@ impl Config {
                 "between 1 and 240",
             ));
         }
-        for (key, value) in [("generation.width", g.width), ("generation.height", g.height)] {
+        for (key, value) in [
+            ("generation.width", g.width),
+            ("generation.height", g.height),
+        ] {
             if value % 8 != 0 || !(64..=4096).contains(&value) {
                 return Err(invalid(key, value, "a multiple of 8 between 64 and 4096"));
             }
         }
         parse_device(&g.device)?;
-        check_range("keyframes.drift", self.keyframes.drift, 0.0, 10.0, "> 0 and <= 10")?;
+        check_range(
+            "keyframes.drift",
+            self.keyframes.drift,
+            0.0,
+            10.0,
+            "> 0 and <= 10",
+        )?;
         let o = &self.output;
         if !(1..=100).contains(&o.jpeg_quality) {
-            return Err(invalid("output.jpeg_quality", o.jpeg_quality, "between 1 and 100"));
+            return Err(invalid(
+                "output.jpeg_quality",
+                o.jpeg_quality,
+                "between 1 and 100",
+            ));
         }
         if o.keep_frames == Some(0) {
             return Err(invalid("output.keep_frames", 0, ">= 1"));
@@ -491,10 +507,7 @@ mod tests {
     #[test]
     fn wrong_type_names_the_key() {
         let message = err("[generation]\nframes_per_pair = \"ten\"");
-        assert!(
-            message.contains("generation.frames_per_pair"),
-            "{message}"
-        );
+        assert!(message.contains("generation.frames_per_pair"), "{message}");
     }
 
     #[test]
@@ -521,7 +534,10 @@ mod tests {
     #[test]
     fn start_gate_cannot_exceed_buffer() {
         let message = err("[display]\nstart_gate_seconds = 40");
-        assert!(message.starts_with("display.start_gate_seconds"), "{message}");
+        assert!(
+            message.starts_with("display.start_gate_seconds"),
+            "{message}"
+        );
     }
 
     #[test]

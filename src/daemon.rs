@@ -44,7 +44,10 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let stale = remove_stale_temps(output)
         .with_context(|| format!("cannot clean output folder {}", output.display()))?;
     if stale > 0 {
-        tracing::info!("removed {stale} stale temporary files from {}", output.display());
+        tracing::info!(
+            "removed {stale} stale temporary files from {}",
+            output.display()
+        );
     }
     let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
     let engine = Arc::new(Engine::from_config(config)?);
@@ -144,7 +147,10 @@ pub async fn run(
     let _ = status.await;
     writer.write(Lifecycle::Stopping).await;
     generation.cancel();
-    if tokio::time::timeout(GENERATION_GRACE, pipeline).await.is_err() {
+    if tokio::time::timeout(GENERATION_GRACE, pipeline)
+        .await
+        .is_err()
+    {
         tracing::warn!("generation did not stop within {GENERATION_GRACE:?}; abandoning it");
     }
     if let Err(e) = tokio::task::spawn_blocking(move || display.stop()).await {

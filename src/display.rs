@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::Notify;
 
 use crate::atomic_file::write_atomic;
-use crate::buffer::{Front, FrameBuffer};
+use crate::buffer::{FrameBuffer, Front};
 use crate::frame::EncodedFrame;
 use crate::logging::EVENT;
 use crate::stats::{DisplayPhase, Stage, Telemetry};
@@ -91,7 +91,10 @@ impl Display {
 
     fn shutdown(&mut self) {
         drop(self.stop.take());
-        for handle in [self.pacer.take(), self.publisher.take()].into_iter().flatten() {
+        for handle in [self.pacer.take(), self.publisher.take()]
+            .into_iter()
+            .flatten()
+        {
             if handle.join().is_err() {
                 tracing::error!("a display thread panicked");
             }
@@ -324,7 +327,10 @@ mod tests {
         })
     }
 
-    fn start(buffer: &Arc<FrameBuffer>, gate: usize) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
+    fn start(
+        buffer: &Arc<FrameBuffer>,
+        gate: usize,
+    ) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let telemetry = Arc::new(Telemetry::default());
         let display = Display::spawn(

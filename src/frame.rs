@@ -40,8 +40,12 @@ pub fn encode(
             PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, FilterType::Adaptive)
                 .write_image(image.as_raw(), w, h, ExtendedColorType::Rgb8)?
         }
-        FrameFormat::Jpeg => JpegEncoder::new_with_quality(&mut bytes, jpeg_quality)
-            .write_image(image.as_raw(), w, h, ExtendedColorType::Rgb8)?,
+        FrameFormat::Jpeg => JpegEncoder::new_with_quality(&mut bytes, jpeg_quality).write_image(
+            image.as_raw(),
+            w,
+            h,
+            ExtendedColorType::Rgb8,
+        )?,
     }
     Ok(bytes.into_inner())
 }

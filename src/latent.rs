@@ -327,7 +327,10 @@ mod tests {
         let batch = slerp_batch(&a, &b, &[0.5, 1.0 / 3.0]).unwrap();
         let h = std::f32::consts::FRAC_1_SQRT_2;
         assert_close(batch.item(0), &[h, h], 1e-6);
-        let (s, c) = (std::f32::consts::FRAC_PI_6.sin(), std::f32::consts::FRAC_PI_6.cos());
+        let (s, c) = (
+            std::f32::consts::FRAC_PI_6.sin(),
+            std::f32::consts::FRAC_PI_6.cos(),
+        );
         assert_close(batch.item(1), &[c, s], 1e-6);
     }
 

@@ -12,7 +12,11 @@ use dreamd::config::DEFAULT_CONFIG_TOML;
 use dreamd::{bench, daemon, logging};
 
 #[derive(Parser)]
-#[command(name = "dreamd", version, about = "Realtime frame-generation daemon: an endless, smoothly morphing stream of images")]
+#[command(
+    name = "dreamd",
+    version,
+    about = "Realtime frame-generation daemon: an endless, smoothly morphing stream of images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -112,7 +116,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.logging.level = "warn".to_string();
             config.validate()?;
             seconds(secs)?;
-            let _logs = logging::init(&config.logging, &std::env::temp_dir().join("dreamd-bench-logs"))?;
+            let _logs = logging::init(
+                &config.logging,
+                &std::env::temp_dir().join("dreamd-bench-logs"),
+            )?;
             let options = bench::PacingOptions {
                 seconds: secs,
                 warmup_seconds: (secs * 0.1).min(10.0),

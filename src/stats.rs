@@ -212,11 +212,7 @@ impl DisplayStats {
 
     /// Records one back-to-back interval.
     pub fn interval(&self, actual: Duration, target: Duration) {
-        let error = if actual > target {
-            actual - target
-        } else {
-            target - actual
-        };
+        let error = actual.abs_diff(target);
         let mut timing = self.timing.lock();
         timing.interval_error.record(error);
         timing.interval.add(actual.as_secs_f64());
@@ -301,7 +297,9 @@ impl PipelineStats {
         if frames > 0 {
             averages.decode_ms_per_frame.add(decode_ms / frames as f64);
             if !total.is_zero() {
-                averages.frames_per_s.add(frames as f64 / total.as_secs_f64());
+                averages
+                    .frames_per_s
+                    .add(frames as f64 / total.as_secs_f64());
             }
         }
     }

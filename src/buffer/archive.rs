@@ -27,8 +27,9 @@ impl FrameArchive {
     /// Opens (creating) `dir`, keeping at most `keep` frames. Returns the archive and the
     /// sequence number after the highest one already on disk (0 for an empty folder).
     pub fn open(dir: &Path, keep: usize) -> io::Result<(FrameArchive, u64)> {
-        let annotate =
-            |e: io::Error| io::Error::new(e.kind(), format!("frames folder {}: {e}", dir.display()));
+        let annotate = |e: io::Error| {
+            io::Error::new(e.kind(), format!("frames folder {}: {e}", dir.display()))
+        };
         std::fs::create_dir_all(dir).map_err(annotate)?;
         remove_stale_temps(dir).map_err(annotate)?;
         let mut existing: Vec<(u64, PathBuf)> = Vec::new();

@@ -211,7 +211,14 @@ mod tests {
         assert!(matches!(buffer.front(), Front::Ready(f) if f.seq == 102));
         buffer.pop_front();
         assert!(matches!(buffer.front(), Front::Empty));
-        assert_eq!(buffer.counts(), BufferCounts { ready: 0, registered: 0, front_seq: 103 });
+        assert_eq!(
+            buffer.counts(),
+            BufferCounts {
+                ready: 0,
+                registered: 0,
+                front_seq: 103
+            }
+        );
     }
 
     #[test]
@@ -220,7 +227,10 @@ mod tests {
         buffer.register(0, 2).unwrap();
         assert_eq!(
             buffer.register(5, 1),
-            Err(OutOfOrder { expected: 2, got: 5 })
+            Err(OutOfOrder {
+                expected: 2,
+                got: 5
+            })
         );
     }
 

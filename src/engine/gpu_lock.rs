@@ -172,7 +172,9 @@ mod tests {
     fn contention_is_counted_and_wait_measured() {
         let lock = Arc::new(GpuLock::new());
         let holder_account = LockAccount::default();
-        let guard = lock.acquire(&holder_account, Duration::from_secs(1)).unwrap();
+        let guard = lock
+            .acquire(&holder_account, Duration::from_secs(1))
+            .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let lock = Arc::clone(&lock);

@@ -107,9 +107,11 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine that `config` asks for.
     pub fn from_config(config: &Config) -> Result<Engine, EngineError> {
-        let device = Device::select(crate::config::parse_device(&config.generation.device).map_err(
-            |e| EngineError::Device(config.generation.device.clone(), e.to_string()),
-        )?)?;
+        let device = Device::select(
+            crate::config::parse_device(&config.generation.device).map_err(|e| {
+                EngineError::Device(config.generation.device.clone(), e.to_string())
+            })?,
+        )?;
         let decoder: Box<dyn Decoder> = match config.generation.decoder {
             DecoderChoice::Auto | DecoderChoice::Preview => Box::new(preview::PreviewDecoder),
         };

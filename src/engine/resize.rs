@@ -20,8 +20,7 @@ pub fn resize_rgb(src: RgbImage, width: u32, height: u32) -> Result<RgbImage, En
     let src_view = ImageRef::new(src.width(), src.height(), src.as_raw(), PixelType::U8x3)
         .map_err(|e| resize_error(e.to_string()))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options =
-        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
     Resizer::new()
         .resize(&src_view, &mut dst, &options)
         .map_err(|e| resize_error(e.to_string()))?;

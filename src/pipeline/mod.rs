@@ -209,8 +209,11 @@ impl Pipeline {
 
         let account = Arc::new(LockAccount::default());
         let decoded = {
-            let (work, engine, account) =
-                (Arc::clone(&job), Arc::clone(&self.engine), Arc::clone(&account));
+            let (work, engine, account) = (
+                Arc::clone(&job),
+                Arc::clone(&self.engine),
+                Arc::clone(&account),
+            );
             let lock_timeout = timeouts.decode();
             let stage = tokio::task::spawn_blocking(move || {
                 stages::decode_stage(&engine, &batch, &work.to, &account, lock_timeout)

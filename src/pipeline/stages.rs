@@ -23,7 +23,11 @@ pub fn slerp_stage(
     frames_per_pair: usize,
 ) -> Result<LatentBatch, LatentError> {
     let mut batch = match from {
-        Some(from) => slerp_batch(&from.latent, &to.latent, &inbetween_factors(frames_per_pair))?,
+        Some(from) => slerp_batch(
+            &from.latent,
+            &to.latent,
+            &inbetween_factors(frames_per_pair),
+        )?,
         None => LatentBatch::with_capacity(to.latent.shape(), 1),
     };
     if to.image.is_none() {
