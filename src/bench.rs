@@ -57,7 +57,6 @@ pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Resul
     config.paths.log_dir = scratch.join("logs");
     config.display.start_gate_seconds = 0.0;
     let target_fps = config.display.target_fps;
-    let decoder = format!("{:?}", config.generation.decoder).to_lowercase();
 
     let started = Instant::now();
     let shutdown = CancellationToken::new();
@@ -96,7 +95,7 @@ pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Resul
     Ok(PacingReport {
         seconds: options.seconds,
         target_fps,
-        decoder,
+        decoder: report.decoder.clone(),
         frames_displayed: t.display.frames_displayed.load(Ordering::Relaxed),
         intervals_measured: timing.interval_error.count(),
         interval_error_p50_ms: to_ms(timing.interval_error.quantile(0.50)),

@@ -27,6 +27,8 @@ const GENERATION_GRACE: Duration = Duration::from_millis(1000);
 pub struct RunReport {
     pub telemetry: Arc<Telemetry>,
     pub lock: LockStats,
+    /// The decoder that ran (`auto` resolved).
+    pub decoder: String,
 }
 
 /// Components that exist before the first frame (and may fail to start).
@@ -166,6 +168,7 @@ pub async fn run(
     );
     Ok(RunReport {
         lock: engine.lock().stats(),
+        decoder: engine.decoder_name().to_string(),
         telemetry,
     })
 }

@@ -200,6 +200,20 @@ fn plays_frames_in_order_with_valid_files_and_stops_on_sigterm() {
         positions.windows(2).all(|w| w[0] < w[1]),
         "Rainmeter key order broken"
     );
+    // The operator tool reads the same schema.
+    if let Ok(out) = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/status.py"))
+        .arg(daemon.path("output"))
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "tools/status.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with("state      stopped"), "{text}");
+    }
     assert!(!daemon.path("output").read_dir().unwrap().any(|e| e
         .unwrap()
         .file_name()

@@ -150,6 +150,12 @@ impl FrameBuffer {
         Some(popped)
     }
 
+    /// The state of one slot, if it is still in the ring.
+    pub fn slot(&self, seq: u64) -> Option<Slot> {
+        let ring = self.ring.lock();
+        ring.index_of(seq).map(|index| ring.slots[index].clone())
+    }
+
     pub fn counts(&self) -> BufferCounts {
         let ring = self.ring.lock();
         BufferCounts {
