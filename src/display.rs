@@ -315,16 +315,9 @@ fn publish_loop(queue: Receiver<Arc<EncodedFrame>>, dir: PathBuf, telemetry: Arc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FrameFormat;
-    use crate::frame::FrameKind;
 
     fn frame(seq: u64) -> Arc<EncodedFrame> {
-        Arc::new(EncodedFrame {
-            seq,
-            kind: FrameKind::Keyframe { index: 0 },
-            format: FrameFormat::Png,
-            bytes: Arc::from(seq.to_le_bytes().to_vec()),
-        })
+        crate::frame::test_frame(seq)
     }
 
     fn start(

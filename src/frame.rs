@@ -50,6 +50,17 @@ pub fn encode(
     Ok(bytes.into_inner())
 }
 
+/// A tiny frame for tests: PNG format, the sequence number's bytes as content.
+#[cfg(test)]
+pub fn test_frame(seq: u64) -> Arc<EncodedFrame> {
+    Arc::new(EncodedFrame {
+        seq,
+        kind: FrameKind::Keyframe { index: 0 },
+        format: FrameFormat::Png,
+        bytes: Arc::from(seq.to_le_bytes().to_vec()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

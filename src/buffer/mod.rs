@@ -189,16 +189,9 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FrameFormat;
-    use crate::frame::FrameKind;
 
     fn frame(seq: u64) -> Arc<EncodedFrame> {
-        Arc::new(EncodedFrame {
-            seq,
-            kind: FrameKind::Keyframe { index: 0 },
-            format: FrameFormat::Png,
-            bytes: Arc::from(vec![1u8, 2, 3]),
-        })
+        crate::frame::test_frame(seq)
     }
 
     #[test]

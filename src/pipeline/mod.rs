@@ -193,15 +193,10 @@ impl Pipeline {
                 let start = Instant::now();
                 stages::slerp_stage(work.from.as_ref(), &work.to, n).map(|b| (b, start.elapsed()))
             });
-            match run_stage(stage, timeouts.slerp(), shutdown).await {
-                StageOutcome::Done(Ok(batch)) => batch,
-                StageOutcome::Done(Err(e)) => {
-                    return self.fail_pair(&job, last_seq, Stage::Slerp, &e.to_string())
-                }
-                StageOutcome::Failed(reason) => {
-                    return self.fail_pair(&job, last_seq, Stage::Slerp, &reason)
-                }
-                StageOutcome::Shutdown => return self.abandon(&job, last_seq),
+            let outcome = run_stage(stage, timeouts.slerp(), shutdown).await;
+            match self.settle(outcome, &job, last_seq, Stage::Slerp) {
+                Some(batch) => batch,
+                None => return,
             }
         };
         let (batch, slerp_time) = batch;
@@ -218,15 +213,10 @@ impl Pipeline {
             let stage = tokio::task::spawn_blocking(move || {
                 stages::decode_stage(&engine, &batch, &work.to, &account, lock_timeout)
             });
-            match run_stage(stage, timeouts.decode(), shutdown).await {
-                StageOutcome::Done(Ok(output)) => output,
-                StageOutcome::Done(Err(e)) => {
-                    return self.fail_pair(&job, last_seq, Stage::Decode, &e.to_string())
-                }
-                StageOutcome::Failed(reason) => {
-                    return self.fail_pair(&job, last_seq, Stage::Decode, &reason)
-                }
-                StageOutcome::Shutdown => return self.abandon(&job, last_seq),
+            let outcome = run_stage(stage, timeouts.decode(), shutdown).await;
+            match self.settle(outcome, &job, last_seq, Stage::Decode) {
+                Some(output) => output,
+                None => return,
             }
         };
 
@@ -256,6 +246,28 @@ impl Pipeline {
             drop(permit);
             finish_pair(&job, last_seq, n, outcome, timing, &buffer, &telemetry);
         });
+    }
+
+    /// The value of a finished stage 1 or 2; on failure, timeout or shutdown the pair's slots
+    /// are failed (and a failure recorded and logged, except on shutdown) and None returned.
+    fn settle<T, E: std::fmt::Display>(
+        &self,
+        outcome: StageOutcome<Result<T, E>>,
+        job: &PairJob,
+        last_seq: u64,
+        stage: Stage,
+    ) -> Option<T> {
+        let reason = match outcome {
+            StageOutcome::Done(Ok(value)) => return Some(value),
+            StageOutcome::Done(Err(e)) => e.to_string(),
+            StageOutcome::Failed(reason) => reason,
+            StageOutcome::Shutdown => {
+                self.abandon(job, last_seq);
+                return None;
+            }
+        };
+        self.fail_pair(job, last_seq, stage, &reason);
+        None
     }
 
     fn fail_pair(&self, job: &PairJob, last_seq: u64, stage: Stage, reason: &str) {
