@@ -6,8 +6,11 @@
 //! the pictures to the output size.
 
 pub mod gpu_lock;
+pub mod models;
 pub mod preview;
 pub mod resize;
+pub mod taesd;
+pub mod weights;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -43,6 +46,8 @@ pub enum EngineError {
     },
     #[error("device {0} is not available: {1}")]
     Device(String, String),
+    #[error("{0}")]
+    Model(String),
 }
 
 /// Where decoding runs.

@@ -1,0 +1,226 @@
+//! TAESD, the Tiny AutoEncoder for Stable Diffusion (Ollin Boer Bohan, MIT licence), as candle
+//! modules. One architecture serves the whole family: taesd and taesdxl (4 latent channels),
+//! taesd3 and taef1 (16).
+//!
+//! ```text
+//! decoder: tanh(z/3)·3 → conv(C,64) → ReLU → 3×Block
+//!          → [Upsample×2 → conv(no bias) → 3×Block] ×2 → Upsample×2 → conv(no bias) → Block
+//!          → conv(64,3)
+//! encoder: conv(3,64) → Block → [conv(stride 2, no bias) → 3×Block] ×3 → conv(64,C)
+//! Block(x) = ReLU(conv(ReLU(conv(ReLU(conv(x))))) + skip(x))
+//! ```
+//!
+//! Weights are found by name through a `VarBuilder` in the original index layout (`1.weight`,
+//! `3.conv.0.weight`, … — the position in the original `nn.Sequential`); [`super::weights`]
+//! maps the diffusers `AutoencoderTiny` layout onto it.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{conv2d, conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
+
+/// Width of every hidden layer.
+const HIDDEN: usize = 64;
+
+fn conv3x3(c_in: usize, c_out: usize, bias: bool, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let config = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    if bias {
+        conv2d(c_in, c_out, 3, config, vb)
+    } else {
+        conv2d_no_bias(c_in, c_out, 3, config, vb)
+    }
+}
+
+/// The residual block: three 3×3 convolutions with ReLUs, plus a skip path.
+#[derive(Debug, Clone)]
+struct Block {
+    conv: [Conv2d; 3],
+    skip: Option<Conv2d>,
+}
+
+impl Block {
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        let conv = [
+            conv3x3(c_in, c_out, true, 1, vb.pp("conv.0"))?,
+            conv3x3(c_out, c_out, true, 1, vb.pp("conv.2"))?,
+            conv3x3(c_out, c_out, true, 1, vb.pp("conv.4"))?,
+        ];
+        let skip = if c_in == c_out {
+            None
+        } else {
+            Some(conv2d_no_bias(
+                c_in,
+                c_out,
+                1,
+                Default::default(),
+                vb.pp("skip"),
+            )?)
+        };
+        Ok(Self { conv, skip })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv[0].forward(x)?.relu()?;
+        let h = self.conv[1].forward(&h)?.relu()?;
+        let h = self.conv[2].forward(&h)?;
+        let skip = match &self.skip {
+            Some(skip) => skip.forward(x)?,
+            None => x.clone(),
+        };
+        (h + skip)?.relu()
+    }
+}
+
+/// One entry of the original `nn.Sequential`.
+#[derive(Debug, Clone)]
+enum Layer {
+    /// `tanh(x/3)·3`: soft clamp of the input latents.
+    Clamp,
+    Conv(Conv2d),
+    Relu,
+    Block(Block),
+    /// Nearest-neighbour upsampling by 2.
+    Upsample,
+}
+
+impl Module for Layer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Layer::Clamp => (x / 3.0)?.tanh()? * 3.0,
+            Layer::Conv(conv) => conv.forward(x),
+            Layer::Relu => x.relu(),
+            Layer::Block(block) => block.forward(x),
+            Layer::Upsample => {
+                let (_, _, h, w) = x.dims4()?;
+                x.upsample_nearest2d(h * 2, w * 2)
+            }
+        }
+    }
+}
+
+fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
+    layers
+        .iter()
+        .try_fold(x.clone(), |x, layer| layer.forward(&x))
+}
+
+/// The TAESD decoder: latents `[N, C, h, w]` → pictures `[N, 3, 8h, 8w]` in ≈[0, 1].
+#[derive(Debug, Clone)]
+pub struct TaesdDecoder {
+    layers: Vec<Layer>,
+    latent_channels: usize,
+}
+
+impl TaesdDecoder {
+    /// Builds the decoder for `latent_channels`-channel latents from weights named as in the
+    /// original index layout.
+    pub fn new(latent_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let mut layers = vec![
+            Layer::Clamp,
+            Layer::Conv(conv3x3(latent_channels, HIDDEN, true, 1, vb.pp("1"))?),
+            Layer::Relu,
+        ];
+        let mut index = 3;
+        let block = |layers: &mut Vec<Layer>, index: &mut usize| -> Result<()> {
+            layers.push(Layer::Block(Block::new(
+                HIDDEN,
+                HIDDEN,
+                vb.pp(index.to_string()),
+            )?));
+            *index += 1;
+            Ok(())
+        };
+        for _ in 0..3 {
+            block(&mut layers, &mut index)?;
+        }
+        for stage in 0..3 {
+            layers.push(Layer::Upsample);
+            index += 1;
+            let conv = conv3x3(HIDDEN, HIDDEN, false, 1, vb.pp(index.to_string()))?;
+            layers.push(Layer::Conv(conv));
+            index += 1;
+            let blocks = if stage < 2 { 3 } else { 1 };
+            for _ in 0..blocks {
+                block(&mut layers, &mut index)?;
+            }
+        }
+        layers.push(Layer::Conv(conv3x3(
+            HIDDEN,
+            3,
+            true,
+            1,
+            vb.pp(index.to_string()),
+        )?));
+        Ok(Self {
+            layers,
+            latent_channels,
+        })
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.latent_channels
+    }
+}
+
+impl Module for TaesdDecoder {
+    fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        run(&self.layers, z)
+    }
+}
+
+/// The TAESD encoder: pictures `[N, 3, H, W]` in [0, 1] → latents `[N, C, H/8, W/8]`.
+#[derive(Debug, Clone)]
+pub struct TaesdEncoder {
+    layers: Vec<Layer>,
+    latent_channels: usize,
+}
+
+impl TaesdEncoder {
+    /// Builds the encoder producing `latent_channels`-channel latents from weights named as in
+    /// the original index layout.
+    pub fn new(latent_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let mut layers = vec![
+            Layer::Conv(conv3x3(3, HIDDEN, true, 1, vb.pp("0"))?),
+            Layer::Block(Block::new(HIDDEN, HIDDEN, vb.pp("1"))?),
+        ];
+        let mut index = 2;
+        for _ in 0..3 {
+            let down = conv3x3(HIDDEN, HIDDEN, false, 2, vb.pp(index.to_string()))?;
+            layers.push(Layer::Conv(down));
+            index += 1;
+            for _ in 0..3 {
+                layers.push(Layer::Block(Block::new(
+                    HIDDEN,
+                    HIDDEN,
+                    vb.pp(index.to_string()),
+                )?));
+                index += 1;
+            }
+        }
+        layers.push(Layer::Conv(conv3x3(
+            HIDDEN,
+            latent_channels,
+            true,
+            1,
+            vb.pp(index.to_string()),
+        )?));
+        Ok(Self {
+            layers,
+            latent_channels,
+        })
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.latent_channels
+    }
+}
+
+impl Module for TaesdEncoder {
+    fn forward(&self, image: &Tensor) -> Result<Tensor> {
+        run(&self.layers, image)
+    }
+}
