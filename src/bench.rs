@@ -171,3 +171,151 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("cannot create bench folder {}: {e}", dir.display()))?;
     Ok(dir)
 }
+
+/// Options of `dreamd bench decode`.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    pub batch: usize,
+    pub latent: crate::latent::LatentShape,
+    pub warmup: usize,
+    pub runs: usize,
+}
+
+/// Results of `dreamd bench decode`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeReport {
+    pub decoder: String,
+    pub device: String,
+    pub batch: usize,
+    pub latent: String,
+    pub output: String,
+    pub runs: usize,
+    pub ms_per_batch: f64,
+    pub ms_per_frame: f64,
+    pub frames_per_s: f64,
+    /// Multiply-adds ×2 of the TAESD decoder at this size, per second (0 for other decoders).
+    pub gflop_per_s: f64,
+    pub threads: usize,
+}
+
+/// The benchmark latents: `z[n,c,h,w] = 2·sin(0.7c + 0.3h + 0.11w + 0.37n)` (the golden
+/// vectors' formula with a per-frame phase), shared with `tools/ort_taesd.py`.
+pub fn bench_latents(
+    batch: usize,
+    shape: crate::latent::LatentShape,
+) -> crate::latent::LatentBatch {
+    let mut out = crate::latent::LatentBatch::with_capacity(shape, batch);
+    for n in 0..batch {
+        let mut data = Vec::with_capacity(shape.len());
+        for c in 0..shape.channels {
+            for h in 0..shape.height {
+                for w in 0..shape.width {
+                    let arg = 0.7 * c as f32 + 0.3 * h as f32 + 0.11 * w as f32 + 0.37 * n as f32;
+                    data.push(2.0 * arg.sin());
+                }
+            }
+        }
+        let latent = crate::latent::Latent::new(shape, data).expect("length matches shape"); // ok: built to size
+        out.push(&latent).expect("same shape"); // ok: built to size
+    }
+    out
+}
+
+/// FLOPs of one TAESD decode of a latent `h × w`: 2 × multiply-adds of every convolution.
+pub fn taesd_decoder_flops(channels: usize, h: usize, w: usize) -> f64 {
+    let conv = |c_in: usize, c_out: usize, pixels: usize| 2.0 * (c_in * c_out * 9 * pixels) as f64;
+    let block = |pixels: usize| 3.0 * conv(64, 64, pixels);
+    let p0 = h * w;
+    let mut flops = conv(channels, 64, p0) + 3.0 * block(p0);
+    let mut pixels = p0;
+    for stage in 0..3 {
+        pixels *= 4;
+        flops += conv(64, 64, pixels) + if stage < 2 { 3.0 } else { 1.0 } * block(pixels);
+    }
+    flops + conv(64, 3, pixels)
+}
+
+/// Times one batched decode call: `warmup` untimed runs, then the median of `runs`.
+pub fn decode(
+    engine: &crate::engine::Engine,
+    options: &DecodeOptions,
+) -> anyhow::Result<DecodeReport> {
+    let batch = bench_latents(options.batch, options.latent);
+    let account = crate::engine::LockAccount::default();
+    let mut times = Vec::with_capacity(options.runs);
+    let mut output = String::new();
+    for run in 0..options.warmup + options.runs {
+        let start = Instant::now();
+        let out = engine.decode_batch(&batch, &account, Duration::from_secs(3600))?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if let Some(first) = out.images.first() {
+            output = format!("{}x{}", first.width(), first.height());
+        }
+        if run >= options.warmup {
+            times.push(elapsed);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let s = options.latent;
+    let flops = if engine.decoder_name().starts_with("tae") {
+        taesd_decoder_flops(s.channels, s.height, s.width) * options.batch as f64
+    } else {
+        0.0
+    };
+    Ok(DecodeReport {
+        decoder: engine.decoder_name().to_string(),
+        device: engine.device().to_string(),
+        batch: options.batch,
+        latent: s.to_string(),
+        output,
+        runs: options.runs,
+        ms_per_batch: round(median * 1000.0, 3),
+        ms_per_frame: round(median * 1000.0 / options.batch as f64, 3),
+        frames_per_s: round(options.batch as f64 / median, 3),
+        gflop_per_s: round(flops / median / 1e9, 1),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+impl DecodeReport {
+    pub fn to_text(&self) -> String {
+        format!(
+            "dreamd bench decode: {} on {}, batch {} of {} -> {}\n\
+             median of {} runs: {:.1} ms per batch, {:.2} ms per frame, {:.2} frames/s, {:.1} GFLOP/s ({} threads)\n",
+            self.decoder,
+            self.device,
+            self.batch,
+            self.latent,
+            self.output,
+            self.runs,
+            self.ms_per_batch,
+            self.ms_per_frame,
+            self.frames_per_s,
+            self.gflop_per_s,
+            self.threads
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_matches_the_published_figure() {
+        // models/README: ≈70.6 GFLOP per 512×256 frame (latent 4×32×64), ≈17.6 at 256×128.
+        let full = taesd_decoder_flops(4, 32, 64) / 1e9;
+        assert!((full - 70.6).abs() < 0.5, "{full}");
+        let half = taesd_decoder_flops(4, 16, 32) / 1e9;
+        assert!((half - 17.6).abs() < 0.2, "{half}");
+    }
+
+    #[test]
+    fn bench_latents_follow_the_shared_formula() {
+        let b = bench_latents(2, crate::latent::LatentShape::new(4, 2, 3));
+        assert_eq!(b.item(0)[0], 0.0);
+        let expected = 2.0 * (0.7f32 * 1.0 + 0.3 * 1.0 + 0.11 * 2.0 + 0.37).sin();
+        assert_eq!(b.item(1)[6 + 3 + 2], expected);
+    }
+}

@@ -107,10 +107,18 @@ impl Default for BufferConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecoderChoice {
-    /// The best decoder available (today: the preview decoder).
+    /// TAESD when its weights are found, else the preview decoder.
     Auto,
     /// The built-in per-pixel latent-to-RGB map.
     Preview,
+    /// TAESD for SD 1.x/2.x latents (4 channels).
+    Taesd,
+    /// TAESD for SDXL latents (4 channels).
+    Taesdxl,
+    /// TAESD for SD3 latents (16 channels).
+    Taesd3,
+    /// TAESD for FLUX.1 latents (16 channels).
+    Taef1,
 }
 
 /// `[generation]`: frame size, in-betweens, decoder and device.
@@ -122,6 +130,10 @@ pub struct GenerationConfig {
     pub height: u32,
     pub decoder: DecoderChoice,
     pub device: String,
+    /// Decode at 1/d of the output size and upscale (None: 2 for TAESD on CPU, else 1).
+    pub decode_divisor: Option<u32>,
+    /// Folder searched first for model files.
+    pub models_dir: Option<PathBuf>,
 }
 
 impl Default for GenerationConfig {
@@ -132,6 +144,8 @@ impl Default for GenerationConfig {
             height: 256,
             decoder: DecoderChoice::Auto,
             device: "auto".to_string(),
+            decode_divisor: None,
+            models_dir: None,
         }
     }
 }
@@ -351,6 +365,19 @@ impl Config {
             }
         }
         parse_device(&g.device)?;
+        if let Some(d) = g.decode_divisor {
+            if ![1, 2, 4, 8].contains(&d) || (g.width / 8) % d != 0 || (g.height / 8) % d != 0 {
+                return Err(invalid(
+                    "generation.decode_divisor",
+                    d,
+                    format!(
+                        "1, 2, 4 or 8, dividing the latent size {}x{}",
+                        g.width / 8,
+                        g.height / 8
+                    ),
+                ));
+            }
+        }
         check_range(
             "keyframes.drift",
             self.keyframes.drift,
@@ -538,6 +565,15 @@ mod tests {
             message.starts_with("display.start_gate_seconds"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn decode_divisor_must_divide_the_latent() {
+        let config = Config::parse("[generation]\ndecode_divisor = 2", "t").unwrap();
+        assert_eq!(config.generation.decode_divisor, Some(2));
+        assert!(err("[generation]\ndecode_divisor = 3").starts_with("generation.decode_divisor"));
+        assert!(err("[generation]\nwidth = 520\ndecode_divisor = 2")
+            .contains("dividing the latent size 65x32"));
     }
 
     #[test]

@@ -69,6 +69,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time one batched decode call (warm-up, then the median of several runs).
+    Decode {
+        /// Config file to start from (for models_dir and the like).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Decoder: auto, preview, taesd, taesdxl, taesd3, taef1.
+        #[arg(long, default_value = "auto")]
+        decoder: String,
+        /// Latents per call.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Latent shape CxHxW (output is 8H x 8W).
+        #[arg(long, default_value = "4x32x64")]
+        latent: String,
+        /// Device: auto, cpu, cuda, cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Timed runs after two warm-up runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,7 +156,81 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            what:
+                BenchCommand::Decode {
+                    config,
+                    decoder,
+                    batch,
+                    latent,
+                    device,
+                    runs,
+                    json,
+                },
+        } => {
+            let report = bench_decode(config, &decoder, batch, &latent, &device, runs)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
     }
+}
+
+/// `dreamd bench decode`: builds the engine for the requested decoder at the latent's size.
+fn bench_decode(
+    config: Option<PathBuf>,
+    decoder: &str,
+    batch: usize,
+    latent: &str,
+    device: &str,
+    runs: usize,
+) -> anyhow::Result<bench::DecodeReport> {
+    let (mut config, _) = daemon::load_config(config.as_deref())?;
+    let dims: Vec<usize> = latent
+        .split('x')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|d: &Vec<usize>| d.len() == 3 && d.iter().all(|&v| v > 0))
+        .with_context(|| {
+            format!("--latent must be CxHxW with positive numbers (got {latent:?})")
+        })?;
+    anyhow::ensure!(
+        batch > 0 && runs > 0,
+        "--batch and --runs must be at least 1"
+    );
+    let overrides = format!(
+        "[generation]\ndecoder = {decoder:?}\ndevice = {device:?}\nwidth = {}\nheight = {}\ndecode_divisor = 1",
+        dims[2] * 8,
+        dims[1] * 8
+    );
+    let parsed = dreamd::config::Config::parse(&overrides, "command line")?;
+    config.generation = dreamd::config::GenerationConfig {
+        models_dir: config.generation.models_dir.clone(),
+        ..parsed.generation
+    };
+    config.validate()?;
+    let engine = dreamd::engine::Engine::from_config(&config)?;
+    let shape = engine.latent_shape();
+    anyhow::ensure!(
+        shape.channels == dims[0],
+        "decoder {} takes {}-channel latents, --latent asks for {}",
+        engine.decoder_name(),
+        shape.channels,
+        dims[0]
+    );
+    bench::decode(
+        &engine,
+        &bench::DecodeOptions {
+            batch,
+            latent: shape,
+            warmup: 2,
+            runs,
+        },
+    )
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {

@@ -19,7 +19,7 @@ Benchmark inputs (identical to dreamd's): z[n,c,h,w] = 2*sin(0.7c + 0.3h + 0.11w
 decoder; images 0.5 + 0.5*sin(same) for the encoder.  Each timed run is one batched session.run;
 after 2 warm-up runs the median of --runs runs is reported.  GFLOP counts conv MACs x 2.
 """
-import argparse, json, os, platform, re, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +287,7 @@ def dreamd_bench(exe, decoder, batch, shape):
         except ValueError:
             raise SystemExit(f"error: {' '.join(cmd)} did not print a JSON object:\n{p.stdout}") from None
     missing = {"frames_per_s", "ms_per_frame", "batch", "latent"} - set(res)
-    if missing or res["batch"] != batch or res["latent"] != s:
+    if missing or str(res["batch"]) != str(batch) or res["latent"] != s:
         raise SystemExit(f"error: unexpected dreamd JSON (missing {sorted(missing)} or wrong "
                          f"batch/latent): {res}")
     return res
@@ -310,13 +310,13 @@ def other_cpu_load(interval=0.5):
 
 
 def machine():
-    info = {}
-    if shutil.which("lscpu"):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            k, _, v = line.partition(":")
-            info[k.strip()] = v.strip()
-    return f"{info.get('Model name', platform.processor() or 'unknown CPU')}, " \
-           f"{info.get('CPU(s)', os.cpu_count())} cores"
+    """`lscpu` model name and CPU count, e.g. "AMD EPYC, 2 cores"."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    info = {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in out.splitlines())}
+    return f"{info.get('Model name', 'unknown CPU')}, {info.get('CPU(s)', os.cpu_count())} cores"
 
 
 # ---------------------------------------------------------------- subcommands
@@ -422,7 +422,7 @@ def main(argv=None):
         p = sub.add_parser(name)
         p.add_argument("--weights", help="default: <models>/taesd/taesd_<kind>.safetensors")
         p.add_argument("--batch", type=int, default=10)
-        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
         p.add_argument("--runs", type=int, default=5)
         p.add_argument("--json", action="store_true")
     bench, comp = sub.choices["bench"], sub.choices["compare"]

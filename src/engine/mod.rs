@@ -5,11 +5,13 @@
 //! decoder call for the whole `[N, C, h, w]` batch, releases the lock, and only then resamples
 //! the pictures to the output size.
 
+pub mod conv;
 pub mod gpu_lock;
 pub mod models;
 pub mod preview;
 pub mod resize;
 pub mod taesd;
+pub mod taesd_cpu;
 pub mod weights;
 
 use std::fmt;
@@ -20,6 +22,8 @@ use image::RgbImage;
 use crate::config::{Config, DecoderChoice, DeviceRequest};
 use crate::latent::{LatentBatch, LatentShape};
 pub use gpu_lock::{GpuLock, LockAccount, LockStats, LockTimeout};
+use models::Family;
+use weights::Part;
 
 /// Why decoding failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +71,22 @@ impl fmt::Display for Device {
 }
 
 impl Device {
-    /// Resolves `generation.device`. `auto` is the CPU until a GPU backend is built in.
+    /// Resolves `generation.device`: `auto` is the first CUDA GPU in a CUDA build when one
+    /// answers, else the CPU.
     pub fn select(request: DeviceRequest) -> Result<Device, EngineError> {
         match request {
-            DeviceRequest::Auto | DeviceRequest::Cpu => Ok(Device::Cpu),
+            DeviceRequest::Cpu => Ok(Device::Cpu),
+            DeviceRequest::Auto => Ok(
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    Device::Cuda(0)
+                } else {
+                    Device::Cpu
+                },
+            ),
+            DeviceRequest::Cuda(n) if cfg!(feature = "cuda") => Ok(Device::Cuda(n)),
             DeviceRequest::Cuda(n) => Err(EngineError::Device(
                 format!("cuda:{n}"),
-                "this build of dreamd has no CUDA backend".to_string(),
+                "this build of dreamd has no CUDA backend (build with --features cuda)".to_string(),
             )),
         }
     }
@@ -103,48 +116,141 @@ pub struct DecodeOutput {
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
+    encoder: Option<models::TaesdEncoderModel>,
     lock: GpuLock,
     device: Device,
     width: u32,
     height: u32,
+    divisor: u32,
 }
 
 impl Engine {
-    /// Builds the engine that `config` asks for.
+    /// Builds the engine that `config` asks for: resolves the device, finds and loads the
+    /// decoder (and the matching encoder when its file is there), and logs the choice.
     pub fn from_config(config: &Config) -> Result<Engine, EngineError> {
+        let g = &config.generation;
         let device = Device::select(
-            crate::config::parse_device(&config.generation.device).map_err(|e| {
-                EngineError::Device(config.generation.device.clone(), e.to_string())
-            })?,
+            crate::config::parse_device(&g.device)
+                .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?,
         )?;
-        let decoder: Box<dyn Decoder> = match config.generation.decoder {
-            DecoderChoice::Auto | DecoderChoice::Preview => Box::new(preview::PreviewDecoder),
+        let dirs = models::search_dirs(g.models_dir.as_deref());
+        let family = match g.decoder {
+            DecoderChoice::Preview => None,
+            DecoderChoice::Auto => {
+                let found =
+                    models::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
+                if found.is_none() {
+                    tracing::info!(
+                        searched = ?dirs,
+                        "decoder auto: no taesd_decoder.safetensors found; using the preview decoder"
+                    );
+                }
+                found
+            }
+            DecoderChoice::Taesd => Some(Family::Taesd),
+            DecoderChoice::Taesdxl => Some(Family::Taesdxl),
+            DecoderChoice::Taesd3 => Some(Family::Taesd3),
+            DecoderChoice::Taef1 => Some(Family::Taef1),
         };
-        Ok(Engine::new(
-            decoder,
-            device,
-            config.generation.width,
-            config.generation.height,
-        ))
+        let (decoder, encoder): (Box<dyn Decoder>, _) = match family {
+            None => (Box::new(preview::PreviewDecoder), None),
+            Some(family) => {
+                let path = models::find(&dirs, family, Part::Decoder).ok_or_else(|| {
+                    EngineError::Model(format!(
+                        "generation.decoder = \"{family}\": {} not found in {dirs:?} \
+                         (see models/README.md for how to get it)",
+                        family.file_name(Part::Decoder)
+                    ))
+                })?;
+                let decoder: Box<dyn Decoder> = match device {
+                    Device::Cpu => {
+                        let weights = weights::WeightFile::load(&path, Part::Decoder)?;
+                        Box::new(taesd_cpu::TaesdCpuDecoder::new(family.name(), &weights)?)
+                    }
+                    Device::Cuda(_) => Box::new(models::TaesdDecoderModel::load(
+                        &path,
+                        family.name(),
+                        device,
+                    )?),
+                };
+                let encoder = match models::find(&dirs, family, Part::Encoder) {
+                    Some(path) => Some(models::TaesdEncoderModel::load(&path, device)?),
+                    None => None,
+                };
+                tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");
+                (decoder, encoder)
+            }
+        };
+        let default_divisor = if family.is_some() && device == Device::Cpu {
+            2
+        } else {
+            1
+        };
+        let mut engine = Engine::new(decoder, device, g.width, g.height);
+        engine.encoder = encoder;
+        engine.divisor = g.decode_divisor.unwrap_or(default_divisor);
+        Ok(engine)
     }
 
-    /// Wraps `decoder`; frames come out at `width × height`.
+    /// Wraps `decoder`; frames come out at `width × height`, decoded at full size.
     pub fn new(decoder: Box<dyn Decoder>, device: Device, width: u32, height: u32) -> Engine {
         Engine {
             decoder,
+            encoder: None,
             lock: GpuLock::new(),
             device,
             width,
             height,
+            divisor: 1,
         }
+    }
+
+    /// Decodes at 1/`divisor` of the output size (the latents shrink to match).
+    pub fn with_divisor(mut self, divisor: u32) -> Engine {
+        self.divisor = divisor.max(1);
+        self
+    }
+
+    /// The divisor in use.
+    pub fn divisor(&self) -> u32 {
+        self.divisor
+    }
+
+    /// The encoder, when its weights were found.
+    pub fn encoder(&self) -> Option<&models::TaesdEncoderModel> {
+        self.encoder.as_ref()
+    }
+
+    /// Encodes pictures to latents of [`Engine::latent_shape`] under one GPU-lock acquisition,
+    /// after resizing each to the decode size (8 pixels per latent cell). Blocking.
+    pub fn encode_batch(
+        &self,
+        images: &[RgbImage],
+        account: &LockAccount,
+        lock_timeout: Duration,
+    ) -> Result<Vec<crate::latent::Latent>, EngineError> {
+        let encoder = self.encoder.as_ref().ok_or_else(|| {
+            EngineError::Model(format!(
+                "decoder {} has no encoder loaded",
+                self.decoder.name()
+            ))
+        })?;
+        let shape = self.latent_shape();
+        let (w, h) = ((shape.width * 8) as u32, (shape.height * 8) as u32);
+        let resized = images
+            .iter()
+            .map(|image| resize::resize_rgb(image.clone(), w, h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _gpu = self.lock.acquire(account, lock_timeout)?;
+        encoder.encode(&resized)
     }
 
     /// The latent shape the pipeline feeds this engine: `[C, height/8, width/8]`.
     pub fn latent_shape(&self) -> LatentShape {
         LatentShape::new(
             self.decoder.latent_channels(),
-            (self.height / 8) as usize,
-            (self.width / 8) as usize,
+            (self.height / 8 / self.divisor) as usize,
+            (self.width / 8 / self.divisor) as usize,
         )
     }
 
@@ -251,6 +357,7 @@ mod tests {
         assert_eq!(account.acquisitions(), 0);
     }
 
+    #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_backend_is_a_clear_error() {
         let err = Device::select(DeviceRequest::Cuda(0)).unwrap_err();

@@ -117,6 +117,28 @@ impl WeightFile {
             .ok_or_else(|| self.error(format!("missing tensor {name} ({why})")))
     }
 
+    /// The values of tensor `name`, which must have exactly `shape`.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+        let tensor = self.tensors.get(name).ok_or_else(|| {
+            self.error(format!("missing tensor {name} (expected shape {shape:?})"))
+        })?;
+        if tensor.dims() != shape {
+            return Err(self.error(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                tensor.dims()
+            )));
+        }
+        tensor
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.error(format!("tensor {name}: {e}")))
+    }
+
+    /// Whether a tensor is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
     /// A `VarBuilder` over these tensors on `device`; every lookup checks name and shape.
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
         let backend = CheckedTensors {

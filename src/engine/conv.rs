@@ -1,0 +1,401 @@
+//! CPU 3×3 convolutions as shifted matrix products, for the TAESD decoder.
+//!
+//! Activations live in a [`Padded`] layout: `[C][B][H+2][W+2]`, channel-major across the whole
+//! batch, with a zero border around every picture. In that layout a 3×3 convolution with padding
+//! 1 is nine matrix products, one per tap: `out[co, q] += W_tap[co, ci] · in[ci, q + offset_tap]`,
+//! where `q` runs over the flattened batch and `offset_tap = (dy−1)(W+2) + (dx−1)`. No im2col
+//! copy is made; positions that land on a border compute garbage and are zeroed by the epilogue,
+//! which also adds the bias and the residual and applies the ReLU. Columns are processed in
+//! cache-sized chunks (all nine taps per chunk), and output channels are split across threads.
+//!
+//! The matrix products use the `gemm` crate; [`matmul`] is the one place that calls it, with
+//! every index range checked against its slice first.
+
+use std::ops::Range;
+
+/// Columns per chunk: 64 output rows × this many f32 stay in L2 across the nine taps.
+const CHUNK: usize = 2048;
+
+/// Activations `[C][B][H+2][W+2]` with zero borders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Padded {
+    pub channels: usize,
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl Padded {
+    /// All zeros.
+    pub fn zeros(channels: usize, batch: usize, height: usize, width: usize) -> Self {
+        let len = channels * batch * (height + 2) * (width + 2);
+        Self {
+            channels,
+            batch,
+            height,
+            width,
+            data: vec![0.0; len],
+        }
+    }
+
+    /// From `[B][C][H][W]` values.
+    pub fn from_nchw(
+        values: &[f32],
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Self {
+        let mut padded = Self::zeros(channels, batch, height, width);
+        for b in 0..batch {
+            for c in 0..channels {
+                for y in 0..height {
+                    let src = ((b * channels + c) * height + y) * width;
+                    let dst = padded.index(c, b, y + 1, 1);
+                    padded.data[dst..dst + width].copy_from_slice(&values[src..src + width]);
+                }
+            }
+        }
+        padded
+    }
+
+    /// Values per channel (the whole padded batch).
+    pub fn plane(&self) -> usize {
+        self.batch * (self.height + 2) * (self.width + 2)
+    }
+
+    /// Flat index of padded coordinates.
+    fn index(&self, c: usize, b: usize, y: usize, x: usize) -> usize {
+        ((c * self.batch + b) * (self.height + 2) + y) * (self.width + 2) + x
+    }
+
+    /// Interior value at `(c, b, y, x)` (unpadded coordinates).
+    pub fn get(&self, c: usize, b: usize, y: usize, x: usize) -> f32 {
+        self.data[self.index(c, b, y + 1, x + 1)]
+    }
+
+    /// Applies `f` to every interior value.
+    pub fn map_interior(&mut self, f: impl Fn(f32) -> f32) {
+        let (h, w) = (self.height, self.width);
+        for c in 0..self.channels {
+            for b in 0..self.batch {
+                for y in 0..h {
+                    let start = self.index(c, b, y + 1, 1);
+                    for v in &mut self.data[start..start + w] {
+                        *v = f(*v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nearest-neighbour upsampling by 2.
+    pub fn upsample2(&self) -> Padded {
+        let mut out = Padded::zeros(self.channels, self.batch, self.height * 2, self.width * 2);
+        for c in 0..self.channels {
+            for b in 0..self.batch {
+                for y in 0..self.height {
+                    let src = self.index(c, b, y + 1, 1);
+                    let row = &self.data[src..src + self.width];
+                    for dy in 0..2 {
+                        let dst = out.index(c, b, 2 * y + dy + 1, 1);
+                        for (x, &v) in row.iter().enumerate() {
+                            out.data[dst + 2 * x] = v;
+                            out.data[dst + 2 * x + 1] = v;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// 1 for interior positions of the flattened plane, 0 for borders.
+    fn interior_mask(&self) -> Vec<bool> {
+        let (h, w) = (self.height + 2, self.width + 2);
+        (0..self.plane())
+            .map(|q| {
+                let (y, x) = ((q / w) % h, q % w);
+                y >= 1 && y <= self.height && x >= 1 && x <= self.width
+            })
+            .collect()
+    }
+}
+
+/// A 3×3 convolution, padding 1, stride 1, with optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv3x3 {
+    c_in: usize,
+    c_out: usize,
+    /// `[tap][c_out][c_in]`, tap = dy·3 + dx.
+    taps: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// What happens to each output value after the convolution.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub relu: bool,
+    pub residual: Option<&'a Padded>,
+}
+
+impl Conv3x3 {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias `[c_out]`.
+    pub fn new(c_in: usize, c_out: usize, weight: &[f32], bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
+        let mut taps = vec![0.0; 9 * c_out * c_in];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..9 {
+                    taps[(t * c_out + co) * c_in + ci] = weight[(co * c_in + ci) * 9 + t];
+                }
+            }
+        }
+        Self {
+            c_in,
+            c_out,
+            taps,
+            bias,
+        }
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// Convolves `input`, then applies the epilogue; borders of the result are zero.
+    pub fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
+        assert_eq!(input.channels, self.c_in, "conv input channels");
+        let mut out = Padded::zeros(self.c_out, input.batch, input.height, input.width);
+        let plane = input.plane();
+        let row = input.width + 2;
+        // Output positions whose nine taps all stay inside the plane.
+        let columns = (row + 1)..(plane - row - 1);
+        let mask = input.interior_mask();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.c_out);
+        let rows_per_thread = self.c_out.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for (part, dst) in out.data.chunks_mut(rows_per_thread * plane).enumerate() {
+                let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
+                let (columns, mask) = (columns.clone(), &mask);
+                scope.spawn(move || {
+                    self.rows(input, dst, rows, columns, mask, epilogue);
+                });
+            }
+        });
+        out
+    }
+
+    /// Computes output channels `rows` into `dst` (those channels' planes).
+    fn rows(
+        &self,
+        input: &Padded,
+        dst: &mut [f32],
+        rows: Range<usize>,
+        columns: Range<usize>,
+        mask: &[bool],
+        epilogue: Epilogue,
+    ) {
+        let plane = input.plane();
+        let row = (input.width + 2) as isize;
+        let m = rows.len();
+        let mut start = columns.start;
+        while start < columns.end {
+            let n = CHUNK.min(columns.end - start);
+            for t in 0..9 {
+                let offset = ((t / 3) as isize - 1) * row + (t % 3) as isize - 1;
+                let lhs_start = (t * self.c_out + rows.start) * self.c_in;
+                matmul(
+                    Matmul { m, n, k: self.c_in },
+                    &mut dst[start..],
+                    plane,
+                    &self.taps[lhs_start..lhs_start + m * self.c_in],
+                    &input.data[(start as isize + offset) as usize..],
+                    plane,
+                    t > 0,
+                );
+            }
+            for (local, co) in rows.clone().enumerate() {
+                let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
+                let values = &mut dst[local * plane + start..local * plane + start + n];
+                let residual = epilogue
+                    .residual
+                    .map(|r| &r.data[co * plane + start..co * plane + start + n]);
+                for (i, v) in values.iter_mut().enumerate() {
+                    if !mask[start + i] {
+                        *v = 0.0;
+                        continue;
+                    }
+                    let mut x = *v + bias;
+                    if let Some(r) = residual {
+                        x += r[i];
+                    }
+                    *v = if epilogue.relu { x.max(0.0) } else { x };
+                }
+            }
+            start += n;
+        }
+    }
+}
+
+/// Sizes of one product: `[m × k] · [k × n]`.
+#[derive(Clone, Copy)]
+struct Matmul {
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+/// `dst[i, j] (+)= Σ_l lhs[i, l] · rhs[l, j]`, all row-major with unit column stride; rows of
+/// `dst` are `dst_rs` apart, rows of `lhs` are `k` apart, rows of `rhs` are `rhs_rs` apart.
+/// `accumulate` adds to `dst` instead of overwriting it.
+fn matmul(
+    size: Matmul,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    rhs_rs: usize,
+    accumulate: bool,
+) {
+    let Matmul { m, n, k } = size;
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The last element each operand touches must be inside its slice.
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul dst out of range");
+    assert!(m * k <= lhs.len(), "matmul lhs out of range");
+    assert!(
+        k == 0 || (k - 1) * rhs_rs + n <= rhs.len(),
+        "matmul rhs out of range"
+    );
+    // SAFETY: the asserts above keep every access of gemm (rows × strides) inside the slices,
+    // `dst` is exclusively borrowed, and `lhs`/`rhs` do not alias it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution of one `[C][H][W]` picture, for reference.
+    fn reference(
+        input: &[f32],
+        c_in: usize,
+        h: usize,
+        w: usize,
+        weight: &[f32],
+        c_out: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; c_out * h * w];
+        for co in 0..c_out {
+            for y in 0..h {
+                for x in 0..w {
+                    let mut acc = 0.0;
+                    for ci in 0..c_in {
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                let (yy, xx) =
+                                    (y as isize + dy as isize - 1, x as isize + dx as isize - 1);
+                                if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                                    acc += weight[((co * c_in + ci) * 3 + dy) * 3 + dx]
+                                        * input[(ci * h + yy as usize) * w + xx as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(co * h + y) * w + x] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect()
+    }
+
+    #[test]
+    fn matches_direct_convolution_over_a_batch() {
+        let (c_in, c_out, h, w, batch) = (5, 7, 6, 9, 3);
+        let weight = values(c_out * c_in * 9, 0.3);
+        let bias: Vec<f32> = values(c_out, 1.1);
+        let input = values(batch * c_in * h * w, 2.0);
+        let conv = Conv3x3::new(c_in, c_out, &weight, Some(bias.clone()));
+        let padded = Padded::from_nchw(&input, batch, c_in, h, w);
+        let out = conv.forward(
+            &padded,
+            Epilogue {
+                relu: false,
+                residual: None,
+            },
+        );
+        for b in 0..batch {
+            let one = &input[b * c_in * h * w..(b + 1) * c_in * h * w];
+            let expected = reference(one, c_in, h, w, &weight, c_out);
+            for co in 0..c_out {
+                for y in 0..h {
+                    for x in 0..w {
+                        let e = expected[(co * h + y) * w + x] + bias[co];
+                        let g = out.get(co, b, y, x);
+                        assert!((e - g).abs() < 1e-4, "b{b} c{co} y{y} x{x}: {e} vs {g}");
+                    }
+                }
+            }
+        }
+        // Borders stay zero so the next convolution sees padding.
+        assert_eq!(out.data[0], 0.0);
+        let last = out.data.len() - 1;
+        assert_eq!(out.data[last], 0.0);
+    }
+
+    #[test]
+    fn epilogue_adds_residual_then_relu() {
+        let weight = vec![0.0; 9];
+        let conv = Conv3x3::new(1, 1, &weight, Some(vec![-1.0]));
+        let input = Padded::from_nchw(&[0.5, 3.0], 1, 1, 1, 2);
+        let out = conv.forward(
+            &input,
+            Epilogue {
+                relu: true,
+                residual: Some(&input),
+            },
+        );
+        assert_eq!(out.get(0, 0, 0, 0), 0.0);
+        assert_eq!(out.get(0, 0, 0, 1), 2.0);
+    }
+
+    #[test]
+    fn upsample_repeats_each_value_twice_each_way() {
+        let p = Padded::from_nchw(&[1.0, 2.0], 1, 1, 1, 2);
+        let u = p.upsample2();
+        assert_eq!((u.height, u.width), (2, 4));
+        let row: Vec<f32> = (0..4).map(|x| u.get(0, 0, 1, x)).collect();
+        assert_eq!(row, [1.0, 1.0, 2.0, 2.0]);
+    }
+}
