@@ -156,14 +156,37 @@ impl Default for GenerationConfig {
 pub enum SourceKind {
     /// Seeded, smooth, slowly drifting latent fields.
     Procedural,
+    /// Pictures from a folder, encoded with the TAESD encoder.
+    Images,
 }
 
 impl fmt::Display for SourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceKind::Procedural => f.write_str("procedural"),
+            SourceKind::Images => f.write_str("images"),
         }
     }
+}
+
+/// The order in which the image source visits its pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageOrder {
+    /// In file-name order, round and round.
+    Cycle,
+    /// A fresh seeded permutation each round.
+    Shuffle,
+}
+
+/// How a picture of another aspect ratio is fitted to the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FitMode {
+    /// Scale to cover the frame and cut the overflow (centred).
+    Crop,
+    /// Scale to fit inside the frame and fill the rest with black.
+    Pad,
 }
 
 /// `[keyframes]`: the keyframe source and its settings.
@@ -173,6 +196,10 @@ pub struct KeyframesConfig {
     pub source: SourceKind,
     pub seed: u64,
     pub drift: f64,
+    /// Folder of pictures for `source = "images"`.
+    pub images_dir: PathBuf,
+    pub order: ImageOrder,
+    pub fit: FitMode,
 }
 
 impl Default for KeyframesConfig {
@@ -181,6 +208,9 @@ impl Default for KeyframesConfig {
             source: SourceKind::Procedural,
             seed: 42,
             drift: 0.35,
+            images_dir: PathBuf::from("images"),
+            order: ImageOrder::Cycle,
+            fit: FitMode::Crop,
         }
     }
 }

@@ -53,7 +53,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     }
     let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
     let engine = Arc::new(Engine::from_config(config)?);
-    let source = keyframes::from_config(config, engine.latent_shape())?;
+    let source = keyframes::from_config(config, &engine)?;
     Ok(Prepared {
         engine,
         source,

@@ -205,6 +205,7 @@ impl Engine {
         }
     }
 
+    /// Encodes pictures whose size is the output size, too (see [`Engine::encode_batch`]).
     /// Decodes at 1/`divisor` of the output size (the latents shrink to match).
     pub fn with_divisor(mut self, divisor: u32) -> Engine {
         self.divisor = divisor.max(1);

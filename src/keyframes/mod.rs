@@ -3,13 +3,17 @@
 //! A source is asynchronous and fallible: the coordinator asks it for keyframe `k` under a
 //! timeout, and a failure costs that keyframe's frames, never the pipeline.
 
+pub mod images;
 pub mod procedural;
 
 use async_trait::async_trait;
 use image::RgbImage;
 
 use crate::config::{Config, SourceKind};
-use crate::latent::{Latent, LatentError, LatentShape};
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::latent::{Latent, LatentError};
 
 /// One keyframe: its latent, and its picture when the source has one (an image folder does; a
 /// latent-only source leaves the decoder to draw it).
@@ -50,16 +54,25 @@ pub trait KeyframeSource: Send {
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError>;
 }
 
-/// Builds the source that `config` names, making latents of `shape`.
+/// Builds the source that `config` names, making latents for `engine`.
 pub fn from_config(
     config: &Config,
-    shape: LatentShape,
+    engine: &Arc<Engine>,
 ) -> Result<Box<dyn KeyframeSource>, KeyframeError> {
-    match config.keyframes.source {
+    let k = &config.keyframes;
+    match k.source {
         SourceKind::Procedural => Ok(Box::new(procedural::ProceduralSource::new(
-            config.keyframes.seed,
-            config.keyframes.drift,
-            shape,
+            k.seed,
+            k.drift,
+            engine.latent_shape(),
         ))),
+        SourceKind::Images => Ok(Box::new(images::ImageSource::new(
+            &k.images_dir,
+            k.order,
+            k.fit,
+            k.seed,
+            Arc::clone(engine),
+            config.timeouts.keyframe(),
+        )?)),
     }
 }
