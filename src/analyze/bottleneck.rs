@@ -86,7 +86,7 @@ pub fn judge(report: &Report) -> Bottlenecks {
                             pairs.total_ms.mean.unwrap_or(0.0),
                             s * 100.0
                         ),
-                        "lower display.target_fps or raise generation.frames_per_pair, and fix the stage named by the findings below",
+                        "lower display.target_fps or raise generation.frames_per_pair, and fix the slowest stage named in the other findings",
                     ));
                 }
             }
@@ -194,7 +194,7 @@ pub fn judge(report: &Report) -> Bottlenecks {
                 "{} frames held and {} skipped: frames were not ready on time",
                 display.held, display.skipped
             ),
-            "generation fell behind or failed: raise buffer.target_seconds and display.start_gate_seconds, and fix the findings above",
+            "generation fell behind or failed: raise buffer.target_seconds and display.start_gate_seconds, and fix the other findings",
         ));
     }
     if let Some(shown) = display.frames_displayed.filter(|n| *n > 0) {

@@ -26,14 +26,16 @@ fn plot_error(plot: &'static str) -> impl Fn(String) -> AnalyzeError {
 }
 
 /// A line plot of one or more series against seconds since the first record.
+/// All plots share the x range `0..span_s` (the report's window), so they line up.
 fn line_plot(
     plot: &'static str,
     y_desc: &str,
+    span_s: f64,
     lines: &[(&str, &[SeriesPoint], RGBColor)],
 ) -> Result<String, AnalyzeError> {
     let err = plot_error(plot);
     let points = lines.iter().flat_map(|(_, pts, _)| pts.iter());
-    let (mut x_max, mut y_max) = (1.0f64, 0.0f64);
+    let (mut x_max, mut y_max) = (span_s.max(1.0), 0.0f64);
     for p in points {
         x_max = x_max.max(p.t_s);
         y_max = y_max.max(p.mean);
@@ -158,6 +160,7 @@ fn figure(
 /// The plots and verdict of one report, as an HTML fragment.
 fn report_body(report: &Report) -> Result<String, AnalyzeError> {
     let s = &report.series;
+    let span = report.window.span_s;
     let mut body = String::new();
     body.push_str("<h2>Bottlenecks</h2>\n");
     if report.bottlenecks.healthy {
@@ -181,12 +184,14 @@ fn report_body(report: &Report) -> Result<String, AnalyzeError> {
         line_plot(
             "Decode ms per pair over time",
             "ms",
-            &[
-                ("decode ms (mean per bucket)", &s.decode_ms, BLUE),
-                ("pair total ms", &s.total_ms, RGBColor(200, 120, 0)),
-            ],
+            span,
+            &[(
+                "decode ms per pair (mean per time bucket)",
+                &s.decode_ms,
+                BLUE,
+            )],
         ),
-        s.decode_ms.is_empty() && s.total_ms.is_empty(),
+        s.decode_ms.is_empty(),
         "Decode ms per pair",
     )?);
     body.push_str(&figure(
@@ -198,6 +203,7 @@ fn report_body(report: &Report) -> Result<String, AnalyzeError> {
         line_plot(
             "Buffer seconds over time",
             "seconds buffered",
+            span,
             &[("buffer s", &s.buffer_s, RGBColor(0, 140, 70))],
         ),
         s.buffer_s.is_empty(),
@@ -207,6 +213,7 @@ fn report_body(report: &Report) -> Result<String, AnalyzeError> {
         line_plot(
             "Display interval error",
             "ms",
+            span,
             &[
                 (
                     "interval error p50 (since start)",
