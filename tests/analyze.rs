@@ -245,6 +245,24 @@ fn compare_puts_two_runs_side_by_side() {
     ));
     assert!(text.contains("B/A"), "{text}");
     assert!(text.contains("lock acquisitions/pair"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("compare.html");
+    stdout(&dreamd(
+        None,
+        &[
+            "analyze",
+            "--compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--html",
+            page.to_str().unwrap(),
+        ],
+    ));
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<th>B/A</th>"));
+    assert!(html.contains("Run A: ") && html.contains("Run B: "));
+    assert!(html.matches("<svg").count() >= 4, "plots of both runs");
 }
 
 #[test]

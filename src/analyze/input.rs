@@ -332,6 +332,24 @@ mod tests {
     }
 
     #[test]
+    fn folder_with_the_python_log_and_its_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "dream_controller.log",
+            "dream_controller.log.1",
+            "daemon.log",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let files = resolve(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["dream_controller.log.1", "dream_controller.log"]);
+    }
+
+    #[test]
     fn missing_file_and_empty_folder_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.jsonl");
