@@ -18,6 +18,11 @@ pub const DEFAULT_FPS: f64 = 4.0;
 pub const BUFFER_LOW_SHARE: f64 = 0.25;
 /// …once the buffer has first reached this share of its target (start-up is not "low").
 pub const BUFFER_READY_SHARE: f64 = 0.5;
+/// Most distinct keyframe sources or failure stages kept apart; further names count as
+/// [`OTHER`], so a hostile log cannot grow the maps without bound.
+pub const MAX_NAMES: usize = 32;
+/// The bucket for names beyond [`MAX_NAMES`].
+pub const OTHER: &str = "other";
 /// Error messages are kept to this many characters.
 const ERROR_CHARS: usize = 200;
 /// Edges (ms) of the lock-wait histogram.
@@ -151,6 +156,15 @@ pub struct Aggregator {
     last_error: BTreeMap<String, String>,
 }
 
+/// `name` if the map already has it or has room, else [`OTHER`].
+fn bounded_name<V>(map: &BTreeMap<String, V>, name: &str) -> String {
+    if map.contains_key(name) || map.len() < MAX_NAMES {
+        name.to_string()
+    } else {
+        OTHER.to_string()
+    }
+}
+
 fn clip(text: &str) -> String {
     text.chars().take(ERROR_CHARS).collect()
 }
@@ -166,9 +180,10 @@ impl Aggregator {
     }
 
     fn failure(&mut self, stage: &str, error: Option<&str>) {
-        *self.failures.entry(stage.to_string()).or_default() += 1;
+        let stage = bounded_name(&self.failures, stage);
+        *self.failures.entry(stage.clone()).or_default() += 1;
         if let Some(error) = error {
-            self.last_error.insert(stage.to_string(), clip(error));
+            self.last_error.insert(stage, clip(error));
         }
     }
 
@@ -232,7 +247,8 @@ impl Aggregator {
                 }
             }
             Record::Keyframe(k) => {
-                let entry = self.keyframes.entry(k.source.clone()).or_default();
+                let source = bounded_name(&self.keyframes, &k.source);
+                let entry = self.keyframes.entry(source).or_default();
                 entry.0 += 1;
                 if k.ok {
                     if let Some(ms) = k.ms {
@@ -541,6 +557,28 @@ mod tests {
         assert_eq!(report.lock.contention_events, 1);
         assert_eq!(report.lock.acquisitions_per_pair, Some(1.0));
         assert_eq!(report.window.span_s, 5.0);
+    }
+
+    #[test]
+    fn source_names_are_bounded() {
+        let mut agg = Aggregator::default();
+        for i in 0..100 {
+            agg.add(Record::Keyframe(crate::analyze::record::KeyframeRecord {
+                ts: i as f64,
+                source: format!("source{i}"),
+                ms: Some(1.0),
+                ok: false,
+                error: Some("x".repeat(1000)),
+            }));
+        }
+        let report = agg.finish(Vec::new());
+        assert_eq!(report.keyframes.by_source.len(), MAX_NAMES + 1);
+        assert_eq!(
+            report.keyframes.by_source[OTHER].count,
+            100 - MAX_NAMES as u64
+        );
+        assert_eq!(report.failures.by_stage["keyframe"], 100);
+        assert_eq!(report.failures.last_error["keyframe"].len(), 200);
     }
 
     #[test]

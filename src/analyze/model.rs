@@ -159,8 +159,8 @@ pub struct Bottlenecks {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// Stable identifier: `generation_behind`, `decode_bound`, `keyframe_bound`, `save_bound`,
-    /// `lock_contention`, `lock_not_batched`, `display_starved`, `buffer_low`, `late_ticks`,
-    /// `failures`.
+    /// `lock_contention`, `lock_not_batched`, `display_starved`, `display_holes`, `late_ticks`,
+    /// `buffer_low`, `failures`.
     pub id: &'static str,
     /// `high` when the value is at least twice its threshold, else `medium`.
     pub level: &'static str,
