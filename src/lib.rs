@@ -6,6 +6,7 @@
 //! rate and publishes the current frame; the [`status`] writer keeps `status.json` current.
 //! [`daemon`] wires these together; the README's architecture section draws the flow.
 
+pub mod analyze;
 pub mod atomic_file;
 pub mod bench;
 pub mod buffer;

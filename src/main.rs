@@ -1,4 +1,4 @@
-//! The `dreamd` command line: `run`, `init`, `bench`.
+//! The `dreamd` command line: `run`, `init`, `bench`, `analyze`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,28 @@ enum Command {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+    },
+    /// Timing and contention report from dreamd's logs (or the original Python controller's).
+    Analyze {
+        /// Log files or folders (default: logs/); a folder gives dreamd.jsonl and its rotated
+        /// and gzipped siblings.
+        #[arg(conflicts_with = "compare")]
+        logs: Vec<PathBuf>,
+        /// Print JSON (schema in the README) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML report with plots to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only records at or before this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Compare two runs (files or folders) side by side.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        compare: Option<Vec<PathBuf>>,
     },
     /// Measure the daemon.
     Bench {
@@ -122,6 +144,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let _logs = logging::init(&config.logging, &config.paths.log_dir)?;
             tracing::info!("{origin}");
             runtime()?.block_on_with_signals(|shutdown| daemon::run(config, shutdown, duration))?;
+            Ok(())
+        }
+        Command::Analyze {
+            logs,
+            json,
+            html,
+            since,
+            until,
+            compare,
+        } => {
+            let options = dreamd::analyze::Options {
+                paths: logs,
+                compare: compare
+                    .and_then(|c| <[PathBuf; 2]>::try_from(c).ok())
+                    .map(|[a, b]| (a, b)),
+                since,
+                until,
+                json,
+                html,
+            };
+            dreamd::analyze::run(&options, &mut std::io::stdout().lock())?;
             Ok(())
         }
         Command::Bench {

@@ -358,8 +358,8 @@ impl StatusWriter {
         }
     }
 
-    /// Writes every second and on wake-ups until `shutdown`, logging state changes and a
-    /// periodic buffer event.
+    /// Writes every second and on wake-ups until `shutdown`, logging state changes and the
+    /// periodic `buffer` and `display_stats` events (and both once more at shutdown).
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut last_state = None;
         let mut ticker = tokio::time::interval(WRITE_EVERY);
@@ -368,7 +368,11 @@ impl StatusWriter {
         buffer_event.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Final figures, so a short run's log still has a last snapshot.
+                    self.log_buffer_event();
+                    return;
+                }
                 _ = ticker.tick() => {}
                 _ = self.wake.notified() => {}
                 _ = buffer_event.tick() => {
@@ -396,6 +400,24 @@ impl StatusWriter {
             frames_ready = counts.ready,
             frames_registered = counts.registered,
             "buffer {seconds:.1}s"
+        );
+        // Display figures since start, for `dreamd analyze` (achieved fps, interval error).
+        let shown = &self.sources.telemetry.display;
+        let timing = shown.timing();
+        let error_ms = |q: f64| round(timing.interval_error.quantile(q).as_secs_f64() * 1000.0, 3);
+        tracing::debug!(
+            target: EVENT,
+            event = "display_stats",
+            target_fps = self.sources.target_fps,
+            frames_displayed = shown.frames_displayed.load(ORDER),
+            actual_fps = round(shown.actual_fps(), 3),
+            interval_error_p50_ms = error_ms(0.5),
+            interval_error_p99_ms = error_ms(0.99),
+            late = shown.late.load(ORDER),
+            held = shown.held.load(ORDER),
+            skipped = shown.skipped.load(ORDER),
+            "display {:.2} fps",
+            shown.actual_fps()
         );
     }
 }
