@@ -19,5 +19,6 @@ pub mod keyframes;
 pub mod latent;
 pub mod logging;
 pub mod pipeline;
+pub mod priority;
 pub mod stats;
 pub mod status;

@@ -304,6 +304,7 @@ fn runtime() -> anyhow::Result<Runtime> {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("dreamd-rt")
+            .on_thread_start(dreamd::priority::lower_current_thread)
             .build()
             .context("cannot start the async runtime")?,
     ))
