@@ -112,16 +112,7 @@ impl TaesdDecoderModel {
     /// Loads a decoder file; its latent channel count comes from its first convolution.
     pub fn load(path: &Path, name: &str, device: Device) -> Result<Self, EngineError> {
         let weights = WeightFile::load(path, Part::Decoder)?;
-        let channels = match weights.require_shape("1.weight", "the decoder's first convolution")? {
-            [64, c, 3, 3] => *c,
-            other => {
-                return Err(weights
-                    .error(format!(
-                        "tensor 1.weight has shape {other:?}, expected [64, C, 3, 3]"
-                    ))
-                    .into())
-            }
-        };
+        let channels = weights.taesd_latent_channels(Part::Decoder)?;
         let device = candle_device(device)?;
         let model = TaesdDecoder::new(channels, weights.var_builder(&device))
             .map_err(|e| model_error(path, e))?;
@@ -200,16 +191,7 @@ impl TaesdEncoderModel {
     /// Loads an encoder file; its latent channel count comes from its last convolution.
     pub fn load(path: &Path, device: Device) -> Result<Self, EngineError> {
         let weights = WeightFile::load(path, Part::Encoder)?;
-        let channels = match weights.require_shape("14.weight", "the encoder's last convolution")? {
-            [c, 64, 3, 3] => *c,
-            other => {
-                return Err(weights
-                    .error(format!(
-                        "tensor 14.weight has shape {other:?}, expected [C, 64, 3, 3]"
-                    ))
-                    .into())
-            }
-        };
+        let channels = weights.taesd_latent_channels(Part::Encoder)?;
         let device = candle_device(device)?;
         let model = TaesdEncoder::new(channels, weights.var_builder(&device))
             .map_err(|e| model_error(path, e))?;

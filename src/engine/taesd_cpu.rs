@@ -8,7 +8,7 @@
 use image::RgbImage;
 
 use super::conv::{Conv3x3, Epilogue, Padded};
-use super::weights::{WeightError, WeightFile};
+use super::weights::{Part, WeightError, WeightFile};
 use super::{Decoder, EngineError};
 use crate::latent::LatentBatch;
 
@@ -59,15 +59,7 @@ fn block(weights: &WeightFile, index: usize) -> Result<Layer, WeightError> {
 impl TaesdCpuDecoder {
     /// Builds the decoder from index-layout weights (see [`super::weights`]).
     pub fn new(name: &str, weights: &WeightFile) -> Result<Self, WeightError> {
-        let latent_channels =
-            match weights.require_shape("1.weight", "the decoder's first convolution")? {
-                [64, c, 3, 3] => *c,
-                other => {
-                    return Err(weights.error(format!(
-                        "tensor 1.weight has shape {other:?}, expected [64, C, 3, 3]"
-                    )))
-                }
-            };
+        let latent_channels = weights.taesd_latent_channels(Part::Decoder)?;
         let mut layers = vec![Layer::Conv {
             conv: conv(weights, "1", latent_channels, HIDDEN, true)?,
             relu: true,
@@ -196,7 +188,6 @@ impl Decoder for TaesdCpuDecoder {
 mod tests {
     use super::*;
     use crate::engine::models::{find, search_dirs, test_models_dir, Family, TaesdDecoderModel};
-    use crate::engine::weights::Part;
     use crate::engine::Device;
     use crate::latent::{Latent, LatentShape};
 

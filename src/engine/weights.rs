@@ -134,6 +134,30 @@ impl WeightFile {
             .map_err(|e| self.error(format!("tensor {name}: {e}")))
     }
 
+    /// The latent channel count of a TAESD file: the input channels of the decoder's first
+    /// convolution (`1.weight`, `[64, C, 3, 3]`) or the output channels of the encoder's last
+    /// (`14.weight`, `[C, 64, 3, 3]`).
+    pub fn taesd_latent_channels(&self, part: Part) -> Result<usize, WeightError> {
+        let (name, why, expected) = match part {
+            Part::Decoder => (
+                "1.weight",
+                "the decoder's first convolution",
+                "[64, C, 3, 3]",
+            ),
+            Part::Encoder => (
+                "14.weight",
+                "the encoder's last convolution",
+                "[C, 64, 3, 3]",
+            ),
+        };
+        match (part, self.require_shape(name, why)?) {
+            (Part::Decoder, [64, c, 3, 3]) | (Part::Encoder, [c, 64, 3, 3]) => Ok(*c),
+            (_, other) => Err(self.error(format!(
+                "tensor {name} has shape {other:?}, expected {expected}"
+            ))),
+        }
+    }
+
     /// Whether a tensor is present.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
