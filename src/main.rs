@@ -67,10 +67,31 @@ enum Command {
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         compare: Option<Vec<PathBuf>>,
     },
+    /// List or verify model files (TAESD family).
+    Models {
+        #[command(subcommand)]
+        what: ModelsCommand,
+    },
     /// Measure the daemon.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Show which model files are found, and where dreamd looked.
+    List {
+        /// Config file (for generation.models_dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Load every model file found, check its tensors and run it once; exit 1 naming bad files.
+    Verify {
+        /// Config file (for generation.models_dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -131,6 +152,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init { path, force } => init(&path, force),
+        Command::Models { what } => models(what),
         Command::Run {
             config,
             output,
@@ -274,6 +296,50 @@ fn bench_decode(
             runs,
         },
     )
+}
+
+/// `dreamd models list|verify`.
+fn models(what: ModelsCommand) -> anyhow::Result<()> {
+    use dreamd::engine::models;
+    let (ModelsCommand::List { config } | ModelsCommand::Verify { config }) = &what;
+    let (config, _) = daemon::load_config(config.as_deref())?;
+    let dirs = models::search_dirs(config.generation.models_dir.as_deref());
+    let found = models::list(&dirs);
+    println!(
+        "searched: {}",
+        if dirs.is_empty() {
+            "(no model folder exists)".to_string()
+        } else {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    anyhow::ensure!(
+        !found.is_empty(),
+        "no TAESD model files found (see models/README.md for how to get them)"
+    );
+    let mut bad = Vec::new();
+    for model in &found {
+        let name = model.family.file_name(model.part);
+        match what {
+            ModelsCommand::List { .. } => println!(
+                "{name:32} {:>8.2} MB  {}",
+                model.bytes as f64 / 1e6,
+                model.path.display()
+            ),
+            ModelsCommand::Verify { .. } => match models::verify(model) {
+                Ok(summary) => println!("ok    {name:32} {summary}"),
+                Err(e) => {
+                    println!("FAIL  {name:32} {e}");
+                    bad.push(model.path.display().to_string());
+                }
+            },
+        }
+    }
+    anyhow::ensure!(bad.is_empty(), "bad model files: {}", bad.join(", "));
+    Ok(())
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {
