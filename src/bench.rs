@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::daemon;
-use crate::stats::rss_bytes;
+use crate::stats::{round, rss_bytes};
 
 /// Options of `dreamd bench pacing`.
 #[derive(Debug, Clone)]
@@ -158,11 +158,6 @@ impl PacingReport {
             self.rss_max_mb,
         )
     }
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 fn scratch_dir() -> anyhow::Result<PathBuf> {

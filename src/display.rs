@@ -22,7 +22,7 @@ use crate::atomic_file::write_atomic;
 use crate::buffer::{FrameBuffer, Front};
 use crate::frame::EncodedFrame;
 use crate::logging::EVENT;
-use crate::stats::{DisplayPhase, Stage, Telemetry};
+use crate::stats::{millis as ms, DisplayPhase, Stage, Telemetry};
 
 /// A wake-up later than this counts as a late tick.
 const LATE_AFTER: Duration = Duration::from_millis(2);
@@ -288,10 +288,6 @@ fn phase_name(phase: DisplayPhase) -> &'static str {
         DisplayPhase::Playing => "playing",
         DisplayPhase::Stopped => "stopped",
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Writes the newest queued frame to `current_frame.<ext>`, atomically, until the display stops.

@@ -339,6 +339,17 @@ impl Default for Telemetry {
     }
 }
 
+/// `value` rounded to `decimals` decimal places (for reports).
+pub fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// A duration in milliseconds, to the microsecond (for logs and reports).
+pub fn millis(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1000.0, 3)
+}
+
 /// Resident set size of this process in bytes (Linux), if it can be read.
 pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -18,7 +18,7 @@ use crate::atomic_file::write_atomic;
 use crate::buffer::FrameBuffer;
 use crate::engine::Engine;
 use crate::logging::EVENT;
-use crate::stats::{DisplayPhase, Stage, Telemetry};
+use crate::stats::{round, DisplayPhase, Stage, Telemetry};
 
 /// A failure this recent makes the state `degraded`.
 pub const DEGRADED_WINDOW: Duration = Duration::from_secs(30);
@@ -310,11 +310,6 @@ impl StatusSources {
 }
 
 const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
-}
 
 /// The only writer of `status.json`.
 pub struct StatusWriter {

@@ -343,6 +343,16 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
     }
 }
 
+/// Reads a little-endian f32 file (the golden vectors).
+#[cfg(test)]
+pub fn read_f32_file(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Where the shared test models live: `$DREAMD_MODELS` or `../shared/models`.
 #[cfg(test)]
 pub fn test_models_dir() -> PathBuf {
@@ -366,18 +376,10 @@ mod tests {
         })
     }
 
-    fn read_f32(path: &Path) -> Vec<f32> {
-        std::fs::read(path)
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    }
-
     fn golden(family: Family, channels: usize) {
         let dir = test_models_dir().join("golden");
-        let input = read_f32(&dir.join(format!("{family}_dec_in_{channels}x8x8_f32le.bin")));
-        let expected = read_f32(&dir.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
+        let input = read_f32_file(&dir.join(format!("{family}_dec_in_{channels}x8x8_f32le.bin")));
+        let expected = read_f32_file(&dir.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
         let shape = LatentShape::new(channels, 8, 8);
         let mut batch = LatentBatch::with_capacity(shape, 1);
         batch.push(&Latent::new(shape, input).unwrap()).unwrap();

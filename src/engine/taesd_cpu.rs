@@ -187,7 +187,9 @@ impl Decoder for TaesdCpuDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::models::{find, search_dirs, test_models_dir, Family, TaesdDecoderModel};
+    use crate::engine::models::{
+        find, read_f32_file, search_dirs, test_models_dir, Family, TaesdDecoderModel,
+    };
     use crate::engine::Device;
     use crate::latent::{Latent, LatentShape};
 
@@ -205,14 +207,6 @@ mod tests {
         })
     }
 
-    fn read_f32(path: &std::path::Path) -> Vec<f32> {
-        std::fs::read(path)
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    }
-
     fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
@@ -225,8 +219,10 @@ mod tests {
     fn matches_golden_vectors() {
         for (family, channels) in [(Family::Taesd, 4), (Family::Taef1, 16)] {
             let golden = test_models_dir().join("golden");
-            let input = read_f32(&golden.join(format!("{family}_dec_in_{channels}x8x8_f32le.bin")));
-            let expected = read_f32(&golden.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
+            let input =
+                read_f32_file(&golden.join(format!("{family}_dec_in_{channels}x8x8_f32le.bin")));
+            let expected =
+                read_f32_file(&golden.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
             let weights = WeightFile::load(&decoder_path(family), Part::Decoder).unwrap();
             let decoder = TaesdCpuDecoder::new(family.name(), &weights).unwrap();
             let shape = LatentShape::new(channels, 8, 8);

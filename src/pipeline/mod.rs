@@ -24,7 +24,7 @@ use crate::engine::{Engine, LockAccount};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
 use crate::logging::EVENT;
-use crate::stats::{Stage, Telemetry};
+use crate::stats::{millis as ms, Stage, Telemetry};
 use stages::{PendingFrame, SaveReport};
 
 /// Pairs whose frames may be saving at once; beyond this the coordinator waits.
@@ -460,10 +460,6 @@ fn log_failed_pair(to: u64, first_seq: u64, last_seq: u64, stage: Stage, reason:
 }
 
 const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
-}
 
 /// Makes keyframes 0, 1, 2, … ahead of the coordinator (one in hand, one being made), each
 /// under the keyframe timeout, backing off after failures.
