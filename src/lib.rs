@@ -20,5 +20,6 @@ pub mod latent;
 pub mod logging;
 pub mod pipeline;
 pub mod priority;
+pub mod pull;
 pub mod stats;
 pub mod status;

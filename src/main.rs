@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         compare: Option<Vec<PathBuf>>,
     },
-    /// List or verify model files (TAESD family).
+    /// List, verify or download model files (TAESD family).
     Models {
         #[command(subcommand)]
         what: ModelsCommand,
@@ -93,6 +93,8 @@ enum ModelsCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Download model files, keeping only those whose sha256 matches the manifest's pin.
+    Pull(PullArgs),
 }
 
 #[derive(Subcommand)]
@@ -298,10 +300,14 @@ fn bench_decode(
     )
 }
 
-/// `dreamd models list|verify`.
+/// `dreamd models list|verify|pull`.
 fn models(what: ModelsCommand) -> anyhow::Result<()> {
     use dreamd::engine::models;
-    let (ModelsCommand::List { config } | ModelsCommand::Verify { config }) = &what;
+    let (config, verify) = match what {
+        ModelsCommand::List { config } => (config, false),
+        ModelsCommand::Verify { config } => (config, true),
+        ModelsCommand::Pull(args) => return pull(args),
+    };
     let (config, _) = daemon::load_config(config.as_deref())?;
     let dirs = models::search_dirs(config.generation.models_dir.as_deref());
     let found = models::list(&dirs);
@@ -323,22 +329,108 @@ fn models(what: ModelsCommand) -> anyhow::Result<()> {
     let mut bad = Vec::new();
     for model in &found {
         let name = model.family.file_name(model.part);
-        match what {
-            ModelsCommand::List { .. } => println!(
+        if !verify {
+            println!(
                 "{name:32} {:>8.2} MB  {}",
                 model.bytes as f64 / 1e6,
                 model.path.display()
-            ),
-            ModelsCommand::Verify { .. } => match models::verify(model) {
-                Ok(summary) => println!("ok    {name:32} {summary}"),
-                Err(e) => {
-                    println!("FAIL  {name:32} {e}");
-                    bad.push(model.path.display().to_string());
-                }
-            },
+            );
+            continue;
+        }
+        match models::verify(model) {
+            Ok(summary) => println!("ok    {name:32} {summary}"),
+            Err(e) => {
+                println!("FAIL  {name:32} {e}");
+                bad.push(model.path.display().to_string());
+            }
         }
     }
     anyhow::ensure!(bad.is_empty(), "bad model files: {}", bad.join(", "));
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// Families to fetch (taesd, taesdxl, taesd3, taef1; default taesd).
+    families: Vec<String>,
+    /// Fetch every family in the manifest.
+    #[arg(long, conflicts_with = "families")]
+    all: bool,
+    /// Folder to write into (default: generation.models_dir, else ./models).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Config file (for generation.models_dir).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Fetch relative URLs from this base (a mirror); default: $DREAMD_MODELS_URL, else the
+    /// manifest's base_url.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// Pins to use instead of the embedded official manifest.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Download even files already present with the right hash.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `dreamd models pull`.
+fn pull(args: PullArgs) -> anyhow::Result<()> {
+    use dreamd::pull::{Manifest, Pulled, Puller, BASE_URL_ENV};
+    use std::io::IsTerminal;
+    let manifest = match &args.manifest {
+        Some(path) => Manifest::load(path)?,
+        None => Manifest::official(),
+    };
+    let families = match (args.all, args.families.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => vec!["taesd".to_string()],
+        (false, false) => args.families,
+    };
+    let files = manifest.select(&families)?;
+    let dest = match args.dir {
+        Some(dir) => dir,
+        None => {
+            let (config, _) = daemon::load_config(args.config.as_deref())?;
+            config
+                .generation
+                .models_dir
+                .unwrap_or_else(|| PathBuf::from("models"))
+        }
+    };
+    let base_url = args
+        .base_url
+        .or_else(|| std::env::var(BASE_URL_ENV).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| manifest.base_url.clone());
+    println!(
+        "pulling {} files from {base_url} into {}",
+        files.len(),
+        dest.display()
+    );
+    let puller = Puller::new(dest, base_url, args.force, std::io::stderr().is_terminal());
+    let mut failed = Vec::new();
+    for file in files {
+        match puller.pull(&manifest, file) {
+            Ok(Pulled::AlreadyPresent) => {
+                println!("ok    {:32} already present, sha256 matches", file.name)
+            }
+            Ok(Pulled::Downloaded { replaced }) => println!(
+                "ok    {:32} downloaded {:.2} MB, sha256 verified{}",
+                file.name,
+                file.bytes as f64 / 1e6,
+                if replaced {
+                    " (replaced a file with another hash)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                println!("FAIL  {:32} {e}", file.name);
+                failed.push(file.name.clone());
+            }
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "could not pull: {}", failed.join(", "));
     Ok(())
 }
 
