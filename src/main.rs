@@ -99,6 +99,30 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Frames/s and encode→decode PSNR for each decode_divisor, on real pictures.
+    Resolution {
+        /// Config file to start from (decoder, device, output size, models_dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Decoder (overrides generation.decoder): taesd, taesdxl, taesd3, taef1.
+        #[arg(long, default_value = "taesd")]
+        decoder: String,
+        /// Folder of pictures (default: keyframes.images_dir).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Divisors to compare, comma-separated.
+        #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+        divisors: Vec<u32>,
+        /// Latents per timed decode call.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Timed runs per divisor (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the real daemon on the embedded default and report display pacing, lock and memory.
     Pacing {
         /// Config file to start from (gate, output and log folders are overridden).
@@ -236,6 +260,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let report = bench_decode(config, &decoder, batch, &latent, &device, runs)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Resolution {
+                    config,
+                    decoder,
+                    images,
+                    divisors,
+                    batch,
+                    runs,
+                    json,
+                },
+        } => {
+            let (mut config, _) = daemon::load_config(config.as_deref())?;
+            config.generation.decoder = dreamd::config::Config::parse(
+                &format!("[generation]\ndecoder = {decoder:?}"),
+                "--decoder",
+            )?
+            .generation
+            .decoder;
+            let options = bench::resolution::ResolutionOptions {
+                images: images.unwrap_or_else(|| config.keyframes.images_dir.clone()),
+                divisors,
+                batch,
+                runs,
+            };
+            let report = bench::resolution::resolution(&config, &options)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

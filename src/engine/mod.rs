@@ -205,8 +205,8 @@ impl Engine {
         }
     }
 
-    /// Encodes pictures whose size is the output size, too (see [`Engine::encode_batch`]).
-    /// Decodes at 1/`divisor` of the output size (the latents shrink to match).
+    /// Decodes at 1/`divisor` of the output size (the latents shrink to match, and so do the
+    /// pictures [`Engine::encode_batch`] encodes).
     pub fn with_divisor(mut self, divisor: u32) -> Engine {
         self.divisor = divisor.max(1);
         self

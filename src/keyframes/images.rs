@@ -231,17 +231,6 @@ mod tests {
         Arc::new(Engine::from_config(&config).unwrap())
     }
 
-    fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
-        let mse = a
-            .as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-            .sum::<f64>()
-            / a.as_raw().len() as f64;
-        10.0 * (255.0f64.powi(2) / mse).log10()
-    }
-
     #[test]
     fn fit_keeps_aspect_by_cropping_or_padding() {
         let wide =
@@ -309,7 +298,7 @@ mod tests {
                 .unwrap()
                 .images
                 .remove(0);
-            figures.push(psnr(&framed, &decoded));
+            figures.push(crate::bench::resolution::psnr(&framed, &decoded));
         }
         let mean = figures.iter().sum::<f64>() / figures.len() as f64;
         let best = figures.iter().copied().fold(f64::MIN, f64::max);

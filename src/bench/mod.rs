@@ -16,6 +16,8 @@ use crate::config::Config;
 use crate::daemon;
 use crate::stats::{round, rss_bytes};
 
+pub mod resolution;
+
 /// Options of `dreamd bench pacing`.
 #[derive(Debug, Clone)]
 pub struct PacingOptions {
