@@ -52,6 +52,8 @@ pub struct Config {
     pub output: OutputConfig,
     pub timeouts: TimeoutsConfig,
     pub logging: LoggingConfig,
+    pub health: HealthConfig,
+    pub faults: FaultsConfig,
 }
 
 /// `[paths]`: where files go.
@@ -313,6 +315,90 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `[health]`: when the daemon reports itself `degraded`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A stage failure keeps the state `degraded` for this long.
+    pub degraded_seconds: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            degraded_seconds: 30.0,
+        }
+    }
+}
+
+impl HealthConfig {
+    pub fn degraded_window(&self) -> Duration {
+        Duration::from_secs_f64(self.degraded_seconds)
+    }
+}
+
+/// `[faults]`: injected failures, a testing aid (all off by default). Each fault is active in a
+/// window of time counted from start-up (or from the reload that set it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Decode calls fail.
+    pub decoder_error: Option<FaultWindow>,
+    /// Decode calls block (holding the GPU lock) until the window ends.
+    pub decoder_hang: Option<FaultWindow>,
+    /// Keyframes fail.
+    pub keyframe_error: Option<FaultWindow>,
+    /// Keyframe requests block until the window ends.
+    pub keyframe_hang: Option<FaultWindow>,
+    /// Frame file writes (frames/ and current_frame) fail as on a full disk.
+    pub write_error: Option<FaultWindow>,
+    /// Frame file writes are delayed by `slow_disk_ms` each.
+    pub slow_disk: Option<FaultWindow>,
+    pub slow_disk_ms: u64,
+}
+
+impl Default for FaultsConfig {
+    fn default() -> Self {
+        Self {
+            decoder_error: None,
+            decoder_hang: None,
+            keyframe_error: None,
+            keyframe_hang: None,
+            write_error: None,
+            slow_disk: None,
+            slow_disk_ms: 500,
+        }
+    }
+}
+
+/// When a fault is active: from `after_seconds` for `for_seconds` (default: for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultWindow {
+    #[serde(default)]
+    pub after_seconds: f64,
+    #[serde(default = "forever")]
+    pub for_seconds: f64,
+}
+
+fn forever() -> f64 {
+    f64::INFINITY
+}
+
+impl FaultsConfig {
+    /// Each fault's config key and window.
+    pub fn windows(&self) -> [(&'static str, Option<FaultWindow>); 6] {
+        [
+            ("faults.decoder_error", self.decoder_error),
+            ("faults.decoder_hang", self.decoder_hang),
+            ("faults.keyframe_error", self.keyframe_error),
+            ("faults.keyframe_hang", self.keyframe_hang),
+            ("faults.write_error", self.write_error),
+            ("faults.slow_disk", self.slow_disk),
+        ]
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -444,6 +530,37 @@ impl Config {
         }
         if self.logging.keep_days == 0 {
             return Err(invalid("logging.keep_days", 0, ">= 1"));
+        }
+        check_range(
+            "health.degraded_seconds",
+            self.health.degraded_seconds,
+            0.0,
+            86_400.0,
+            "> 0 and <= 86400",
+        )?;
+        for (key, window) in self.faults.windows() {
+            let Some(w) = window else { continue };
+            let valid = w.after_seconds.is_finite()
+                && w.after_seconds >= 0.0
+                && !w.for_seconds.is_nan()
+                && w.for_seconds > 0.0;
+            if !valid {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{{ after_seconds = {}, for_seconds = {} }}",
+                        w.after_seconds, w.for_seconds
+                    ),
+                    "after_seconds >= 0 and for_seconds > 0",
+                ));
+            }
+        }
+        if self.faults.slow_disk_ms > 600_000 {
+            return Err(invalid(
+                "faults.slow_disk_ms",
+                self.faults.slow_disk_ms,
+                "<= 600000",
+            ));
         }
         Ok(())
     }

@@ -13,8 +13,10 @@ use crate::atomic_file::remove_stale_temps;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::Config;
+use crate::config::FaultsConfig;
 use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
+use crate::faults::{Faults, FaultyDecoder, FaultySource};
 use crate::keyframes;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::stats::Telemetry;
@@ -37,6 +39,7 @@ struct Prepared {
     source: Box<dyn keyframes::KeyframeSource>,
     archive: Arc<FrameArchive>,
     first_seq: u64,
+    faults: Arc<Faults>,
 }
 
 fn prepare(config: &Config) -> anyhow::Result<Prepared> {
@@ -51,14 +54,24 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             output.display()
         );
     }
+    let faults = Faults::new(config.faults.clone());
+    if config.faults != FaultsConfig::default() {
+        tracing::warn!(
+            "fault injection is configured ([faults]): this daemon will fail on purpose"
+        );
+    }
     let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
-    let engine = Arc::new(Engine::from_config(config)?);
+    let archive = archive.with_faults(Arc::clone(&faults));
+    let engine = Engine::from_config(config)?;
+    let engine = Arc::new(engine.wrap_decoder(|d| FaultyDecoder::wrap(d, Arc::clone(&faults))));
     let source = keyframes::from_config(config, &engine)?;
+    let source = FaultySource::wrap(source, Arc::clone(&faults));
     Ok(Prepared {
         engine,
         source,
         archive: Arc::new(archive),
         first_seq,
+        faults,
     })
 }
 
@@ -73,6 +86,7 @@ pub async fn run(
         source,
         archive,
         first_seq,
+        faults,
     } = prepare(&config)?;
     let output = config.paths.output_dir.clone();
     tracing::info!(
@@ -100,6 +114,7 @@ pub async fn run(
             source_name: source.name().to_string(),
             target_fps: config.display.target_fps,
             target_seconds: config.buffer.target_seconds,
+            degraded_window: config.health.degraded_window(),
         }),
         Arc::clone(&status_wake),
     ));
@@ -112,6 +127,7 @@ pub async fn run(
             interval: config.frame_interval(),
             gate_frames,
             output_dir: output.clone(),
+            faults: Arc::clone(&faults),
         },
         Arc::clone(&buffer),
         Arc::clone(&telemetry),

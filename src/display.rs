@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::atomic_file::write_atomic;
 use crate::buffer::{FrameBuffer, Front};
+use crate::faults::Faults;
 use crate::frame::EncodedFrame;
 use crate::logging::EVENT;
 use crate::stats::{millis as ms, DisplayPhase, Stage, Telemetry};
@@ -40,6 +41,8 @@ pub struct DisplaySettings {
     pub gate_frames: usize,
     /// Folder that receives `current_frame.<ext>`.
     pub output_dir: PathBuf,
+    /// Fault injection for the `current_frame` writes.
+    pub faults: Arc<Faults>,
 }
 
 /// The running display; stopping it joins both threads.
@@ -62,9 +65,10 @@ impl Display {
         let publisher = {
             let telemetry = Arc::clone(&telemetry);
             let dir = settings.output_dir.clone();
+            let faults = Arc::clone(&settings.faults);
             std::thread::Builder::new()
                 .name("display-publish".into())
-                .spawn(move || publish_loop(publish_rx, dir, telemetry))?
+                .spawn(move || publish_loop(publish_rx, dir, telemetry, &faults))?
         };
         let pacer = Pacer {
             settings,
@@ -291,14 +295,23 @@ fn phase_name(phase: DisplayPhase) -> &'static str {
 }
 
 /// Writes the newest queued frame to `current_frame.<ext>`, atomically, until the display stops.
-fn publish_loop(queue: Receiver<Arc<EncodedFrame>>, dir: PathBuf, telemetry: Arc<Telemetry>) {
+fn publish_loop(
+    queue: Receiver<Arc<EncodedFrame>>,
+    dir: PathBuf,
+    telemetry: Arc<Telemetry>,
+    faults: &Faults,
+) {
     while let Ok(mut frame) = queue.recv() {
         // Only the newest frame matters; older queued ones are already off screen.
         if let Some(newest) = queue.try_iter().last() {
             frame = newest;
         }
         let path = dir.join(format!("current_frame.{}", frame.format.extension()));
-        if let Err(e) = write_atomic(&path, &frame.bytes) {
+        let written = faults
+            .before_frame_write()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+            .and_then(|()| write_atomic(&path, &frame.bytes));
+        if let Err(e) = written {
             telemetry.display.publish_failures.fetch_add(1, ORDER);
             telemetry
                 .pipeline
@@ -327,6 +340,7 @@ mod tests {
                 interval: Duration::from_millis(20),
                 gate_frames: gate,
                 output_dir: dir.path().to_path_buf(),
+                faults: Faults::none(),
             },
             Arc::clone(buffer),
             Arc::clone(&telemetry),

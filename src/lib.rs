@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod display;
 pub mod engine;
+pub mod faults;
 pub mod frame;
 pub mod keyframes;
 pub mod latent;

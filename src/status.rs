@@ -20,8 +20,6 @@ use crate::engine::Engine;
 use crate::logging::EVENT;
 use crate::stats::{round, DisplayPhase, Stage, Telemetry};
 
-/// A failure this recent makes the state `degraded`.
-pub const DEGRADED_WINDOW: Duration = Duration::from_secs(30);
 /// How often the document is rewritten when nothing changes.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 /// How often a `buffer` event goes to the JSON log.
@@ -180,6 +178,8 @@ pub struct StatusSources {
     pub source_name: String,
     pub target_fps: f64,
     pub target_seconds: f64,
+    /// A failure this recent makes the state `degraded` (`health.degraded_seconds`).
+    pub degraded_window: Duration,
 }
 
 impl StatusSources {
@@ -298,7 +298,7 @@ impl StatusSources {
             .telemetry
             .pipeline
             .last_error()
-            .is_some_and(|e| e.instant.elapsed() < DEGRADED_WINDOW);
+            .is_some_and(|e| e.instant.elapsed() < self.degraded_window);
         match self.telemetry.display.phase() {
             DisplayPhase::Starting => DaemonState::Starting,
             _ if recent_failure => DaemonState::Degraded,

@@ -7,10 +7,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::atomic_file::{remove_stale_temps, write_atomic};
+use crate::faults::Faults;
 use crate::frame::EncodedFrame;
 
 /// Digits in a frame's file name.
@@ -19,8 +22,9 @@ const SEQ_DIGITS: usize = 8;
 /// The frames folder and its retention.
 pub struct FrameArchive {
     dir: PathBuf,
-    keep: usize,
+    keep: AtomicUsize,
     kept: Mutex<VecDeque<PathBuf>>,
+    faults: Arc<Faults>,
 }
 
 impl FrameArchive {
@@ -43,11 +47,23 @@ impl FrameArchive {
         let next_seq = existing.last().map_or(0, |(seq, _)| seq + 1);
         let archive = FrameArchive {
             dir: dir.to_path_buf(),
-            keep,
+            keep: AtomicUsize::new(keep),
             kept: Mutex::new(existing.into_iter().map(|(_, path)| path).collect()),
+            faults: Faults::none(),
         };
         archive.prune()?;
         Ok((archive, next_seq))
+    }
+
+    /// Routes every frame write through `faults` (fault injection).
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Changes the retention count (a config reload); the surplus goes with the next save.
+    pub fn set_keep(&self, keep: usize) {
+        self.keep.store(keep.max(1), Ordering::Relaxed);
     }
 
     /// The file a frame is saved to.
@@ -63,6 +79,9 @@ impl FrameArchive {
     /// Writes `frame` atomically, then deletes the oldest frames beyond the retention count.
     pub fn save(&self, frame: &EncodedFrame) -> io::Result<PathBuf> {
         let path = self.path_for(frame);
+        self.faults
+            .before_frame_write()
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))?;
         write_atomic(&path, &frame.bytes)?;
         self.kept.lock().push_back(path.clone());
         self.prune()?;
@@ -82,7 +101,7 @@ impl FrameArchive {
         loop {
             let oldest = {
                 let mut kept = self.kept.lock();
-                if kept.len() <= self.keep {
+                if kept.len() <= self.keep.load(Ordering::Relaxed) {
                     return Ok(());
                 }
                 kept.pop_front()

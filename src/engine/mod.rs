@@ -212,6 +212,15 @@ impl Engine {
         self
     }
 
+    /// Replaces the decoder with `wrap(decoder)` (fault injection wraps it this way).
+    pub fn wrap_decoder(
+        mut self,
+        wrap: impl FnOnce(Box<dyn Decoder>) -> Box<dyn Decoder>,
+    ) -> Engine {
+        self.decoder = wrap(self.decoder);
+        self
+    }
+
     /// The divisor in use.
     pub fn divisor(&self) -> u32 {
         self.divisor
