@@ -19,6 +19,7 @@ use crate::engine::{Engine, LockStats};
 use crate::faults::{Faults, FaultyDecoder, FaultySource};
 use crate::keyframes;
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::service;
 use crate::stats::Telemetry;
 use crate::status::{Lifecycle, StatusSources, StatusWriter};
 
@@ -149,6 +150,19 @@ pub async fn run(
         let (writer, stop) = (Arc::clone(&writer), status_stop.clone());
         tokio::spawn(async move { writer.run(stop).await })
     };
+    service::ready(&format!(
+        "decoder {} on {}, {} fps",
+        engine.decoder_name(),
+        engine.device(),
+        config.display.target_fps
+    ));
+    if let Some(interval) = service::watchdog_interval() {
+        tokio::spawn(service::watchdog(
+            interval,
+            Arc::clone(&telemetry),
+            status_stop.clone(),
+        ));
+    }
 
     match duration {
         Some(duration) => {
@@ -161,6 +175,7 @@ pub async fn run(
     }
 
     tracing::info!("stopping");
+    service::stopping();
     status_stop.cancel();
     let _ = status.await;
     writer.write(Lifecycle::Stopping).await;
@@ -187,6 +202,22 @@ pub async fn run(
         decoder: engine.decoder_name().to_string(),
         telemetry,
     })
+}
+
+/// Builds what start-up builds from `config` (decoder, encoder, keyframe source) without
+/// writing anything, and says what it found: `dreamd run --check`.
+pub fn check(config: &Config) -> anyhow::Result<String> {
+    let engine = Arc::new(Engine::from_config(config)?);
+    let source = keyframes::from_config(config, &engine)?;
+    Ok(format!(
+        "ok: decoder {} on {} (latents {}, decoded at 1/{}), keyframes from {}, output {}",
+        engine.decoder_name(),
+        engine.device(),
+        engine.latent_shape(),
+        engine.divisor(),
+        source.name(),
+        config.paths.output_dir.display()
+    ))
 }
 
 /// Resolves the config: `path` if given, else `./dreamd.toml` if present, else the defaults.

@@ -22,5 +22,6 @@ pub mod logging;
 pub mod pipeline;
 pub mod priority;
 pub mod pull;
+pub mod service;
 pub mod stats;
 pub mod status;

@@ -35,6 +35,9 @@ enum Command {
         /// Stop gracefully after this many seconds.
         #[arg(long)]
         duration: Option<f64>,
+        /// Check the config, models and keyframe source, then exit (0 when all is well).
+        #[arg(long)]
+        check: bool,
     },
     /// Write a commented default config file.
     Init {
@@ -183,10 +186,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config,
             output,
             duration,
+            check,
         } => {
             let (mut config, origin) = daemon::load_config(config.as_deref())?;
             if let Some(output) = output {
                 config.paths.output_dir = output;
+            }
+            if check {
+                println!("{origin}");
+                println!("{}", daemon::check(&config)?);
+                return Ok(());
             }
             let duration = duration.map(seconds).transpose()?;
             let _logs = logging::init(&config.logging, &config.paths.log_dir)?;

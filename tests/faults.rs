@@ -106,10 +106,11 @@ fn scenario(fault: &str, extra: &str, stage: &str, reason: &str, file_keeps_movi
     let failures = field(last, &format!("failures/{stage}")).as_u64().unwrap();
     assert!(failures > 0, "failures.{stage} = 0: {last}");
     let events = daemon.events();
-    let logged = events
-        .iter()
-        .any(|e| e["fields"]["error"].as_str().is_some_and(|m| m.contains(reason)))
-        || log.contains(reason);
+    let logged = events.iter().any(|e| {
+        e["fields"]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains(reason))
+    }) || log.contains(reason);
     assert!(logged, "the reason {reason:?} is not in the logs\n{log}");
 
     // The display never stopped: frames kept being shown at the target rate.
@@ -117,7 +118,11 @@ fn scenario(fault: &str, extra: &str, stage: &str, reason: &str, file_keeps_movi
         .iter()
         .find(|s| s.status["display"]["frames_displayed"].as_u64() > Some(8))
         .expect("playback started");
-    let shown = |s: &Sample| s.status["display"]["frames_displayed"].as_u64().unwrap_or(0);
+    let shown = |s: &Sample| {
+        s.status["display"]["frames_displayed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let elapsed = (last_sample(samples).at - after_gate.at).as_secs_f64();
     let rate = (shown(last_sample(samples)) - shown(after_gate)) as f64 / elapsed;
     assert!(rate > 8.0 * 0.85, "display ran at {rate:.2} fps\n{log}");
@@ -144,7 +149,11 @@ fn scenario(fault: &str, extra: &str, stage: &str, reason: &str, file_keeps_movi
             .find(|s| s.at.as_secs_f64() >= t)
             .unwrap_or_else(|| last_sample(samples))
     };
-    let made = |s: &Sample| s.status["generation"]["interpolated_frames"].as_u64().unwrap();
+    let made = |s: &Sample| {
+        s.status["generation"]["interpolated_frames"]
+            .as_u64()
+            .unwrap()
+    };
     assert!(
         made(last_sample(samples)) > made(at(7.5)),
         "no frames made after the fault cleared\n{log}"
@@ -162,13 +171,7 @@ fn last_sample(samples: &[Sample]) -> &Sample {
 
 #[test]
 fn decoder_error_degrades_then_recovers() {
-    scenario(
-        "decoder_error",
-        "",
-        "decode",
-        "faults.decoder_error",
-        true,
-    );
+    scenario("decoder_error", "", "decode", "faults.decoder_error", true);
 }
 
 #[test]
@@ -195,13 +198,7 @@ fn keyframe_hang_times_out_degrades_then_recovers() {
 #[test]
 fn frame_write_failure_degrades_then_recovers() {
     // Frames still play from memory while their files cannot be written.
-    scenario(
-        "write_error",
-        "",
-        "save",
-        "no space left on device",
-        false,
-    );
+    scenario("write_error", "", "save", "no space left on device", false);
 }
 
 #[test]

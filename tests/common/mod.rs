@@ -31,8 +31,13 @@ impl Daemon {
 
     /// Starts it in `dir` (which may hold an earlier run's output).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Daemon {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Starts it in `dir` with extra environment variables.
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Daemon {
         std::fs::write(dir.path().join("dreamd.toml"), config).unwrap();
-        let child = spawn(dir.path(), &["run", "--config", "dreamd.toml"]);
+        let child = spawn_with_env(dir.path(), &["run", "--config", "dreamd.toml"], env);
         Daemon { child, dir }
     }
 
@@ -90,8 +95,14 @@ impl Drop for Daemon {
 
 /// Starts the binary in `dir` with output to files (never to an unread pipe).
 pub fn spawn(dir: &Path, args: &[&str]) -> Child {
+    spawn_with_env(dir, args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
