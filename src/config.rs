@@ -304,6 +304,10 @@ impl TimeoutsConfig {
 pub struct LoggingConfig {
     pub level: String,
     pub keep_days: usize,
+    /// `dreamd.jsonl` is rotated when it passes this many MiB …
+    pub jsonl_max_mb: usize,
+    /// … keeping this many rotated files (`dreamd.jsonl.1` … `.N`).
+    pub jsonl_keep: usize,
 }
 
 impl Default for LoggingConfig {
@@ -311,6 +315,8 @@ impl Default for LoggingConfig {
         Self {
             level: "info".to_string(),
             keep_days: 7,
+            jsonl_max_mb: 64,
+            jsonl_keep: 4,
         }
     }
 }
@@ -530,6 +536,20 @@ impl Config {
         }
         if self.logging.keep_days == 0 {
             return Err(invalid("logging.keep_days", 0, ">= 1"));
+        }
+        if !(1..=65_536).contains(&self.logging.jsonl_max_mb) {
+            return Err(invalid(
+                "logging.jsonl_max_mb",
+                self.logging.jsonl_max_mb,
+                "between 1 and 65536",
+            ));
+        }
+        if !(1..=1000).contains(&self.logging.jsonl_keep) {
+            return Err(invalid(
+                "logging.jsonl_keep",
+                self.logging.jsonl_keep,
+                "between 1 and 1000",
+            ));
         }
         check_range(
             "health.degraded_seconds",

@@ -18,7 +18,9 @@ use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
 use crate::faults::{Faults, FaultyDecoder, FaultySource};
 use crate::keyframes;
+use crate::live::LiveSettings;
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::reload::Reloader;
 use crate::service;
 use crate::stats::Telemetry;
 use crate::status::{Lifecycle, StatusSources, StatusWriter};
@@ -79,6 +81,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 /// Runs the daemon until `shutdown` is cancelled or `duration` passes.
 pub async fn run(
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
     duration: Option<Duration>,
 ) -> anyhow::Result<RunReport> {
@@ -104,6 +107,7 @@ pub async fn run(
     );
 
     let telemetry = Arc::new(Telemetry::default());
+    let live = Arc::new(LiveSettings::new(&config));
     let buffer = Arc::new(FrameBuffer::new(first_seq));
     let status_wake = Arc::new(Notify::new());
     let writer = Arc::new(StatusWriter::new(
@@ -113,20 +117,15 @@ pub async fn run(
             buffer: Arc::clone(&buffer),
             engine: Arc::clone(&engine),
             source_name: source.name().to_string(),
-            target_fps: config.display.target_fps,
-            target_seconds: config.buffer.target_seconds,
-            degraded_window: config.health.degraded_window(),
+            live: Arc::clone(&live),
         }),
         Arc::clone(&status_wake),
     ));
     writer.write(Lifecycle::Running).await;
 
-    let gate_frames =
-        ((config.display.start_gate_seconds * config.display.target_fps).round() as usize).max(1);
     let display = Display::spawn(
         DisplaySettings {
-            interval: config.frame_interval(),
-            gate_frames,
+            live: Arc::clone(&live),
             output_dir: output.clone(),
             faults: Arc::clone(&faults),
         },
@@ -140,11 +139,12 @@ pub async fn run(
     let pipeline = Pipeline {
         engine: Arc::clone(&engine),
         buffer,
-        archive,
+        archive: Arc::clone(&archive),
         telemetry: Arc::clone(&telemetry),
-        settings: PipelineSettings::from_config(&config, first_seq),
+        settings: PipelineSettings::from_config(&config, first_seq, Arc::clone(&live)),
     };
-    let pipeline = tokio::spawn(pipeline.run(source, generation.clone()));
+    let (replace_source, replacements) = tokio::sync::mpsc::channel(1);
+    let pipeline = tokio::spawn(pipeline.run(source, replacements, generation.clone()));
     let status_stop = CancellationToken::new();
     let status = {
         let (writer, stop) = (Arc::clone(&writer), status_stop.clone());
@@ -156,6 +156,18 @@ pub async fn run(
         engine.device(),
         config.display.target_fps
     ));
+    if let Some(path) = config_path {
+        let reloader = Reloader {
+            path,
+            running: config.clone(),
+            live: Arc::clone(&live),
+            archive,
+            faults: Arc::clone(&faults),
+            engine: Arc::clone(&engine),
+            sources: replace_source,
+        };
+        tokio::spawn(reloader.watch(status_stop.clone()));
+    }
     if let Some(interval) = service::watchdog_interval() {
         tokio::spawn(service::watchdog(
             interval,

@@ -22,6 +22,7 @@ use crate::atomic_file::write_atomic;
 use crate::buffer::{FrameBuffer, Front};
 use crate::faults::Faults;
 use crate::frame::EncodedFrame;
+use crate::live::LiveSettings;
 use crate::logging::EVENT;
 use crate::stats::{millis as ms, DisplayPhase, Stage, Telemetry};
 
@@ -35,10 +36,9 @@ const PUBLISH_QUEUE: usize = 8;
 /// Display settings.
 #[derive(Debug, Clone)]
 pub struct DisplaySettings {
-    /// Time each frame is shown.
-    pub interval: Duration,
-    /// Ready frames needed before playback starts or restarts (at least 1).
-    pub gate_frames: usize,
+    /// Time each frame is shown and the start gate, read at every tick (a reload may change
+    /// them).
+    pub live: Arc<LiveSettings>,
     /// Folder that receives `current_frame.<ext>`.
     pub output_dir: PathBuf,
     /// Fault injection for the `current_frame` writes.
@@ -163,7 +163,7 @@ impl Pacer {
                 self.skipped(seq, "failed");
             }
             let counts = self.buffer.counts();
-            if counts.ready >= self.settings.gate_frames {
+            if counts.ready >= self.settings.live.get().gate_frames {
                 return true;
             }
             if !self.sleep_until(Instant::now() + GATE_POLL) {
@@ -175,7 +175,6 @@ impl Pacer {
     /// Shows frames on schedule until the buffer runs dry (true) or a stop (false).
     fn play(&self) -> bool {
         self.set_phase(DisplayPhase::Playing);
-        let interval = self.settings.interval;
         let mut deadline = Instant::now();
         let mut previous_show: Option<Instant> = None;
         let mut holding = false;
@@ -184,6 +183,7 @@ impl Pacer {
                 return false;
             }
             let now = Instant::now();
+            let interval = self.settings.live.get().frame_interval;
             let lateness = now - deadline;
             if lateness > LATE_AFTER {
                 self.telemetry.display.late.fetch_add(1, ORDER);
@@ -335,10 +335,13 @@ mod tests {
     ) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let telemetry = Arc::new(Telemetry::default());
+        // 50 fps: a 20 ms interval.
+        let mut config = crate::config::Config::default();
+        config.display.target_fps = 50.0;
+        config.display.start_gate_seconds = gate as f64 / 50.0;
         let display = Display::spawn(
             DisplaySettings {
-                interval: Duration::from_millis(20),
-                gate_frames: gate,
+                live: Arc::new(LiveSettings::new(&config)),
                 output_dir: dir.path().to_path_buf(),
                 faults: Faults::none(),
             },

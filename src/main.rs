@@ -183,12 +183,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Init { path, force } => init(&path, force),
         Command::Models { what } => models(what),
         Command::Run {
-            config,
+            config: config_path,
             output,
             duration,
             check,
         } => {
-            let (mut config, origin) = daemon::load_config(config.as_deref())?;
+            let (mut config, origin) = daemon::load_config(config_path.as_deref())?;
             if let Some(output) = output {
                 config.paths.output_dir = output;
             }
@@ -200,7 +200,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let duration = duration.map(seconds).transpose()?;
             let _logs = logging::init(&config.logging, &config.paths.log_dir)?;
             tracing::info!("{origin}");
-            runtime()?.block_on_with_signals(|shutdown| daemon::run(config, shutdown, duration))?;
+            let path = dreamd::reload::config_file(config_path.as_deref());
+            runtime()?
+                .block_on_with_signals(|shutdown| daemon::run(config, path, shutdown, duration))?;
             Ok(())
         }
         Command::Analyze {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::atomic_file::write_atomic;
 use crate::buffer::FrameBuffer;
 use crate::engine::Engine;
+use crate::live::LiveSettings;
 use crate::logging::EVENT;
 use crate::stats::{round, DisplayPhase, Stage, Telemetry};
 
@@ -176,10 +177,8 @@ pub struct StatusSources {
     pub buffer: Arc<FrameBuffer>,
     pub engine: Arc<Engine>,
     pub source_name: String,
-    pub target_fps: f64,
-    pub target_seconds: f64,
-    /// A failure this recent makes the state `degraded` (`health.degraded_seconds`).
-    pub degraded_window: Duration,
+    /// Target fps, buffer target and the degraded window (they may change on reload).
+    pub live: Arc<LiveSettings>,
 }
 
 impl StatusSources {
@@ -189,9 +188,11 @@ impl StatusSources {
         let now = SystemTime::now();
         let uptime = t.started.elapsed().as_secs_f64();
         let state = self.state(lifecycle);
+        let live = self.live.get();
+        let (target_fps, target_seconds) = (live.target_fps, live.target_seconds);
         let counts = self.buffer.counts();
-        let seconds = counts.ready as f64 / self.target_fps;
-        let percentage = (seconds / self.target_seconds * 100.0).min(100.0);
+        let seconds = counts.ready as f64 / target_fps;
+        let percentage = (seconds / target_seconds * 100.0).min(100.0);
         let averages = t.pipeline.averages();
         let lock = self.engine.lock().stats();
         let timing = t.display.timing();
@@ -218,7 +219,7 @@ impl StatusSources {
             controller_status: state.controller_status(),
             is_buffering: matches!(state, DaemonState::Starting | DaemonState::Buffering),
             buffer_filled: counts.ready,
-            buffer_target: (self.target_seconds * self.target_fps).round() as usize,
+            buffer_target: (target_seconds * target_fps).round() as usize,
             buffer_seconds: round(seconds, 2),
             buffer_percentage: round(percentage, 1),
             keyframes_generated: keyframes,
@@ -233,7 +234,7 @@ impl StatusSources {
             uptime_s: round(uptime, 3),
             pid: std::process::id(),
             display: DisplaySection {
-                target_fps: self.target_fps,
+                target_fps,
                 actual_fps: round(display.actual_fps(), 3),
                 frames_displayed,
                 current_sequence: display.current_sequence(),
@@ -247,7 +248,7 @@ impl StatusSources {
             },
             buffer: BufferSection {
                 seconds: round(seconds, 2),
-                target_seconds: self.target_seconds,
+                target_seconds,
                 percentage: round(percentage, 1),
                 frames_ready: counts.ready,
                 frames_registered: counts.registered,
@@ -298,7 +299,7 @@ impl StatusSources {
             .telemetry
             .pipeline
             .last_error()
-            .is_some_and(|e| e.instant.elapsed() < self.degraded_window);
+            .is_some_and(|e| e.instant.elapsed() < self.live.get().degraded_window);
         match self.telemetry.display.phase() {
             DisplayPhase::Starting => DaemonState::Starting,
             _ if recent_failure => DaemonState::Degraded,
@@ -386,12 +387,13 @@ impl StatusWriter {
 
     fn log_buffer_event(&self) {
         let counts = self.sources.buffer.counts();
-        let seconds = counts.ready as f64 / self.sources.target_fps;
+        let live = self.sources.live.get();
+        let seconds = counts.ready as f64 / live.target_fps;
         tracing::debug!(
             target: EVENT,
             event = "buffer",
             seconds = round(seconds, 2),
-            target_seconds = self.sources.target_seconds,
+            target_seconds = live.target_seconds,
             frames_ready = counts.ready,
             frames_registered = counts.registered,
             "buffer {seconds:.1}s"
@@ -403,7 +405,7 @@ impl StatusWriter {
         tracing::debug!(
             target: EVENT,
             event = "display_stats",
-            target_fps = self.sources.target_fps,
+            target_fps = live.target_fps,
             frames_displayed = shown.frames_displayed.load(ORDER),
             actual_fps = round(shown.actual_fps(), 3),
             interval_error_p50_ms = error_ms(0.5),

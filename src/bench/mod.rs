@@ -83,7 +83,7 @@ pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Resul
         })
     };
     let duration = Duration::from_secs_f64(options.seconds);
-    let report = daemon::run(config, shutdown.clone(), Some(duration)).await;
+    let report = daemon::run(config, None, shutdown.clone(), Some(duration)).await;
     shutdown.cancel();
     let rss = sampler.await.unwrap_or_default();
     let _ = std::fs::remove_dir_all(&scratch);

@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
-use crate::config::{Config, FrameFormat, TimeoutsConfig};
+use crate::config::{Config, FrameFormat};
 use crate::engine::{Engine, LockAccount};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
+use crate::live::LiveSettings;
 use crate::logging::EVENT;
 use crate::stats::{millis as ms, Stage, Telemetry};
 use stages::{PendingFrame, SaveReport};
@@ -37,24 +38,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub frames_per_pair: usize,
-    /// Frames registered ahead of the display at which generation pauses.
-    pub buffer_frames: usize,
     pub format: FrameFormat,
     pub jpeg_quality: u8,
-    pub timeouts: TimeoutsConfig,
     /// Sequence number of keyframe 0.
     pub first_seq: u64,
+    /// The buffer target and the stage timeouts, read per pair (a reload may change them).
+    pub live: Arc<LiveSettings>,
 }
 
 impl PipelineSettings {
-    pub fn from_config(config: &Config, first_seq: u64) -> Self {
+    pub fn from_config(config: &Config, first_seq: u64, live: Arc<LiveSettings>) -> Self {
         Self {
             frames_per_pair: config.generation.frames_per_pair as usize,
-            buffer_frames: config.buffer_frames(),
             format: config.output.format,
             jpeg_quality: config.output.jpeg_quality,
-            timeouts: config.timeouts.clone(),
             first_seq,
+            live,
         }
     }
 
@@ -80,11 +79,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs until `shutdown`; returns after in-flight saves finish or are abandoned.
-    pub async fn run(self, source: Box<dyn KeyframeSource>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`; returns after in-flight saves finish or are abandoned. A source
+    /// received on `replacements` (a config reload) takes over from the next keyframe.
+    pub async fn run(
+        self,
+        source: Box<dyn KeyframeSource>,
+        replacements: mpsc::Receiver<Box<dyn KeyframeSource>>,
+        shutdown: CancellationToken,
+    ) {
         let (keyframes_tx, mut keyframes) = mpsc::channel(1);
         let producer = tokio::spawn(produce_keyframes(
             source,
+            replacements,
             keyframes_tx,
             self.settings.clone(),
             Arc::clone(&self.telemetry),
@@ -146,7 +152,7 @@ impl Pipeline {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
-                room = self.buffer.wait_for_room(self.settings.buffer_frames, Duration::from_millis(250)) => {
+                room = self.buffer.wait_for_room(self.settings.live.get().buffer_frames, Duration::from_millis(250)) => {
                     if room {
                         return true;
                     }
@@ -182,7 +188,7 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) {
         let started = Instant::now();
-        let timeouts = &self.settings.timeouts;
+        let timeouts = &self.settings.live.get().timeouts;
         let n = self.settings.frames_per_pair;
         let job = Arc::new(job);
         let last_seq = job.first_seq + job.slot_count(n) as u64 - 1;
@@ -465,14 +471,24 @@ const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
 /// under the keyframe timeout, backing off after failures.
 async fn produce_keyframes(
     mut source: Box<dyn KeyframeSource>,
+    mut replacements: mpsc::Receiver<Box<dyn KeyframeSource>>,
     results: mpsc::Sender<KeyframeResult>,
     settings: PipelineSettings,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
-    let timeout = settings.timeouts.keyframe();
     let mut backoff = FIRST_BACKOFF;
     for index in 0u64.. {
+        while let Ok(replacement) = replacements.try_recv() {
+            tracing::info!(
+                "keyframe source {} replaced by {} from keyframe {index}",
+                source.name(),
+                replacement.name()
+            );
+            source = replacement;
+            backoff = FIRST_BACKOFF;
+        }
+        let timeout = settings.live.get().timeouts.keyframe();
         let started = Instant::now();
         let made = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -624,10 +640,9 @@ mod tests {
         let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
         let buffer = Arc::new(FrameBuffer::new(first_seq));
         let telemetry = Arc::new(Telemetry::default());
-        let timeouts = TimeoutsConfig {
-            decode_seconds: decode_timeout,
-            ..TimeoutsConfig::default()
-        };
+        let mut config = Config::default();
+        config.timeouts.decode_seconds = decode_timeout;
+        config.buffer.target_seconds = 250.0; // 1000 frames at 4 fps
         let pipeline = Pipeline {
             engine: Arc::new(Engine::new(Box::new(decoder), Device::Cpu, 64, 32)),
             buffer: Arc::clone(&buffer),
@@ -635,15 +650,15 @@ mod tests {
             telemetry: Arc::clone(&telemetry),
             settings: PipelineSettings {
                 frames_per_pair: N,
-                buffer_frames: 1000,
                 format: FrameFormat::Png,
                 jpeg_quality: 90,
-                timeouts,
                 first_seq,
+                live: Arc::new(LiveSettings::new(&config)),
             },
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pipeline.run(source, shutdown.clone()));
+        let (_replace, replacements) = mpsc::channel(1);
+        let task = tokio::spawn(pipeline.run(source, replacements, shutdown.clone()));
         let give_up = Instant::now() + Duration::from_secs(20);
         let states = loop {
             let states: Option<String> = (0..=last)

@@ -1,0 +1,133 @@
+//! Hot reload against the real daemon: safe keys apply live, others are named as needing a
+//! restart, and a bad edit is rejected while the running config stays.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{field, Daemon, FAST};
+
+/// Replaces the config the way an editor does (write elsewhere, rename over).
+fn rewrite(daemon: &Daemon, text: &str) {
+    let tmp = daemon.path("dreamd.toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, daemon.path("dreamd.toml")).unwrap();
+}
+
+/// Waits up to `limit` for `check` on status.json.
+fn wait_for(daemon: &Daemon, limit: Duration, check: impl Fn(&serde_json::Value) -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if daemon.status().is_some_and(|s| check(&s)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn wait_for_log(daemon: &Daemon, limit: Duration, text: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if daemon.log().contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn safe_keys_apply_live_and_others_need_a_restart() {
+    let daemon = Daemon::start(FAST);
+    assert!(wait_for(&daemon, Duration::from_secs(5), |s| s["state"] == "playing"));
+    assert!(wait_for_log(&daemon, Duration::from_secs(2), "for changes"));
+
+    // target_fps 8 → 5, retention, and frames_per_pair (needs a restart).
+    let edited = FAST
+        .replace("target_fps = 8.0", "target_fps = 5.0")
+        .replace("frames_per_pair = 4", "frames_per_pair = 6")
+        + "[output]\nkeep_frames = 12\n";
+    rewrite(&daemon, &edited);
+    assert!(
+        wait_for(&daemon, Duration::from_secs(5), |s| {
+            field(s, "display/target_fps") == 5.0
+        }),
+        "target_fps not applied\n{}",
+        daemon.log()
+    );
+    assert!(wait_for_log(
+        &daemon,
+        Duration::from_secs(3),
+        "needs a restart to apply: [generation]"
+    ));
+    let log = daemon.log();
+    assert!(log.contains("display.target_fps"), "{log}");
+    assert!(log.contains("output.keep_frames"), "{log}");
+    // The display now paces at 5 fps.
+    let shown = |s: &serde_json::Value| field(s, "display/frames_displayed").as_f64().unwrap();
+    let before = daemon.status().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = daemon.status().unwrap();
+    let rate = (shown(&after) - shown(&before)) / 3.0;
+    assert!((4.0..6.0).contains(&rate), "{rate} fps after the reload");
+    // Retention follows: at most 12 frames on disk (plus one being written).
+    let frames = std::fs::read_dir(daemon.path("output/frames"))
+        .unwrap()
+        .count();
+    assert!(frames <= 13, "{frames} frames kept");
+}
+
+#[test]
+fn a_bad_edit_is_rejected_and_the_running_config_stays() {
+    let daemon = Daemon::start(FAST);
+    assert!(wait_for(&daemon, Duration::from_secs(5), |s| s["state"] == "playing"));
+    assert!(wait_for_log(&daemon, Duration::from_secs(2), "for changes"));
+    rewrite(&daemon, &FAST.replace("target_fps = 8.0", "target_fps = 0"));
+    assert!(
+        wait_for_log(
+            &daemon,
+            Duration::from_secs(5),
+            "config reload rejected, the running config stays"
+        ),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("display.target_fps must be > 0"));
+    rewrite(&daemon, "[display\ntarget_fps = 4");
+    assert!(wait_for_log(
+        &daemon,
+        Duration::from_secs(5),
+        "TOML parse error"
+    ));
+    let status = daemon.status().unwrap();
+    assert_eq!(field(&status, "display/target_fps"), 8.0);
+    assert_eq!(status["state"], "playing");
+}
+
+#[test]
+fn clearing_a_fault_by_reload_ends_it() {
+    let faulty = format!(
+        "{FAST}[timeouts]\ndecode_seconds = 1.0\n[health]\ndegraded_seconds = 1.0\n\
+         [faults]\ndecoder_error = {{ after_seconds = 1.0 }}\n"
+    );
+    let daemon = Daemon::start(&faulty);
+    assert!(
+        wait_for(&daemon, Duration::from_secs(6), |s| s["state"]
+            == "degraded"),
+        "{}",
+        daemon.log()
+    );
+    let cleared = format!("{FAST}[health]\ndegraded_seconds = 1.0\n");
+    rewrite(&daemon, &cleared);
+    assert!(
+        wait_for(&daemon, Duration::from_secs(8), |s| s["state"] == "playing"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("timeouts, faults]"),
+        "{}",
+        daemon.log()
+    );
+}
