@@ -1,5 +1,5 @@
 //! One running daemon: builds every component from the config, runs them, and shuts them down
-//! in order (generation, display, final status) when asked.
+//! in order (HTTP server, generation, display, final status) when asked.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,15 +13,19 @@ use crate::atomic_file::remove_stale_temps;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::Config;
+use crate::control::Control;
 use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
 use crate::keyframes;
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::server::{BoundServer, ServerSources};
 use crate::stats::Telemetry;
 use crate::status::{Lifecycle, StatusSources, StatusWriter};
 
 /// How long generation gets to wind down at shutdown before it is abandoned.
 const GENERATION_GRACE: Duration = Duration::from_millis(1000);
+/// How long requests in flight get at shutdown before the server is abandoned.
+const SERVER_GRACE: Duration = Duration::from_millis(1000);
 
 /// What a finished run leaves behind, for `dreamd bench` and tests.
 pub struct RunReport {
@@ -29,6 +33,13 @@ pub struct RunReport {
     pub lock: LockStats,
     /// The decoder that ran (`auto` resolved).
     pub decoder: String,
+}
+
+/// What a running daemon offers an observer in the same process (`dreamd bench http`).
+pub struct Started {
+    pub telemetry: Arc<Telemetry>,
+    /// Base URL of the HTTP server, when it runs.
+    pub server_url: Option<String>,
 }
 
 /// Components that exist before the first frame (and may fail to start).
@@ -68,6 +79,21 @@ pub async fn run(
     shutdown: CancellationToken,
     duration: Option<Duration>,
 ) -> anyhow::Result<RunReport> {
+    run_observed(config, shutdown, duration, None).await
+}
+
+/// [`run`], telling `started` (when given) what is running once everything has started.
+pub async fn run_observed(
+    config: Config,
+    shutdown: CancellationToken,
+    duration: Option<Duration>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> anyhow::Result<RunReport> {
+    // Bind first: a bad address, a port in use or a missing token stops start-up at once.
+    let bound = match config.server.enabled {
+        true => Some(BoundServer::bind(&config.server).await?),
+        false => None,
+    };
     let Prepared {
         engine,
         source,
@@ -90,17 +116,22 @@ pub async fn run(
 
     let telemetry = Arc::new(Telemetry::default());
     let buffer = Arc::new(FrameBuffer::new(first_seq));
+    let control = Arc::new(Control::new(source.name(), source.has_themes()));
     let status_wake = Arc::new(Notify::new());
+    let server_url = bound.as_ref().map(BoundServer::url);
+    let status_sources = Arc::new(StatusSources {
+        telemetry: Arc::clone(&telemetry),
+        buffer: Arc::clone(&buffer),
+        engine: Arc::clone(&engine),
+        control: Arc::clone(&control),
+        source_name: source.name().to_string(),
+        target_fps: config.display.target_fps,
+        target_seconds: config.buffer.target_seconds,
+        server_url: server_url.clone(),
+    });
     let writer = Arc::new(StatusWriter::new(
         output.clone(),
-        Arc::new(StatusSources {
-            telemetry: Arc::clone(&telemetry),
-            buffer: Arc::clone(&buffer),
-            engine: Arc::clone(&engine),
-            source_name: source.name().to_string(),
-            target_fps: config.display.target_fps,
-            target_seconds: config.buffer.target_seconds,
-        }),
+        Arc::clone(&status_sources),
         Arc::clone(&status_wake),
     ));
     writer.write(Lifecycle::Running).await;
@@ -116,8 +147,25 @@ pub async fn run(
         Arc::clone(&buffer),
         Arc::clone(&telemetry),
         status_wake,
+        Arc::clone(&control),
     )
     .context("cannot start the display threads")?;
+
+    let server_stop = CancellationToken::new();
+    let server = bound.map(|bound| {
+        crate::server::spawn(
+            bound,
+            ServerSources {
+                status: Arc::clone(&status_sources),
+                archive: Arc::clone(&archive),
+                format: config.output.format,
+                current: display.current_frame(),
+                frame_interval: config.frame_interval(),
+            },
+            &config.server,
+            server_stop.clone(),
+        )
+    });
 
     let generation = shutdown.child_token();
     let pipeline = Pipeline {
@@ -125,6 +173,7 @@ pub async fn run(
         buffer,
         archive,
         telemetry: Arc::clone(&telemetry),
+        control,
         settings: PipelineSettings::from_config(&config, first_seq),
     };
     let pipeline = tokio::spawn(pipeline.run(source, generation.clone()));
@@ -133,6 +182,12 @@ pub async fn run(
         let (writer, stop) = (Arc::clone(&writer), status_stop.clone());
         tokio::spawn(async move { writer.run(stop).await })
     };
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            telemetry: Arc::clone(&telemetry),
+            server_url,
+        });
+    }
 
     match duration {
         Some(duration) => {
@@ -145,6 +200,12 @@ pub async fn run(
     }
 
     tracing::info!("stopping");
+    server_stop.cancel();
+    if let Some(server) = server {
+        if tokio::time::timeout(SERVER_GRACE, server).await.is_err() {
+            tracing::warn!("http server did not stop within {SERVER_GRACE:?}; abandoning it");
+        }
+    }
     status_stop.cancel();
     let _ = status.await;
     writer.write(Lifecycle::Stopping).await;
