@@ -9,9 +9,11 @@
 pub mod analyze;
 pub mod atomic_file;
 pub mod bench;
+pub mod bench_http;
 pub mod buffer;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod display;
 pub mod engine;
