@@ -425,7 +425,9 @@ fn non_loopback_bind_needs_a_token_and_control_checks_it() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
     let resumed = ctl("s3cret-token", "resume");
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert_eq!(String::from_utf8_lossy(&resumed.stdout).trim(), "resume: ok (state playing)");
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    assert!(said.starts_with("resume: ok (state "), "{said}");
+    assert_ne!(status(&daemon)["state"], "paused");
 }
 
 #[test]
