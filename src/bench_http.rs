@@ -323,12 +323,22 @@ async fn sse_client(
         if n == 0 {
             return Ok(());
         }
-        let found = buf[..n].windows(needle.len()).filter(|w| w == needle).count();
-        counters.frame_events.fetch_add(found as u64, Ordering::Relaxed);
+        let found = buf[..n]
+            .windows(needle.len())
+            .filter(|w| w == needle)
+            .count();
+        counters
+            .frame_events
+            .fetch_add(found as u64, Ordering::Relaxed);
     }
 }
 
-async fn poller(addr: SocketAddr, every: Duration, counters: &LoadCounters, stop: &CancellationToken) {
+async fn poller(
+    addr: SocketAddr,
+    every: Duration,
+    counters: &LoadCounters,
+    stop: &CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

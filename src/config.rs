@@ -713,7 +713,8 @@ mod tests {
         assert!(err("[server]\ntoken = \" \"").starts_with("server.token"));
         assert!(err("[server]\nrequest_timeout_seconds = 0")
             .starts_with("server.request_timeout_seconds"));
-        let parsed = Config::parse("[server]\nbind = \"0.0.0.0:0\"\ntoken = \"s3cret\"", "t").unwrap();
+        let parsed =
+            Config::parse("[server]\nbind = \"0.0.0.0:0\"\ntoken = \"s3cret\"", "t").unwrap();
         assert_eq!(parsed.server.token.as_deref(), Some("s3cret"));
     }
 

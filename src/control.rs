@@ -43,12 +43,14 @@ impl Control {
 
     /// Stops generation and holds the display; returns whether it was running.
     pub fn pause(&self) -> bool {
-        self.paused.send_if_modified(|p| !std::mem::replace(p, true))
+        self.paused
+            .send_if_modified(|p| !std::mem::replace(p, true))
     }
 
     /// Undoes [`Control::pause`]; returns whether it was paused.
     pub fn resume(&self) -> bool {
-        self.paused.send_if_modified(|p| std::mem::replace(p, false))
+        self.paused
+            .send_if_modified(|p| std::mem::replace(p, false))
     }
 
     pub fn is_paused(&self) -> bool {

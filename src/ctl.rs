@@ -52,7 +52,12 @@ pub fn url_from_config(server: &ServerConfig) -> anyhow::Result<String> {
 }
 
 /// Runs `action` against the daemon at `base_url`; returns the text to print.
-pub fn run(base_url: &str, token: Option<&str>, action: Action, json: bool) -> anyhow::Result<String> {
+pub fn run(
+    base_url: &str,
+    token: Option<&str>,
+    action: Action,
+    json: bool,
+) -> anyhow::Result<String> {
     let base = base_url.trim_end_matches('/');
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
@@ -156,7 +161,10 @@ mod tests {
             url_from_config(&server("0.0.0.0:9000")).unwrap(),
             "http://127.0.0.1:9000"
         );
-        assert_eq!(url_from_config(&server("[::]:9000")).unwrap(), "http://[::1]:9000");
+        assert_eq!(
+            url_from_config(&server("[::]:9000")).unwrap(),
+            "http://[::1]:9000"
+        );
         assert!(url_from_config(&server("127.0.0.1:0"))
             .unwrap_err()
             .to_string()

@@ -492,8 +492,16 @@ mod tests {
         control.request_skip();
         control.resume();
         wait_for(|| d.current_sequence() > held);
-        assert_eq!(d.current_sequence(), Some(10), "skip did not land on keyframe 1");
-        assert_eq!(d.skipped.load(ORDER), 0, "operator skips are not pacing skips");
+        assert_eq!(
+            d.current_sequence(),
+            Some(10),
+            "skip did not land on keyframe 1"
+        );
+        assert_eq!(
+            d.skipped.load(ORDER),
+            0,
+            "operator skips are not pacing skips"
+        );
         let shown = d.frames_displayed.load(ORDER);
         wait_for(|| d.frames_displayed.load(ORDER) > shown + 2);
         let mut current = display.current_frame();

@@ -256,7 +256,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 CtlAction::Skip => dreamd::ctl::Action::Skip,
                 CtlAction::NextTheme => dreamd::ctl::Action::NextTheme,
             };
-            print!("{}", dreamd::ctl::run(&url, token.as_deref(), action, json)?);
+            print!(
+                "{}",
+                dreamd::ctl::run(&url, token.as_deref(), action, json)?
+            );
             Ok(())
         }
         Command::Bench {
@@ -292,8 +295,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 seconds: secs,
                 warmup_seconds: 3.0,
             };
-            let report = runtime()?
-                .block_on_with_signals(|_| dreamd::bench_http::run(config, options))?;
+            let report =
+                runtime()?.block_on_with_signals(|_| dreamd::bench_http::run(config, options))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -295,10 +295,7 @@ impl StatusSources {
                 message: e.message,
                 at: humantime::format_rfc3339_millis(e.at).to_string(),
             }),
-            server: self
-                .server_url
-                .clone()
-                .map(|url| ServerSection { url }),
+            server: self.server_url.clone().map(|url| ServerSection { url }),
         }
     }
 

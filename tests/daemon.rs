@@ -259,7 +259,10 @@ fn json_log_has_one_lock_acquisition_per_pair_and_keyframe_events() {
 fn runs_on_built_in_defaults_without_a_config_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     // A free port, so the test never meets another daemon on the default 8765.
-    let mut child = spawn(dir.path(), &["run", "--duration", "2", "--bind", "127.0.0.1:0"]);
+    let mut child = spawn(
+        dir.path(),
+        &["run", "--duration", "2", "--bind", "127.0.0.1:0"],
+    );
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

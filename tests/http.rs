@@ -35,7 +35,10 @@ fn frames_status_health_and_the_page_are_served() {
 
     let page = get(&daemon.url, "/");
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(page.text().contains("new EventSource(\"/events\")"));
 
     let current = get(&daemon.url, "/frame/current");
@@ -48,7 +51,10 @@ fn frames_status_health_and_the_page_are_served() {
     // A saved frame: immutable, strong ETag, 304 when the client has it.
     let frame = get(&daemon.url, &format!("/frames/{seq}"));
     assert_eq!(frame.status, 200, "{}", frame.text());
-    assert_eq!(frame.body, current.body, "/frames/{seq} differs from what was shown");
+    assert_eq!(
+        frame.body, current.body,
+        "/frames/{seq} differs from what was shown"
+    );
     let etag = frame.header("etag").unwrap().to_string();
     assert!(etag.starts_with('"') && !etag.starts_with("W/"), "{etag}");
     assert_eq!(
@@ -91,14 +97,20 @@ fn frames_status_health_and_the_page_are_served() {
 
     // /status is the status.json document.
     let document = status(&daemon);
-    for key in ["frame_number", "status", "buffer_seconds", "state", "display", "gpu_lock"] {
+    for key in [
+        "frame_number",
+        "status",
+        "buffer_seconds",
+        "state",
+        "display",
+        "gpu_lock",
+    ] {
         assert!(document.get(key).is_some(), "/status lacks {key}");
     }
     assert_eq!(document["server"]["url"], daemon.url.as_str());
-    let on_disk: Value = serde_json::from_str(
-        &std::fs::read_to_string(daemon.path("output/status.json")).unwrap(),
-    )
-    .unwrap();
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(daemon.path("output/status.json")).unwrap())
+            .unwrap();
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&document), keys(&on_disk));
 
@@ -136,7 +148,10 @@ impl EventReader {
             }
             headers.push_str(&line.to_ascii_lowercase());
         }
-        assert!(headers.contains("content-type: text/event-stream"), "{headers}");
+        assert!(
+            headers.contains("content-type: text/event-stream"),
+            "{headers}"
+        );
         Ok(EventReader { lines })
     }
 
@@ -145,7 +160,10 @@ impl EventReader {
         let (mut event, mut data) = (String::new(), None);
         loop {
             let mut line = String::new();
-            let n = self.lines.read_line(&mut line).expect("event stream stalled");
+            let n = self
+                .lines
+                .read_line(&mut line)
+                .expect("event stream stalled");
             assert!(n > 0, "event stream ended");
             let line = line.trim_end();
             if let Some(name) = line.strip_prefix("event: ") {
@@ -207,12 +225,17 @@ fn pause_holds_the_display_and_skip_lands_on_the_next_keyframe() {
     let answer: Value = serde_json::from_slice(&paused.body).unwrap();
     assert_eq!(answer["state"], "paused");
     std::thread::sleep(Duration::from_millis(300));
-    let held = status(&daemon)["display"]["current_sequence"].as_u64().unwrap();
+    let held = status(&daemon)["display"]["current_sequence"]
+        .as_u64()
+        .unwrap();
     let generated = status(&daemon)["generation"]["pairs"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let document = status(&daemon);
     assert_eq!(document["state"], "paused");
-    assert_eq!(document["display"]["current_sequence"], held, "display moved while paused");
+    assert_eq!(
+        document["display"]["current_sequence"], held,
+        "display moved while paused"
+    );
     // At most the pair in flight when pausing finishes.
     assert!(document["generation"]["pairs"].as_u64().unwrap() <= generated + 1);
     assert_eq!(get(&daemon.url, "/healthz").status, 200);
@@ -229,11 +252,19 @@ fn pause_holds_the_display_and_skip_lands_on_the_next_keyframe() {
         next != held
     });
     assert!(next > held);
-    assert_eq!(next % KEYFRAME_EVERY, 0, "skip from {held} landed on {next}, not a keyframe");
+    assert_eq!(
+        next % KEYFRAME_EVERY,
+        0,
+        "skip from {held} landed on {next}, not a keyframe"
+    );
 
     let theme = post(&daemon.url, "/control/next-theme");
     assert_eq!(theme.status, 409);
-    assert!(theme.text().contains("procedural has no themes"), "{}", theme.text());
+    assert!(
+        theme.text().contains("procedural has no themes"),
+        "{}",
+        theme.text()
+    );
 }
 
 #[test]
@@ -244,7 +275,9 @@ fn metrics_parse_with_the_prometheus_text_parser() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_parser {
-        tool_missing(&format!("the prometheus_client Python package (for {python})"));
+        tool_missing(&format!(
+            "the prometheus_client Python package (for {python})"
+        ));
         return;
     }
     let daemon = Daemon::start("");
@@ -307,19 +340,40 @@ print(json.dumps(out))
     let value = |family: &str, sample: &str, label: Option<(&str, &str)>| -> f64 {
         samples(family)
             .iter()
-            .find(|s| {
-                s[0] == sample && label.is_none_or(|(k, v)| s[1][k].as_str() == Some(v))
-            })
+            .find(|s| s[0] == sample && label.is_none_or(|(k, v)| s[1][k].as_str() == Some(v)))
             .unwrap_or_else(|| panic!("no {sample} {label:?}"))[2]
             .as_f64()
             .unwrap()
     };
-    assert_eq!(value("dreamd_build_info", "dreamd_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
+    assert_eq!(
+        value(
+            "dreamd_build_info",
+            "dreamd_build_info",
+            Some(("version", env!("CARGO_PKG_VERSION")))
+        ),
+        1.0
+    );
     assert_eq!(samples("dreamd_failures").len(), 5);
-    assert!(value("dreamd_keyframe_seconds", "dreamd_keyframe_seconds", Some(("source", "procedural"))) > 0.0);
-    assert!(value("dreamd_frames_generated", "dreamd_frames_generated_total", Some(("kind", "inbetween"))) > 0.0);
+    assert!(
+        value(
+            "dreamd_keyframe_seconds",
+            "dreamd_keyframe_seconds",
+            Some(("source", "procedural"))
+        ) > 0.0
+    );
+    assert!(
+        value(
+            "dreamd_frames_generated",
+            "dreamd_frames_generated_total",
+            Some(("kind", "inbetween"))
+        ) > 0.0
+    );
     // One lock acquisition per decode call; the lock histograms count them all.
-    let acquisitions = value("dreamd_gpu_lock_acquisitions", "dreamd_gpu_lock_acquisitions_total", None);
+    let acquisitions = value(
+        "dreamd_gpu_lock_acquisitions",
+        "dreamd_gpu_lock_acquisitions_total",
+        None,
+    );
     assert!(acquisitions > 0.0);
     // Histograms: cumulative buckets ending at +Inf = count.
     for family in [
@@ -332,7 +386,10 @@ print(json.dumps(out))
             .filter(|s| s[0].as_str().unwrap().ends_with("_bucket"))
             .map(|s| s[2].as_f64().unwrap())
             .collect();
-        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{family}: {buckets:?}"
+        );
         let count = value(family, &format!("{family}_count"), None);
         assert_eq!(*buckets.last().unwrap(), count, "{family}");
         assert!(count > 0.0, "{family} is empty");
@@ -352,7 +409,10 @@ fn healthz_fails_with_the_reason_once_degraded_past_the_threshold() {
         last = answer.text();
         answer.status == 503
     });
-    assert!(last.contains("degraded") && last.contains("decode"), "{last}");
+    assert!(
+        last.contains("degraded") && last.contains("decode"),
+        "{last}"
+    );
     assert_eq!(status(&daemon)["state"], "degraded");
 }
 
@@ -361,7 +421,9 @@ fn live_event_clients_are_bounded() {
     let daemon = Daemon::start("[server]\nbind = \"127.0.0.1:0\"\nmax_sse_clients = 2");
     let first = EventReader::open(&daemon.url).unwrap();
     let _second = EventReader::open(&daemon.url).unwrap();
-    let refused = EventReader::open(&daemon.url).err().expect("third client accepted");
+    let refused = EventReader::open(&daemon.url)
+        .err()
+        .expect("third client accepted");
     assert!(refused.contains("503"), "{refused}");
     drop(first);
     wait_until("a freed slot", Duration::from_secs(5), || {
@@ -400,7 +462,10 @@ fn non_loopback_bind_needs_a_token_and_control_checks_it() {
         &[("Authorization", "Bearer s3cret-tokem")],
     );
     assert_eq!(wrong.status, 401);
-    assert_eq!(status(&daemon)["state"].as_str().map(|s| s != "paused"), Some(true));
+    assert_eq!(
+        status(&daemon)["state"].as_str().map(|s| s != "paused"),
+        Some(true)
+    );
     let right = request(
         &daemon.url,
         "POST",
@@ -424,7 +489,11 @@ fn non_loopback_bind_needs_a_token_and_control_checks_it() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
     let resumed = ctl("s3cret-token", "resume");
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let said = String::from_utf8_lossy(&resumed.stdout);
     assert!(said.starts_with("resume: ok (state "), "{said}");
     assert_ne!(status(&daemon)["state"], "paused");
@@ -437,11 +506,22 @@ fn ctl_pauses_resumes_and_reports_status() {
     let ctl = |args: &[&str]| {
         let mut all = vec!["ctl", "--url", daemon.url.as_str()];
         all.extend_from_slice(args);
-        Command::new(BIN).args(&all).env_remove("DREAMD_TOKEN").output().unwrap()
+        Command::new(BIN)
+            .args(&all)
+            .env_remove("DREAMD_TOKEN")
+            .output()
+            .unwrap()
     };
     let paused = ctl(&["pause"]);
-    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
-    assert_eq!(String::from_utf8_lossy(&paused.stdout).trim(), "pause: ok (state paused)");
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&paused.stdout).trim(),
+        "pause: ok (state paused)"
+    );
     let shown = ctl(&["status"]);
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.starts_with("state      paused"), "{text}");
@@ -460,7 +540,10 @@ fn ctl_pauses_resumes_and_reports_status() {
         .unwrap();
     assert!(!nobody.status.success());
     let stderr = String::from_utf8_lossy(&nobody.stderr);
-    assert!(stderr.contains("cannot reach the daemon at http://127.0.0.1:9"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the daemon at http://127.0.0.1:9"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -470,9 +553,18 @@ fn bad_bind_and_port_in_use_fail_at_start_with_one_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     for (bind, expected) in [
-        ("localhost:80".to_string(), "server.bind must be an IP address and port".to_string()),
-        ("127.0.0.1:99999".to_string(), "server.bind must be".to_string()),
-        (format!("127.0.0.1:{port}"), format!("cannot listen on 127.0.0.1:{port}")),
+        (
+            "localhost:80".to_string(),
+            "server.bind must be an IP address and port".to_string(),
+        ),
+        (
+            "127.0.0.1:99999".to_string(),
+            "server.bind must be".to_string(),
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            format!("cannot listen on 127.0.0.1:{port}"),
+        ),
     ] {
         let output = Command::new(BIN)
             .args(["run", "--config", "dreamd.toml", "--bind", &bind])

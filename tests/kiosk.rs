@@ -52,7 +52,10 @@ fn screenshot(browser: &str, url: &str, dir: &Path, name: &str) -> image::RgbIma
 
 /// Mean brightness (0–255).
 fn brightness(image: &image::RgbImage) -> f64 {
-    let sum: u64 = image.pixels().map(|p| p.0.iter().map(|&c| u64::from(c)).sum::<u64>()).sum();
+    let sum: u64 = image
+        .pixels()
+        .map(|p| p.0.iter().map(|&c| u64::from(c)).sum::<u64>())
+        .sum();
     sum as f64 / (image.pixels().len() * 3) as f64
 }
 
@@ -101,5 +104,8 @@ fn kiosk_page_shows_frames_that_change() {
             }
         }
     }
-    assert!(changed > 1.0, "the kiosk page did not change (difference {changed:.2})");
+    assert!(
+        changed > 1.0,
+        "the kiosk page did not change (difference {changed:.2})"
+    );
 }

@@ -24,7 +24,9 @@ pub fn resolve_token(config: Option<&str>, env: Option<&str>) -> Option<String> 
 pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     let Some(presented) = header.and_then(|h| {
         let (scheme, value) = h.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(value.trim())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(value.trim())
     }) else {
         return false;
     };

@@ -21,7 +21,10 @@ pub async fn current(State(app): State<App>) -> Response {
     match frame {
         Some(frame) => (
             [
-                (CONTENT_TYPE, HeaderValue::from_static(frame.format.content_type())),
+                (
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(frame.format.content_type()),
+                ),
                 (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
                 (
                     axum::http::HeaderName::from_static("x-frame-seq"),
@@ -82,10 +85,7 @@ pub async fn by_seq(
         }
     };
     let etag = format!("\"{seq}-{:016x}\"", fnv1a(&bytes));
-    let cache = [
-        (ETAG, etag.clone()),
-        (CACHE_CONTROL, IMMUTABLE.to_string()),
-    ];
+    let cache = [(ETAG, etag.clone()), (CACHE_CONTROL, IMMUTABLE.to_string())];
     let matched = headers
         .get(IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -131,7 +131,15 @@ mod tests {
     fn only_plain_numbers_name_frames() {
         assert_eq!(parse_seq("42"), Some(42));
         assert_eq!(parse_seq("00000042"), Some(42));
-        for bad in ["", "+4", "-1", "4.0", "../status.json", "1/2", "99999999999999999999"] {
+        for bad in [
+            "",
+            "+4",
+            "-1",
+            "4.0",
+            "../status.json",
+            "1/2",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_seq(bad), None, "{bad}");
         }
     }

@@ -30,7 +30,8 @@ pub struct Health {
 impl Health {
     /// Whether `/healthz` should fail: degraded for at least `after` without a break.
     pub fn unhealthy(&self, after: Duration) -> bool {
-        self.degraded_since.is_some_and(|since| since.elapsed() >= after)
+        self.degraded_since
+            .is_some_and(|since| since.elapsed() >= after)
     }
 }
 
@@ -137,9 +138,10 @@ pub async fn healthz(State(app): State<App>) -> Response {
                 )
             }
         }
-        (DaemonState::Stopping | DaemonState::Stopped, _) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {state}\n"))
-        }
+        (DaemonState::Stopping | DaemonState::Stopped, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {state}\n"),
+        ),
         _ => (StatusCode::OK, format!("ok: {state}\n")),
     };
     (code, [(CACHE_CONTROL, "no-cache")], body).into_response()

@@ -50,7 +50,11 @@ pub fn render(app: &App) -> String {
     let engine = &sources.engine;
     let mut out = Exposition::default();
 
-    out.family("dreamd_build_info", "gauge", "Build and run information; always 1.");
+    out.family(
+        "dreamd_build_info",
+        "gauge",
+        "Build and run information; always 1.",
+    );
     out.sample(
         "dreamd_build_info",
         &[
@@ -61,26 +65,54 @@ pub fn render(app: &App) -> String {
         ],
         1.0,
     );
-    out.family("dreamd_uptime_seconds", "gauge", "Seconds since the daemon started.");
-    out.sample("dreamd_uptime_seconds", &[], t.started.elapsed().as_secs_f64());
+    out.family(
+        "dreamd_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    );
+    out.sample(
+        "dreamd_uptime_seconds",
+        &[],
+        t.started.elapsed().as_secs_f64(),
+    );
     let state = sources.state(Lifecycle::Running);
-    out.family("dreamd_state", "gauge", "1 for the daemon's current state, 0 for the others.");
+    out.family(
+        "dreamd_state",
+        "gauge",
+        "1 for the daemon's current state, 0 for the others.",
+    );
     for s in STATES {
         let name = serde_json::to_value(s)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        out.sample("dreamd_state", &[("state", &name)], f64::from(u8::from(s == state)));
+        out.sample(
+            "dreamd_state",
+            &[("state", &name)],
+            f64::from(u8::from(s == state)),
+        );
     }
 
     // Display.
     let display = &t.display;
-    out.family("dreamd_display_target_fps", "gauge", "Frames per second the display aims for.");
+    out.family(
+        "dreamd_display_target_fps",
+        "gauge",
+        "Frames per second the display aims for.",
+    );
     out.sample("dreamd_display_target_fps", &[], sources.target_fps);
-    out.family("dreamd_display_fps", "gauge", "Frames per second achieved (recent average).");
+    out.family(
+        "dreamd_display_fps",
+        "gauge",
+        "Frames per second achieved (recent average).",
+    );
     out.sample("dreamd_display_fps", &[], display.actual_fps());
     out.family("dreamd_display_frames_total", "counter", "Frames shown.");
-    out.sample("dreamd_display_frames_total", &[], count(&display.frames_displayed));
+    out.sample(
+        "dreamd_display_frames_total",
+        &[],
+        count(&display.frames_displayed),
+    );
     out.family(
         "dreamd_display_ticks_total",
         "counter",
@@ -91,10 +123,18 @@ pub fn render(app: &App) -> String {
         ("held", &display.held),
         ("skipped", &display.skipped),
     ] {
-        out.sample("dreamd_display_ticks_total", &[("kind", kind)], count(value));
+        out.sample(
+            "dreamd_display_ticks_total",
+            &[("kind", kind)],
+            count(value),
+        );
     }
     if let Some(seq) = display.current_sequence() {
-        out.family("dreamd_display_sequence", "gauge", "Sequence number on screen.");
+        out.family(
+            "dreamd_display_sequence",
+            "gauge",
+            "Sequence number on screen.",
+        );
         out.sample("dreamd_display_sequence", &[], seq as f64);
     }
     out.fine_histogram(
@@ -106,12 +146,32 @@ pub fn render(app: &App) -> String {
 
     // Buffer.
     let counts = sources.buffer.counts();
-    out.family("dreamd_buffer_seconds", "gauge", "Seconds of ready frames ahead of the display.");
-    out.sample("dreamd_buffer_seconds", &[], counts.ready as f64 / sources.target_fps);
-    out.family("dreamd_buffer_target_seconds", "gauge", "Seconds the buffer aims to hold.");
+    out.family(
+        "dreamd_buffer_seconds",
+        "gauge",
+        "Seconds of ready frames ahead of the display.",
+    );
+    out.sample(
+        "dreamd_buffer_seconds",
+        &[],
+        counts.ready as f64 / sources.target_fps,
+    );
+    out.family(
+        "dreamd_buffer_target_seconds",
+        "gauge",
+        "Seconds the buffer aims to hold.",
+    );
     out.sample("dreamd_buffer_target_seconds", &[], sources.target_seconds);
-    out.family("dreamd_buffer_frames", "gauge", "Frames in the buffer by state.");
-    out.sample("dreamd_buffer_frames", &[("state", "ready")], counts.ready as f64);
+    out.family(
+        "dreamd_buffer_frames",
+        "gauge",
+        "Frames in the buffer by state.",
+    );
+    out.sample(
+        "dreamd_buffer_frames",
+        &[("state", "ready")],
+        counts.ready as f64,
+    );
     out.sample(
         "dreamd_buffer_frames",
         &[("state", "registered")],
@@ -121,14 +181,26 @@ pub fn render(app: &App) -> String {
     // GPU lock.
     let lock = engine.lock().stats();
     let histograms = engine.lock().histograms();
-    out.family("dreamd_gpu_lock_acquisitions_total", "counter", "GPU-lock acquisitions.");
-    out.sample("dreamd_gpu_lock_acquisitions_total", &[], lock.acquisitions as f64);
+    out.family(
+        "dreamd_gpu_lock_acquisitions_total",
+        "counter",
+        "GPU-lock acquisitions.",
+    );
+    out.sample(
+        "dreamd_gpu_lock_acquisitions_total",
+        &[],
+        lock.acquisitions as f64,
+    );
     out.family(
         "dreamd_gpu_lock_contention_total",
         "counter",
         "GPU-lock acquisitions that found the lock taken (or gave up).",
     );
-    out.sample("dreamd_gpu_lock_contention_total", &[], lock.contention_events as f64);
+    out.sample(
+        "dreamd_gpu_lock_contention_total",
+        &[],
+        lock.contention_events as f64,
+    );
     out.bucket_histogram(
         "dreamd_gpu_lock_wait_seconds",
         "Time spent waiting for the GPU lock.",
@@ -157,9 +229,17 @@ pub fn render(app: &App) -> String {
             "gauge",
             "Time to make a keyframe, by source (moving average).",
         );
-        out.sample("dreamd_keyframe_seconds", &[("source", &sources.source_name)], ms / 1000.0);
+        out.sample(
+            "dreamd_keyframe_seconds",
+            &[("source", &sources.source_name)],
+            ms / 1000.0,
+        );
     }
-    out.family("dreamd_frames_generated_total", "counter", "Frames generated, by kind.");
+    out.family(
+        "dreamd_frames_generated_total",
+        "counter",
+        "Frames generated, by kind.",
+    );
     out.sample(
         "dreamd_frames_generated_total",
         &[("kind", "keyframe")],
@@ -170,9 +250,17 @@ pub fn render(app: &App) -> String {
         &[("kind", "inbetween")],
         count(&pipeline.interpolated_frames),
     );
-    out.family("dreamd_pairs_total", "counter", "Keyframe pairs interpolated.");
+    out.family(
+        "dreamd_pairs_total",
+        "counter",
+        "Keyframe pairs interpolated.",
+    );
     out.sample("dreamd_pairs_total", &[], count(&pipeline.pairs));
-    out.family("dreamd_failures_total", "counter", "Failures, by pipeline stage.");
+    out.family(
+        "dreamd_failures_total",
+        "counter",
+        "Failures, by pipeline stage.",
+    );
     for stage in Stage::ALL {
         out.sample(
             "dreamd_failures_total",
@@ -183,7 +271,11 @@ pub fn render(app: &App) -> String {
 
     // HTTP.
     let sse_clients = app.max_sse_clients - app.sse_slots.available_permits();
-    out.family("dreamd_http_sse_clients", "gauge", "Live-event clients connected.");
+    out.family(
+        "dreamd_http_sse_clients",
+        "gauge",
+        "Live-event clients connected.",
+    );
     out.sample("dreamd_http_sse_clients", &[], sse_clients as f64);
     out.family(
         "dreamd_http_sse_rejected_total",
