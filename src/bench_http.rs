@@ -3,9 +3,10 @@
 //!
 //! The daemon runs in this process on the embedded default (start gate 0, server on a free
 //! loopback port, output in a temporary folder). After a warm-up, the display's interval error
-//! is measured for a while with no clients (idle), then again while a load generator on its own
-//! runtime keeps many live-event clients connected (some of them stalled: they never read),
-//! and polls `/frame/current`. Both phases come from the same daemon's histogram, so the
+//! is measured in alternating phases: with no clients (idle), then while a load generator on its
+//! own runtime keeps many live-event clients connected (some of them stalled: they never read)
+//! and polls `/frame/current`; several rounds of both, so that noise from other work on the
+//! machine falls on both sides alike. All phases come from the same daemon's histogram, so the
 //! difference is the cost of serving.
 
 use std::net::SocketAddr;
@@ -35,8 +36,10 @@ pub struct HttpLoadOptions {
     pub pollers: usize,
     /// Pause between one poller's requests.
     pub poll_every: Duration,
-    /// Length of each phase.
+    /// Total length of the idle phases, and of the loaded phases.
     pub seconds: f64,
+    /// Idle/loaded rounds the time is split into.
+    pub rounds: usize,
     pub warmup_seconds: f64,
 }
 
@@ -56,6 +59,7 @@ pub struct PhaseFigures {
 pub struct HttpLoadReport {
     pub target_fps: f64,
     pub seconds_per_phase: f64,
+    pub rounds: usize,
     pub clients: usize,
     pub stalled_clients: usize,
     pub pollers: usize,
@@ -82,12 +86,14 @@ impl HttpLoadReport {
             )
         };
         format!(
-            "display at {} fps, {} s per phase; load: {} SSE clients ({} stalled) + {} pollers of /frame/current\n{}{}\
+            "display at {} fps, {} s idle and {} s loaded in {} alternating rounds; load: {} SSE clients ({} stalled) + {} pollers of /frame/current\n{}{}\
              p99 difference {:+.3} ms\n\
              SSE: {} connected, {} refused, {} frame events received\n\
              polls: {} ok, {} failed, latency p50 {:.3} ms p99 {:.3} ms\n",
             self.target_fps,
             self.seconds_per_phase,
+            self.seconds_per_phase,
+            self.rounds,
             self.clients + self.stalled_clients,
             self.stalled_clients,
             self.pollers,
@@ -124,15 +130,39 @@ impl Snapshot {
         }
     }
 
-    fn figures_since(&self, earlier: &Snapshot) -> PhaseFigures {
-        let errors = self.errors.since(&earlier.errors);
-        PhaseFigures {
-            intervals: errors.count(),
-            interval_error_p50_ms: millis(errors.quantile(0.5)),
-            interval_error_p99_ms: millis(errors.quantile(0.99)),
+    fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            errors: self.errors.since(&earlier.errors),
             late: self.late - earlier.late,
             held: self.held - earlier.held,
             skipped: self.skipped - earlier.skipped,
+        }
+    }
+
+    fn add(&mut self, other: &Snapshot) {
+        self.errors.merge(&other.errors);
+        self.late += other.late;
+        self.held += other.held;
+        self.skipped += other.skipped;
+    }
+
+    fn empty() -> Snapshot {
+        Snapshot {
+            errors: Histogram::default(),
+            late: 0,
+            held: 0,
+            skipped: 0,
+        }
+    }
+
+    fn figures(&self) -> PhaseFigures {
+        PhaseFigures {
+            intervals: self.errors.count(),
+            interval_error_p50_ms: millis(self.errors.quantile(0.5)),
+            interval_error_p99_ms: millis(self.errors.quantile(0.99)),
+            late: self.late,
+            held: self.held,
+            skipped: self.skipped,
         }
     }
 }
@@ -174,6 +204,7 @@ pub async fn run(mut config: Config, options: HttpLoadOptions) -> anyhow::Result
     Ok(HttpLoadReport {
         target_fps,
         seconds_per_phase: options.seconds,
+        rounds: options.rounds,
         clients: options.clients,
         stalled_clients: options.stalled,
         pollers: options.pollers,
@@ -205,15 +236,31 @@ async fn measure(
         .trim_start_matches("http://")
         .parse()
         .with_context(|| format!("bad server url {url}"))?;
-    let phase = Duration::from_secs_f64(options.seconds);
+    let rounds = options.rounds.max(1);
+    let phase = Duration::from_secs_f64(options.seconds / rounds as f64);
     let telemetry = &started.telemetry;
     tokio::time::sleep(Duration::from_secs_f64(options.warmup_seconds)).await;
-
-    let idle_start = Snapshot::take(telemetry);
-    tokio::time::sleep(phase).await;
-    let idle_end = Snapshot::take(telemetry);
-
     let counters = Arc::new(LoadCounters::default());
+    let (mut idle, mut loaded) = (Snapshot::empty(), Snapshot::empty());
+    for _ in 0..rounds {
+        let start = Snapshot::take(telemetry);
+        tokio::time::sleep(phase).await;
+        idle.add(&Snapshot::take(telemetry).since(&start));
+        loaded.add(&loaded_phase(addr, options, &counters, telemetry, phase).await?);
+    }
+    Ok((idle.figures(), loaded.figures(), counters))
+}
+
+/// One loaded phase: clients connect, then `phase` is measured, then they leave.
+async fn loaded_phase(
+    addr: SocketAddr,
+    options: &HttpLoadOptions,
+    counters: &Arc<LoadCounters>,
+    telemetry: &Telemetry,
+    phase: Duration,
+) -> anyhow::Result<Snapshot> {
+    let before =
+        counters.connected.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed);
     let stop = CancellationToken::new();
     let generator = {
         let (counters, stop, options) = (Arc::clone(&counters), stop.clone(), options.clone());
@@ -223,7 +270,7 @@ async fn measure(
             .context("cannot start the load generator")?
     };
     // Let every client connect before measuring.
-    let wanted = (options.clients + options.stalled) as u64;
+    let wanted = before + (options.clients + options.stalled) as u64;
     let give_up = Instant::now() + Duration::from_secs(10);
     while counters.connected.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed)
         < wanted
@@ -231,17 +278,13 @@ async fn measure(
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let loaded_start = Snapshot::take(telemetry);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Snapshot::take(telemetry);
     tokio::time::sleep(phase).await;
-    let loaded_end = Snapshot::take(telemetry);
+    let end = Snapshot::take(telemetry);
     stop.cancel();
     let _ = tokio::task::spawn_blocking(move || generator.join()).await;
-    Ok((
-        idle_end.figures_since(&idle_start),
-        loaded_end.figures_since(&loaded_start),
-        counters,
-    ))
+    Ok(end.since(&start))
 }
 
 /// What the load generator saw.

@@ -163,9 +163,12 @@ enum BenchCommand {
         /// Milliseconds between one poller's requests.
         #[arg(long, default_value_t = 100)]
         poll_ms: u64,
-        /// Seconds of each phase (idle, then loaded).
+        /// Seconds measured idle, and again loaded.
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+        /// Alternating idle/loaded rounds the seconds are split into.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
         /// Target fps (overrides display.target_fps).
         #[arg(long)]
         fps: Option<f64>,
@@ -271,6 +274,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     pollers,
                     poll_ms,
                     seconds: secs,
+                    rounds,
                     fps,
                     json,
                 },
@@ -293,6 +297,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 pollers,
                 poll_every: Duration::from_millis(poll_ms),
                 seconds: secs,
+                rounds,
                 warmup_seconds: 3.0,
             };
             let report =

@@ -114,6 +114,16 @@ impl Histogram {
         self.buckets[..whole as usize].iter().sum()
     }
 
+    /// Adds `other`'s samples to this histogram.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.max = self.max.max(other.max);
+    }
+
     /// The samples recorded since `earlier`, a snapshot of this histogram (its maximum is the
     /// overall maximum, an upper bound).
     pub fn since(&self, earlier: &Histogram) -> Histogram {
@@ -479,6 +489,12 @@ mod tests {
         let recent = h.since(&snapshot);
         assert_eq!(recent.count(), 1);
         assert_eq!(recent.quantile(1.0), Duration::from_micros(350));
+        let mut merged = recent.clone();
+        merged.merge(&recent);
+        assert_eq!(
+            (merged.count(), merged.sum()),
+            (2, Duration::from_micros(600))
+        );
     }
 
     #[test]
