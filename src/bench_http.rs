@@ -263,7 +263,7 @@ async fn loaded_phase(
         counters.connected.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed);
     let stop = CancellationToken::new();
     let generator = {
-        let (counters, stop, options) = (Arc::clone(&counters), stop.clone(), options.clone());
+        let (counters, stop, options) = (Arc::clone(counters), stop.clone(), options.clone());
         std::thread::Builder::new()
             .name("bench-load".into())
             .spawn(move || generate_load(addr, options, counters, stop))
