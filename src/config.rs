@@ -6,6 +6,7 @@
 //! binary; a unit test keeps it identical to [`Config::default`].
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub health: HealthConfig,
     pub faults: FaultsConfig,
+    pub server: ServerConfig,
 }
 
 /// `[paths]`: where files go.
@@ -337,6 +339,37 @@ impl Default for HealthConfig {
     }
 }
 
+/// `[server]`: the HTTP server (kiosk page, frames, events, status, metrics, control).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub enabled: bool,
+    /// `IP:port` to listen on; port 0 picks a free port (the URL is logged and in status.json).
+    pub bind: String,
+    /// Bearer token for the control endpoints (`DREAMD_TOKEN` overrides it). Required when
+    /// `bind` is not a loopback address.
+    pub token: Option<String>,
+    /// Live-event (SSE) clients served at once; more get 503.
+    pub max_sse_clients: usize,
+    /// Longest time a request (other than the event stream) may take.
+    pub request_timeout_seconds: f64,
+    /// `/healthz` answers 503 once the daemon has been `degraded` this long without a break.
+    pub unhealthy_after_seconds: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: "127.0.0.1:8765".to_string(),
+            token: None,
+            max_sse_clients: 256,
+            request_timeout_seconds: 10.0,
+            unhealthy_after_seconds: 60.0,
+        }
+    }
+}
+
 impl HealthConfig {
     pub fn degraded_window(&self) -> Duration {
         Duration::from_secs_f64(self.degraded_seconds)
@@ -402,6 +435,27 @@ impl FaultsConfig {
             ("faults.write_error", self.write_error),
             ("faults.slow_disk", self.slow_disk),
         ]
+    }
+}
+
+impl ServerConfig {
+    /// The parsed bind address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.bind.parse().map_err(|_| {
+            invalid(
+                "server.bind",
+                format!("{:?}", self.bind),
+                "an IP address and port such as \"127.0.0.1:8765\" or \"0.0.0.0:8765\"",
+            )
+        })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_seconds)
+    }
+
+    pub fn unhealthy_after(&self) -> Duration {
+        Duration::from_secs_f64(self.unhealthy_after_seconds)
     }
 }
 
@@ -582,6 +636,33 @@ impl Config {
                 "<= 600000",
             ));
         }
+        let server = &self.server;
+        server.bind_addr()?;
+        if server.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("server.token", "\"\"", "a non-empty string"));
+        }
+        if !(1..=100_000).contains(&server.max_sse_clients) {
+            return Err(invalid(
+                "server.max_sse_clients",
+                server.max_sse_clients,
+                "between 1 and 100000",
+            ));
+        }
+        check_range(
+            "server.request_timeout_seconds",
+            server.request_timeout_seconds,
+            0.0,
+            3600.0,
+            "> 0 and <= 3600",
+        )?;
+        let unhealthy = server.unhealthy_after_seconds;
+        if !(unhealthy.is_finite() && (0.0..=86_400.0).contains(&unhealthy)) {
+            return Err(invalid(
+                "server.unhealthy_after_seconds",
+                unhealthy,
+                ">= 0 and <= 86400",
+            ));
+        }
         Ok(())
     }
 
@@ -753,6 +834,25 @@ mod tests {
     #[test]
     fn bad_log_level_is_rejected() {
         assert!(err("[logging]\nlevel = \"info,=,\"").starts_with("logging.level"));
+    }
+
+    #[test]
+    fn server_defaults_to_loopback_and_checks_its_values() {
+        let config = Config::default();
+        assert!(config.server.enabled);
+        assert!(config.server.bind_addr().unwrap().ip().is_loopback());
+        assert_eq!(
+            err("[server]\nbind = \"localhost\""),
+            "server.bind must be an IP address and port such as \"127.0.0.1:8765\" or \
+             \"0.0.0.0:8765\" (got \"localhost\")"
+        );
+        assert!(err("[server]\nmax_sse_clients = 0").starts_with("server.max_sse_clients"));
+        assert!(err("[server]\ntoken = \" \"").starts_with("server.token"));
+        assert!(err("[server]\nrequest_timeout_seconds = 0")
+            .starts_with("server.request_timeout_seconds"));
+        let parsed =
+            Config::parse("[server]\nbind = \"0.0.0.0:0\"\ntoken = \"s3cret\"", "t").unwrap();
+        assert_eq!(parsed.server.token.as_deref(), Some("s3cret"));
     }
 
     #[test]

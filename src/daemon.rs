@@ -1,5 +1,5 @@
 //! One running daemon: builds every component from the config, runs them, and shuts them down
-//! in order (generation, display, final status) when asked.
+//! in order (HTTP server, generation, display, final status) when asked.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::Config;
 use crate::config::FaultsConfig;
+use crate::control::Control;
 use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
 use crate::faults::{Faults, FaultyDecoder, FaultySource};
@@ -21,12 +22,15 @@ use crate::keyframes;
 use crate::live::LiveSettings;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::reload::Reloader;
+use crate::server::{BoundServer, ServerSources};
 use crate::service;
 use crate::stats::Telemetry;
 use crate::status::{Lifecycle, StatusSources, StatusWriter};
 
 /// How long generation gets to wind down at shutdown before it is abandoned.
 const GENERATION_GRACE: Duration = Duration::from_millis(1000);
+/// How long requests in flight get at shutdown before the server is abandoned.
+const SERVER_GRACE: Duration = Duration::from_millis(1000);
 
 /// What a finished run leaves behind, for `dreamd bench` and tests.
 pub struct RunReport {
@@ -34,6 +38,13 @@ pub struct RunReport {
     pub lock: LockStats,
     /// The decoder that ran (`auto` resolved).
     pub decoder: String,
+}
+
+/// What a running daemon offers an observer in the same process (`dreamd bench http`).
+pub struct Started {
+    pub telemetry: Arc<Telemetry>,
+    /// Base URL of the HTTP server, when it runs.
+    pub server_url: Option<String>,
 }
 
 /// Components that exist before the first frame (and may fail to start).
@@ -85,6 +96,22 @@ pub async fn run(
     shutdown: CancellationToken,
     duration: Option<Duration>,
 ) -> anyhow::Result<RunReport> {
+    run_observed(config, config_path, shutdown, duration, None).await
+}
+
+/// [`run`], telling `started` (when given) what is running once everything has started.
+pub async fn run_observed(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+    duration: Option<Duration>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> anyhow::Result<RunReport> {
+    // Bind first: a bad address, a port in use or a missing token stops start-up at once.
+    let bound = match config.server.enabled {
+        true => Some(BoundServer::bind(&config.server).await?),
+        false => None,
+    };
     let Prepared {
         engine,
         source,
@@ -109,16 +136,21 @@ pub async fn run(
     let telemetry = Arc::new(Telemetry::default());
     let live = Arc::new(LiveSettings::new(&config));
     let buffer = Arc::new(FrameBuffer::new(first_seq));
+    let control = Arc::new(Control::new(source.name(), source.has_themes()));
     let status_wake = Arc::new(Notify::new());
+    let server_url = bound.as_ref().map(BoundServer::url);
+    let status_sources = Arc::new(StatusSources {
+        telemetry: Arc::clone(&telemetry),
+        buffer: Arc::clone(&buffer),
+        engine: Arc::clone(&engine),
+        control: Arc::clone(&control),
+        source_name: source.name().to_string(),
+        live: Arc::clone(&live),
+        server_url: server_url.clone(),
+    });
     let writer = Arc::new(StatusWriter::new(
         output.clone(),
-        Arc::new(StatusSources {
-            telemetry: Arc::clone(&telemetry),
-            buffer: Arc::clone(&buffer),
-            engine: Arc::clone(&engine),
-            source_name: source.name().to_string(),
-            live: Arc::clone(&live),
-        }),
+        Arc::clone(&status_sources),
         Arc::clone(&status_wake),
     ));
     writer.write(Lifecycle::Running).await;
@@ -132,8 +164,24 @@ pub async fn run(
         Arc::clone(&buffer),
         Arc::clone(&telemetry),
         status_wake,
+        Arc::clone(&control),
     )
     .context("cannot start the display threads")?;
+
+    let server_stop = CancellationToken::new();
+    let server = bound.map(|bound| {
+        crate::server::spawn(
+            bound,
+            ServerSources {
+                status: Arc::clone(&status_sources),
+                archive: Arc::clone(&archive),
+                format: config.output.format,
+                current: display.current_frame(),
+            },
+            &config.server,
+            server_stop.clone(),
+        )
+    });
 
     let generation = shutdown.child_token();
     let pipeline = Pipeline {
@@ -141,6 +189,7 @@ pub async fn run(
         buffer,
         archive: Arc::clone(&archive),
         telemetry: Arc::clone(&telemetry),
+        control: Arc::clone(&control),
         settings: PipelineSettings::from_config(&config, first_seq, Arc::clone(&live)),
     };
     let (replace_source, replacements) = tokio::sync::mpsc::channel(1);
@@ -172,8 +221,15 @@ pub async fn run(
         tokio::spawn(service::watchdog(
             interval,
             Arc::clone(&telemetry),
+            Arc::clone(&control),
             status_stop.clone(),
         ));
+    }
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            telemetry: Arc::clone(&telemetry),
+            server_url,
+        });
     }
 
     match duration {
@@ -188,6 +244,12 @@ pub async fn run(
 
     tracing::info!("stopping");
     service::stopping();
+    server_stop.cancel();
+    if let Some(server) = server {
+        if tokio::time::timeout(SERVER_GRACE, server).await.is_err() {
+            tracing::warn!("http server did not stop within {SERVER_GRACE:?}; abandoning it");
+        }
+    }
     status_stop.cancel();
     let _ = status.await;
     writer.write(Lifecycle::Stopping).await;

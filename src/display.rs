@@ -9,19 +9,26 @@
 //! Holes never freeze the screen: a failed slot is skipped at once; a slot still pending holds
 //! the current frame for one interval, then the display skips to the next ready frame. With
 //! nothing ready it goes back to `buffering` until the start gate refills.
+//!
+//! Operator [`Control`]: while paused the pacer keeps ticking but holds the frame on screen; a
+//! skip request drops the frames before the next ready keyframe. The publisher also hands each
+//! published frame to a `watch` channel (see [`Display::current_frame`]) that the HTTP server
+//! reads; a watch never blocks its sender, so no reader can slow the display.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::atomic_file::write_atomic;
 use crate::buffer::{FrameBuffer, Front};
+use crate::control::Control;
 use crate::faults::Faults;
-use crate::frame::EncodedFrame;
+use crate::frame::{EncodedFrame, FrameKind};
 use crate::live::LiveSettings;
 use crate::logging::EVENT;
 use crate::stats::{millis as ms, DisplayPhase, Stage, Telemetry};
@@ -45,11 +52,15 @@ pub struct DisplaySettings {
     pub faults: Arc<Faults>,
 }
 
+/// The most recently published frame (None before the first), for the HTTP server.
+pub type CurrentFrame = watch::Receiver<Option<Arc<EncodedFrame>>>;
+
 /// The running display; stopping it joins both threads.
 pub struct Display {
     stop: Option<Sender<()>>,
     pacer: Option<JoinHandle<()>>,
     publisher: Option<JoinHandle<()>>,
+    current: CurrentFrame,
 }
 
 impl Display {
@@ -59,22 +70,26 @@ impl Display {
         buffer: Arc<FrameBuffer>,
         telemetry: Arc<Telemetry>,
         status_wake: Arc<Notify>,
+        control: Arc<Control>,
     ) -> std::io::Result<Display> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (publish_tx, publish_rx) = crossbeam_channel::bounded(PUBLISH_QUEUE);
+        let (current_tx, current) = watch::channel(None);
         let publisher = {
             let telemetry = Arc::clone(&telemetry);
             let dir = settings.output_dir.clone();
             let faults = Arc::clone(&settings.faults);
             std::thread::Builder::new()
                 .name("display-publish".into())
-                .spawn(move || publish_loop(publish_rx, dir, telemetry, &faults))?
+                .spawn(move || publish_loop(publish_rx, dir, telemetry, current_tx, &faults))?
         };
         let pacer = Pacer {
             settings,
             buffer,
             telemetry,
             status_wake,
+            control,
+            skips_served: Cell::new(0),
             stop: stop_rx,
             publish: publish_tx,
         };
@@ -85,7 +100,13 @@ impl Display {
             stop: Some(stop_tx),
             pacer: Some(pacer),
             publisher: Some(publisher),
+            current,
         })
+    }
+
+    /// Follows the published frame (the same one `current_frame.<ext>` holds, or is about to).
+    pub fn current_frame(&self) -> CurrentFrame {
+        self.current.clone()
     }
 
     /// Stops pacing, lets the publisher finish its queue, and waits for both threads.
@@ -124,6 +145,9 @@ struct Pacer {
     buffer: Arc<FrameBuffer>,
     telemetry: Arc<Telemetry>,
     status_wake: Arc<Notify>,
+    control: Arc<Control>,
+    /// Skip requests carried out (compared with [`Control::skips_requested`]).
+    skips_served: Cell<u64>,
     stop: Receiver<()>,
     publish: Sender<Arc<EncodedFrame>>,
 }
@@ -182,8 +206,14 @@ impl Pacer {
             if !self.sleep_until(deadline) {
                 return false;
             }
-            let now = Instant::now();
             let interval = self.settings.live.get().frame_interval;
+            if self.control.is_paused() {
+                // Hold the frame on screen; the gap across a pause is not a pacing error.
+                previous_show = None;
+                deadline += interval;
+                continue;
+            }
+            let now = Instant::now();
             let lateness = now - deadline;
             if lateness > LATE_AFTER {
                 self.telemetry.display.late.fetch_add(1, ORDER);
@@ -231,6 +261,10 @@ impl Pacer {
 
     /// Picks the frame for this tick, skipping failed slots, and pending ones after one hold.
     fn choose(&self, holding: &mut bool) -> Choice {
+        let skips = self.control.skips_requested();
+        if skips != self.skips_served.get() && self.skip_to_keyframe() {
+            self.skips_served.set(skips);
+        }
         loop {
             match self.buffer.front() {
                 Front::Ready(frame) => {
@@ -260,6 +294,34 @@ impl Pacer {
                 }
             }
         }
+    }
+
+    /// Drops the frames in front of the next ready keyframe (an operator's skip); true once a
+    /// keyframe is at the front, false while the way there is not ready yet.
+    fn skip_to_keyframe(&self) -> bool {
+        let mut dropped = 0u64;
+        let arrived = loop {
+            match self.buffer.front() {
+                Front::Ready(frame) if matches!(frame.kind, FrameKind::Keyframe { .. }) => {
+                    break true
+                }
+                Front::Ready(_) | Front::Failed(_) => {
+                    self.buffer.pop_front();
+                    dropped += 1;
+                }
+                Front::Pending(_) | Front::Empty => break false,
+            }
+        };
+        tracing::info!(
+            target: EVENT,
+            event = "display",
+            kind = "skip_request",
+            dropped,
+            arrived,
+            "skip requested: dropped {dropped} frames{}",
+            if arrived { "" } else { " (next keyframe not ready yet)" }
+        );
+        arrived
     }
 
     fn skipped(&self, seq: u64, reason: &str) {
@@ -295,10 +357,12 @@ fn phase_name(phase: DisplayPhase) -> &'static str {
 }
 
 /// Writes the newest queued frame to `current_frame.<ext>`, atomically, until the display stops.
+/// Also hands each frame to `current` first (an in-memory swap that never blocks).
 fn publish_loop(
     queue: Receiver<Arc<EncodedFrame>>,
     dir: PathBuf,
     telemetry: Arc<Telemetry>,
+    current: watch::Sender<Option<Arc<EncodedFrame>>>,
     faults: &Faults,
 ) {
     while let Ok(mut frame) = queue.recv() {
@@ -306,6 +370,7 @@ fn publish_loop(
         if let Some(newest) = queue.try_iter().last() {
             frame = newest;
         }
+        current.send_replace(Some(Arc::clone(&frame)));
         let path = dir.join(format!("current_frame.{}", frame.format.extension()));
         let written = faults
             .before_frame_write()
@@ -333,6 +398,14 @@ mod tests {
         buffer: &Arc<FrameBuffer>,
         gate: usize,
     ) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
+        start_with(buffer, gate, Arc::new(Control::new("test", false)))
+    }
+
+    fn start_with(
+        buffer: &Arc<FrameBuffer>,
+        gate: usize,
+        control: Arc<Control>,
+    ) -> (Display, Arc<Telemetry>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let telemetry = Arc::new(Telemetry::default());
         // 50 fps: a 20 ms interval.
@@ -348,6 +421,7 @@ mod tests {
             Arc::clone(buffer),
             Arc::clone(&telemetry),
             Arc::new(Notify::new()),
+            control,
         )
         .unwrap();
         (display, telemetry, dir)
@@ -395,6 +469,56 @@ mod tests {
         assert_eq!(d.frames_displayed.load(ORDER), 2);
         assert_eq!(d.skipped.load(ORDER), 2);
         assert_eq!(d.held.load(ORDER), 1);
+        display.stop();
+    }
+
+    fn keyframe_every(seq: u64, n: u64) -> Arc<EncodedFrame> {
+        let mut frame = (*crate::frame::test_frame(seq)).clone();
+        frame.kind = if seq % n == 0 {
+            FrameKind::Keyframe { index: seq / n }
+        } else {
+            FrameKind::Inbetween {
+                from: seq / n,
+                step: (seq % n) as u32,
+                t: 0.5,
+            }
+        };
+        Arc::new(frame)
+    }
+
+    #[test]
+    fn pause_holds_the_frame_and_skip_jumps_to_the_next_keyframe() {
+        let buffer = Arc::new(FrameBuffer::new(0));
+        buffer.register(0, 40).unwrap();
+        for seq in 0..40 {
+            buffer.fulfil(keyframe_every(seq, 10));
+        }
+        let control = Arc::new(Control::new("test", false));
+        let (display, telemetry, _dir) = start_with(&buffer, 1, Arc::clone(&control));
+        let d = &telemetry.display;
+        wait_for(|| d.current_sequence() >= Some(2));
+        control.pause();
+        std::thread::sleep(Duration::from_millis(30));
+        let held = d.current_sequence();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(d.current_sequence(), held, "display moved while paused");
+        control.request_skip();
+        control.resume();
+        wait_for(|| d.current_sequence() > held);
+        assert_eq!(
+            d.current_sequence(),
+            Some(10),
+            "skip did not land on keyframe 1"
+        );
+        assert_eq!(
+            d.skipped.load(ORDER),
+            0,
+            "operator skips are not pacing skips"
+        );
+        let shown = d.frames_displayed.load(ORDER);
+        wait_for(|| d.frames_displayed.load(ORDER) > shown + 2);
+        let mut current = display.current_frame();
+        assert!(current.borrow_and_update().is_some());
         display.stop();
     }
 

@@ -1,4 +1,4 @@
-//! The `dreamd` command line: `run`, `init`, `bench`, `analyze`.
+//! The `dreamd` command line: `run`, `ctl`, `init`, `models`, `bench`, `analyze`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,23 @@ enum Command {
         /// Check the config, models and keyframe source, then exit (0 when all is well).
         #[arg(long)]
         check: bool,
+        /// HTTP address and port (overrides server.bind), e.g. 0.0.0.0:8765; port 0 picks one.
+        #[arg(long, value_name = "IP:PORT")]
+        bind: Option<String>,
+    },
+    /// Talk to a running daemon over HTTP: status, pause, resume, skip, next-theme.
+    Ctl {
+        /// Daemon URL (default: from the config's server.bind, e.g. http://127.0.0.1:8765).
+        #[arg(long)]
+        url: Option<String>,
+        /// Config file (for server.bind and server.token).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: CtlAction,
     },
     /// Write a commented default config file.
     Init {
@@ -80,6 +97,22 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// What `dreamd ctl` does. Control needs the token (DREAMD_TOKEN, else server.token) when the
+/// daemon has one.
+#[derive(Subcommand, Clone, Copy)]
+enum CtlAction {
+    /// Print the daemon's state, display, buffer and generation figures.
+    Status,
+    /// Stop generating and hold the display on the current frame.
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Jump to the next keyframe.
+    Skip,
+    /// Move the keyframe source to its next theme.
+    NextTheme,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +174,37 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Display pacing idle and under HTTP load (SSE clients, stalled clients, /frame/current
+    /// polling), in one run of the real daemon.
+    Http {
+        /// Config file to start from (gate, output, log folders and bind are overridden).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Live-event clients that read their stream.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Extra live-event clients that connect and never read.
+        #[arg(long, default_value_t = 20)]
+        stalled: usize,
+        /// Tasks polling /frame/current.
+        #[arg(long, default_value_t = 10)]
+        pollers: usize,
+        /// Milliseconds between one poller's requests.
+        #[arg(long, default_value_t = 100)]
+        poll_ms: u64,
+        /// Seconds measured idle, and again loaded.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Alternating idle/loaded rounds the seconds are split into.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Target fps (overrides display.target_fps).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time one batched decode call (warm-up, then the median of several runs).
     Decode {
         /// Config file to start from (for models_dir and the like).
@@ -187,10 +251,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output,
             duration,
             check,
+            bind,
         } => {
             let (mut config, origin) = daemon::load_config(config_path.as_deref())?;
             if let Some(output) = output {
                 config.paths.output_dir = output;
+            }
+            if let Some(bind) = bind {
+                config.server.bind = bind;
+                config.validate().context("--bind")?;
             }
             if check {
                 println!("{origin}");
@@ -203,6 +272,78 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let path = dreamd::reload::config_file(config_path.as_deref());
             runtime()?
                 .block_on_with_signals(|shutdown| daemon::run(config, path, shutdown, duration))?;
+            Ok(())
+        }
+        Command::Ctl {
+            url,
+            config,
+            json,
+            action,
+        } => {
+            let (config, _) = daemon::load_config(config.as_deref())?;
+            let url = match url {
+                Some(url) => url,
+                None => dreamd::ctl::url_from_config(&config.server)?,
+            };
+            let token = dreamd::server::auth::resolve_token(
+                config.server.token.as_deref(),
+                std::env::var("DREAMD_TOKEN").ok().as_deref(),
+            );
+            let action = match action {
+                CtlAction::Status => dreamd::ctl::Action::Status,
+                CtlAction::Pause => dreamd::ctl::Action::Pause,
+                CtlAction::Resume => dreamd::ctl::Action::Resume,
+                CtlAction::Skip => dreamd::ctl::Action::Skip,
+                CtlAction::NextTheme => dreamd::ctl::Action::NextTheme,
+            };
+            print!(
+                "{}",
+                dreamd::ctl::run(&url, token.as_deref(), action, json)?
+            );
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Http {
+                    config,
+                    clients,
+                    stalled,
+                    pollers,
+                    poll_ms,
+                    seconds: secs,
+                    rounds,
+                    fps,
+                    json,
+                },
+        } => {
+            let (mut config, _) = daemon::load_config(config.as_deref())?;
+            if let Some(fps) = fps {
+                config.display.target_fps = fps;
+            }
+            config.logging.level = "warn".to_string();
+            config.validate()?;
+            seconds(secs)?;
+            anyhow::ensure!(poll_ms > 0, "--poll-ms must be at least 1");
+            let _logs = logging::init(
+                &config.logging,
+                &std::env::temp_dir().join("dreamd-bench-logs"),
+            )?;
+            let options = dreamd::bench_http::HttpLoadOptions {
+                clients,
+                stalled,
+                pollers,
+                poll_every: Duration::from_millis(poll_ms),
+                seconds: secs,
+                rounds,
+                warmup_seconds: 3.0,
+            };
+            let report =
+                runtime()?.block_on_with_signals(|_| dreamd::bench_http::run(config, options))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
             Ok(())
         }
         Command::Analyze {

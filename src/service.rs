@@ -13,6 +13,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::Control;
 use crate::stats::Telemetry;
 
 /// Tells systemd the daemon is up.
@@ -53,8 +54,14 @@ fn progress(telemetry: &Telemetry) -> u64 {
             .load(Ordering::Relaxed)
 }
 
-/// Pings the watchdog every `interval / 2` while [`progress`] advances, until `stop`.
-pub async fn watchdog(interval: Duration, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+/// Pings the watchdog every `interval / 2` while [`progress`] advances (or the display is
+/// paused on purpose), until `stop`.
+pub async fn watchdog(
+    interval: Duration,
+    telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) {
     let period = interval / 2;
     tracing::info!(
         "systemd watchdog every {:.1} s (WatchdogSec {:.1} s)",
@@ -70,7 +77,7 @@ pub async fn watchdog(interval: Duration, telemetry: Arc<Telemetry>, stop: Cance
             _ = tick.tick() => {}
         }
         let now = progress(&telemetry);
-        if now != last {
+        if now != last || control.is_paused() {
             last = now;
             stalled_since = None;
             send(&[NotifyState::Watchdog]);

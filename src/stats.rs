@@ -71,6 +71,7 @@ impl Ewma {
 pub struct Histogram {
     buckets: Vec<u64>,
     count: u64,
+    sum: Duration,
     max: Duration,
 }
 
@@ -79,6 +80,7 @@ impl Default for Histogram {
         Self {
             buckets: vec![0; Self::BUCKETS + 1],
             count: 0,
+            sum: Duration::ZERO,
             max: Duration::ZERO,
         }
     }
@@ -92,11 +94,50 @@ impl Histogram {
         let index = ((value.as_micros() as u64) / Self::BUCKET_US).min(Self::BUCKETS as u64);
         self.buckets[index as usize] += 1;
         self.count += 1;
+        self.sum += value;
         self.max = self.max.max(value);
     }
 
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Sum of all samples.
+    pub fn sum(&self) -> Duration {
+        self.sum
+    }
+
+    /// Samples below `bound`, exact when `bound` is a multiple of 50 µs up to 100 ms (samples
+    /// on a bucket edge count in the bucket above it); everything from 100 ms on counts as above.
+    pub fn count_below(&self, bound: Duration) -> u64 {
+        let whole = ((bound.as_micros() as u64) / Self::BUCKET_US).min(Self::BUCKETS as u64);
+        self.buckets[..whole as usize].iter().sum()
+    }
+
+    /// Adds `other`'s samples to this histogram.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The samples recorded since `earlier`, a snapshot of this histogram (its maximum is the
+    /// overall maximum, an upper bound).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+            sum: self.sum.saturating_sub(earlier.sum),
+            max: self.max,
+        }
     }
 
     pub fn max(&self) -> Duration {
@@ -121,6 +162,64 @@ impl Histogram {
             }
         }
         self.max
+    }
+}
+
+/// A histogram with explicit upper bounds in seconds, as Prometheus exposes them: counts per
+/// bucket (not cumulative), plus the sum and count of every sample.
+#[derive(Debug, Clone)]
+pub struct BucketHistogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum_seconds: f64,
+    count: u64,
+}
+
+impl BucketHistogram {
+    /// Bounds for lock waits and holds: 100 µs to 10 s.
+    pub const LATENCY_BOUNDS: &'static [f64] = &[
+        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+
+    /// An empty histogram with these ascending upper bounds (seconds).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum_seconds: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn record(&mut self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        let index = self.bounds.partition_point(|&b| b < seconds);
+        self.counts[index] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+
+    /// `(upper bound, cumulative count)` for every bound, then `(+Inf, count)`.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut seen = 0;
+        self.bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.counts)
+            .map(|(bound, n)| {
+                seen += n;
+                (bound, seen)
+            })
+            .collect()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
 
@@ -373,6 +472,43 @@ mod tests {
         assert_eq!(h.quantile(1.0), Duration::from_micros(10_000));
         h.record(Duration::from_secs(3));
         assert_eq!(h.quantile(1.0), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn histogram_counts_below_a_bound_and_differences() {
+        let mut h = Histogram::default();
+        for us in [100, 999, 1000, 4000, 200_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let snapshot = h.clone();
+        assert_eq!(h.count_below(Duration::from_millis(1)), 2);
+        assert_eq!(h.count_below(Duration::from_millis(5)), 4);
+        assert_eq!(h.count_below(Duration::from_secs(1)), 4);
+        assert_eq!(h.sum(), Duration::from_micros(206_099));
+        h.record(Duration::from_micros(300));
+        let recent = h.since(&snapshot);
+        assert_eq!(recent.count(), 1);
+        assert_eq!(recent.quantile(1.0), Duration::from_micros(350));
+        let mut merged = recent.clone();
+        merged.merge(&recent);
+        assert_eq!(
+            (merged.count(), merged.sum()),
+            (2, Duration::from_micros(600))
+        );
+    }
+
+    #[test]
+    fn bucket_histogram_is_cumulative_with_inf() {
+        let mut h = BucketHistogram::new(&[0.001, 0.01]);
+        for ms in [0.5, 1.0, 5.0, 50.0] {
+            h.record(Duration::from_secs_f64(ms / 1000.0));
+        }
+        assert_eq!(
+            h.cumulative(),
+            vec![(0.001, 2), (0.01, 3), (f64::INFINITY, 4)]
+        );
+        assert_eq!(h.count(), 4);
+        assert!((h.sum_seconds() - 0.0565).abs() < 1e-9);
     }
 
     #[test]

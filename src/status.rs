@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomic;
 use crate::buffer::FrameBuffer;
+use crate::control::Control;
 use crate::engine::Engine;
 use crate::live::LiveSettings;
 use crate::logging::EVENT;
@@ -110,6 +111,14 @@ pub struct StatusDocument {
     pub failures: FailureSection,
     pub theme: Option<String>,
     pub last_error: Option<ErrorSection>,
+    /// The HTTP server, when it runs.
+    pub server: Option<ServerSection>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSection {
+    /// Base URL of the bound address (`http://127.0.0.1:8765`).
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,9 +185,12 @@ pub struct StatusSources {
     pub telemetry: Arc<Telemetry>,
     pub buffer: Arc<FrameBuffer>,
     pub engine: Arc<Engine>,
+    pub control: Arc<Control>,
     pub source_name: String,
     /// Target fps, buffer target and the degraded window (they may change on reload).
     pub live: Arc<LiveSettings>,
+    /// Base URL of the HTTP server, when it runs.
+    pub server_url: Option<String>,
 }
 
 impl StatusSources {
@@ -284,16 +296,20 @@ impl StatusSources {
                 message: e.message,
                 at: humantime::format_rfc3339_millis(e.at).to_string(),
             }),
+            server: self.server_url.clone().map(|url| ServerSection { url }),
         }
     }
 
-    /// The reported state: lifecycle first, then the display's phase, `degraded` while a
-    /// failure is recent.
+    /// The reported state: lifecycle first, then `paused` while an operator has paused, then
+    /// the display's phase, `degraded` while a failure is recent.
     pub fn state(&self, lifecycle: Lifecycle) -> DaemonState {
         match lifecycle {
             Lifecycle::Stopping => return DaemonState::Stopping,
             Lifecycle::Stopped => return DaemonState::Stopped,
             Lifecycle::Running => {}
+        }
+        if self.control.is_paused() {
+            return DaemonState::Paused;
         }
         let recent_failure = self
             .telemetry

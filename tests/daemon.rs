@@ -47,6 +47,7 @@ impl Daemon {
             "[display]\ntarget_fps = 8.0\nstart_gate_seconds = 0.5\n\
              [buffer]\ntarget_seconds = 4.0\n\
              [generation]\nframes_per_pair = 4\n\
+             [server]\nbind = \"127.0.0.1:0\"\n\
              {extra}\n"
         );
         std::fs::write(dir.path().join("dreamd.toml"), config).unwrap();
@@ -257,7 +258,11 @@ fn json_log_has_one_lock_acquisition_per_pair_and_keyframe_events() {
 #[test]
 fn runs_on_built_in_defaults_without_a_config_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn(dir.path(), &["run", "--duration", "2"]);
+    // A free port, so the test never meets another daemon on the default 8765.
+    let mut child = spawn(
+        dir.path(),
+        &["run", "--duration", "2", "--bind", "127.0.0.1:0"],
+    );
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -58,6 +58,8 @@ pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Resul
     config.paths.output_dir = scratch.join("output");
     config.paths.log_dir = scratch.join("logs");
     config.display.start_gate_seconds = 0.0;
+    // Pacing is measured without HTTP (`bench http` measures with it).
+    config.server.enabled = false;
     let target_fps = config.display.target_fps;
 
     let started = Instant::now();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::atomic_file::{remove_stale_temps, write_atomic};
+use crate::config::FrameFormat;
 use crate::faults::Faults;
 use crate::frame::EncodedFrame;
 
@@ -68,10 +69,16 @@ impl FrameArchive {
 
     /// The file a frame is saved to.
     pub fn path_for(&self, frame: &EncodedFrame) -> PathBuf {
+        self.path_of(frame.seq, frame.format)
+    }
+
+    /// The file frame `seq` is (or was) saved to in `format`: always inside the frames folder,
+    /// since the name is built from the number alone.
+    pub fn path_of(&self, seq: u64, format: FrameFormat) -> PathBuf {
         self.dir.join(format!(
             "{:0width$}.{}",
-            frame.seq,
-            frame.format.extension(),
+            seq,
+            format.extension(),
             width = SEQ_DIGITS
         ))
     }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::stats::BucketHistogram;
+
 /// The lock could not be had in time.
 #[derive(Debug, thiserror::Error)]
 #[error("GPU lock not acquired within {0:?}")]
@@ -71,11 +73,28 @@ impl LockAccount {
     }
 }
 
+/// Distributions of lock waits and holds, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct LockHistograms {
+    pub wait: BucketHistogram,
+    pub hold: BucketHistogram,
+}
+
+impl Default for LockHistograms {
+    fn default() -> Self {
+        Self {
+            wait: BucketHistogram::new(BucketHistogram::LATENCY_BOUNDS),
+            hold: BucketHistogram::new(BucketHistogram::LATENCY_BOUNDS),
+        }
+    }
+}
+
 /// The one lock in front of the decode device.
 #[derive(Debug, Default)]
 pub struct GpuLock {
     mutex: Mutex<()>,
     stats: Mutex<LockStats>,
+    histograms: Mutex<LockHistograms>,
 }
 
 /// Holding this means holding the GPU; dropping it releases the lock and records the hold time.
@@ -117,6 +136,7 @@ impl GpuLock {
             stats.total_wait += waited;
             stats.max_wait = stats.max_wait.max(waited);
         }
+        self.histograms.lock().wait.record(waited);
         account.acquisitions.fetch_add(1, Ordering::Relaxed);
         account
             .wait_ns
@@ -133,14 +153,22 @@ impl GpuLock {
     pub fn stats(&self) -> LockStats {
         *self.stats.lock()
     }
+
+    /// Wait and hold distributions since start-up.
+    pub fn histograms(&self) -> LockHistograms {
+        self.histograms.lock().clone()
+    }
 }
 
 impl Drop for GpuGuard<'_> {
     fn drop(&mut self) {
         let held = self.acquired_at.elapsed();
-        let mut stats = self.lock.stats.lock();
-        stats.total_hold += held;
-        stats.max_hold = stats.max_hold.max(held);
+        {
+            let mut stats = self.lock.stats.lock();
+            stats.total_hold += held;
+            stats.max_hold = stats.max_hold.max(held);
+        }
+        self.lock.histograms.lock().hold.record(held);
         self.account
             .hold_ns
             .fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
@@ -166,6 +194,9 @@ mod tests {
         assert!(stats.total_hold >= Duration::from_millis(5));
         assert_eq!(account.acquisitions(), 1);
         assert!(account.hold() >= Duration::from_millis(5));
+        let histograms = lock.histograms();
+        assert_eq!((histograms.wait.count(), histograms.hold.count()), (1, 1));
+        assert!(histograms.hold.sum_seconds() >= 0.005);
     }
 
     #[test]

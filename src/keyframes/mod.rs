@@ -50,6 +50,14 @@ pub trait KeyframeSource: Send {
         None
     }
 
+    /// Whether the source has themes to move through with [`KeyframeSource::next_theme`].
+    fn has_themes(&self) -> bool {
+        false
+    }
+
+    /// Moves to the next theme from the next keyframe on (sources with themes).
+    fn next_theme(&mut self) {}
+
     /// Makes keyframe `index`. Blocking work inside must go to the blocking pool.
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError>;
 }

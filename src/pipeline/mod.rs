@@ -7,7 +7,7 @@
 //! timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
 //! pair overlaps stages 1–2 of the next. A failed or late stage marks its frames failed and
 //! is logged; the coordinator moves on to the next pair. Generation pauses while the buffer
-//! holds its target.
+//! holds its target, and while an operator has paused it ([`Control`]).
 
 pub mod stages;
 
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::{Config, FrameFormat};
+use crate::control::Control;
 use crate::engine::{Engine, LockAccount};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
@@ -75,6 +76,7 @@ pub struct Pipeline {
     pub buffer: Arc<FrameBuffer>,
     pub archive: Arc<FrameArchive>,
     pub telemetry: Arc<Telemetry>,
+    pub control: Arc<Control>,
     pub settings: PipelineSettings,
 }
 
@@ -94,12 +96,15 @@ impl Pipeline {
             keyframes_tx,
             self.settings.clone(),
             Arc::clone(&self.telemetry),
+            Arc::clone(&self.control),
             shutdown.clone(),
         ));
         let saves = Arc::new(Semaphore::new(SAVES_IN_FLIGHT));
         let mut previous: Option<Keyframe> = None;
         loop {
-            if !self.wait_for_room(&shutdown).await {
+            if !self.control.wait_while_paused(&shutdown).await
+                || !self.wait_for_room(&shutdown).await
+            {
                 break;
             }
             let next = tokio::select! {
@@ -475,6 +480,7 @@ async fn produce_keyframes(
     results: mpsc::Sender<KeyframeResult>,
     settings: PipelineSettings,
     telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -489,6 +495,10 @@ async fn produce_keyframes(
             backoff = FIRST_BACKOFF;
         }
         let timeout = settings.live.get().timeouts.keyframe();
+        if control.take_next_theme() {
+            source.next_theme();
+            tracing::info!(theme = ?source.theme(), "next theme requested");
+        }
         let started = Instant::now();
         let made = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -648,6 +658,7 @@ mod tests {
             buffer: Arc::clone(&buffer),
             archive: Arc::new(archive),
             telemetry: Arc::clone(&telemetry),
+            control: Arc::new(Control::new("test", false)),
             settings: PipelineSettings {
                 frames_per_pair: N,
                 format: FrameFormat::Png,

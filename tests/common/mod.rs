@@ -17,10 +17,12 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
 }
 
-/// A config that plays quickly: 8 fps, a 0.5 s gate, a 4 s buffer, 4 in-betweens per pair.
+/// A config that plays quickly: 8 fps, a 0.5 s gate, a 4 s buffer, 4 in-betweens per pair,
+/// the HTTP server on a free port.
 pub const FAST: &str = "[display]\ntarget_fps = 8.0\nstart_gate_seconds = 0.5\n\
                         [buffer]\ntarget_seconds = 4.0\n\
-                        [generation]\nframes_per_pair = 4\n";
+                        [generation]\nframes_per_pair = 4\n\
+                        [server]\nbind = \"127.0.0.1:0\"\n";
 
 impl Daemon {
     /// Starts `dreamd run --config dreamd.toml` with `config` in a fresh folder.
