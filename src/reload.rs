@@ -193,6 +193,7 @@ impl Reloader {
         }
         let restart_changes = [
             ("paths", old.paths != new.paths),
+            ("server", old.server != new.server),
             ("generation", old.generation != new.generation),
             ("output.format", old.output.format != new.output.format),
             (

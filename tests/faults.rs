@@ -2,13 +2,13 @@
 //! moving, reports `degraded` with the reason, counts the failure in status.json and the logs,
 //! and recovers by itself when the fault's window closes.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{field, Daemon, FAST};
 use serde_json::Value;
+use support::{field, get, Daemon};
 
 /// The fault is active from 2 s to 5 s after start-up.
 const WINDOW: &str = "{ after_seconds = 2.0, for_seconds = 3.0 }";
@@ -65,7 +65,7 @@ fn observe(daemon: &Daemon) -> Observed {
 /// the failure is counted and `reason` what last_error must say.
 fn scenario(fault: &str, extra: &str, stage: &str, reason: &str, file_keeps_moving: bool) {
     let config = format!(
-        "{FAST}[timeouts]\nkeyframe_seconds = 1.0\ndecode_seconds = 1.0\nsave_seconds = 1.0\n\
+        "[timeouts]\nkeyframe_seconds = 1.0\ndecode_seconds = 1.0\nsave_seconds = 1.0\n\
          [health]\ndegraded_seconds = 1.5\n[faults]\n{fault} = {WINDOW}\n{extra}\n"
     );
     let daemon = Daemon::start(&config);
@@ -105,6 +105,17 @@ fn scenario(fault: &str, extra: &str, stage: &str, reason: &str, file_keeps_movi
     let last = &samples[samples.len() - 1].status;
     let failures = field(last, &format!("failures/{stage}")).as_u64().unwrap();
     assert!(failures > 0, "failures.{stage} = 0: {last}");
+    let metrics = get(&daemon.url, "/metrics").text();
+    let counted = metrics.lines().any(|line| {
+        line.starts_with("dreamd_failures_total{")
+            && line.contains(&format!("stage=\"{stage}\""))
+            && line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+    });
+    assert!(counted, "no failures for {stage} in /metrics:\n{metrics}");
     let events = daemon.events();
     let logged = events.iter().any(|e| {
         e["fields"]["error"]

@@ -1,12 +1,12 @@
 //! systemd integration against a fake notify socket: READY, watchdog pings while frames advance
 //! (and none when generation is broken), STOPPING at shutdown.
 
-mod common;
+mod support;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, FAST};
+use support::Daemon;
 
 /// The notify socket systemd would give the service.
 struct FakeSystemd {
@@ -41,19 +41,19 @@ impl FakeSystemd {
     }
 }
 
-fn start(config: &str) -> (Daemon, FakeSystemd) {
+fn start(extra: &str) -> (Daemon, FakeSystemd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let systemd = FakeSystemd::new(dir.path());
     let env = [
         ("NOTIFY_SOCKET", systemd.path.as_str()),
         ("WATCHDOG_USEC", "400000"),
     ];
-    (Daemon::start_with_env(dir, config, &env), systemd)
+    (Daemon::start_with_env(extra, &env), systemd, dir)
 }
 
 #[test]
 fn ready_then_watchdog_pings_while_frames_advance_then_stopping() {
-    let (mut daemon, systemd) = start(FAST);
+    let (mut daemon, systemd, _socket_dir) = start("");
     let messages = systemd.messages(Duration::from_secs(3));
     let ready = messages.iter().position(|m| m.contains("READY=1"));
     let ready = ready.unwrap_or_else(|| panic!("no READY=1 in {messages:?}\n{}", daemon.log()));
@@ -76,11 +76,9 @@ fn ready_then_watchdog_pings_while_frames_advance_then_stopping() {
 
 #[test]
 fn a_stalled_pipeline_gets_no_watchdog_pings() {
-    let config = format!(
-        "{FAST}[timeouts]\ndecode_seconds = 1.0\n\
-         [faults]\ndecoder_error = {{ after_seconds = 0.0 }}\n"
+    let (daemon, systemd, _socket_dir) = start(
+        "[timeouts]\ndecode_seconds = 1.0\n[faults]\ndecoder_error = { after_seconds = 0.0 }\n",
     );
-    let (daemon, systemd) = start(&config);
     let messages = systemd.messages(Duration::from_secs(3));
     assert!(
         messages.iter().any(|m| m.contains("READY=1")),

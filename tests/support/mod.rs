@@ -1,5 +1,5 @@
-//! Shared by the HTTP and kiosk tests: the real `dreamd` binary on its embedded default, its
-//! server on a free loopback port, and a tiny HTTP client.
+//! Shared by the end-to-end tests: the real `dreamd` binary on its embedded default, its server on
+//! a free loopback port, readers for the files it writes, and a tiny HTTP client.
 
 #![allow(dead_code)]
 
@@ -93,8 +93,13 @@ impl Daemon {
 
     /// SIGTERM, then wait (at most 5 s); returns the exit status and how long it took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        self.signal_and_wait("TERM", Duration::from_secs(5))
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits at most `limit` for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> (ExitStatus, Duration) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -103,13 +108,35 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, sent.elapsed());
             }
-            if sent.elapsed() > Duration::from_secs(5) {
+            if sent.elapsed() > limit {
                 let _ = self.child.kill();
-                panic!("daemon did not exit within 5 s of SIGTERM");
+                panic!("daemon did not exit within {limit:?} of SIG{signal}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// status.json, if it exists and parses.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.path("output/status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every event in logs/dreamd.jsonl.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("logs/dreamd.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+/// The field at a `/`-separated path, e.g. `failures/decode` (null when absent).
+pub fn field<'a>(value: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    value
+        .pointer(&format!("/{path}"))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 impl Drop for Daemon {
