@@ -88,12 +88,16 @@ pub fn init(config: &LoggingConfig, log_dir: &Path) -> Result<LogGuards, LogInit
         None,
     );
     let (text_writer, text_guard) = tracing_appender::non_blocking(text_file);
+    // The console too goes through a lossy queue: when nobody reads stderr (an unread pipe), lines
+    // are dropped instead of blocking the thread that logs (the original's stall, §9.2 item 4).
+    let (console_writer, console_guard) = tracing_appender::non_blocking(std::io::stderr());
     let (json_writer, json_guard) = tracing_appender::non_blocking(json_file);
 
     let (console_filter, console_handle) = reload::Layer::new(filter(&config.level));
     let (text_filter, text_handle) = reload::Layer::new(filter(&config.level));
     let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(console_writer)
         .with_filter(console_filter);
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(false)
@@ -120,6 +124,6 @@ pub fn init(config: &LoggingConfig, log_dir: &Path) -> Result<LogGuards, LogInit
         ]);
     }
     Ok(LogGuards {
-        _guards: vec![text_guard, json_guard],
+        _guards: vec![console_guard, text_guard, json_guard],
     })
 }

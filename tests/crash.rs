@@ -1,0 +1,187 @@
+//! Crash safety: the daemon is SIGKILLed at random moments, 50 times, while readers parse
+//! `status.json`, `current_frame.png` and the frames continuously. No reader may ever see a
+//! partial file, a restart must clear the temporary files a crash left, and a frame file, once
+//! written, never changes (numbering continues after a crash instead of overwriting).
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use support::{config, spawn};
+
+const KILLS: usize = 50;
+
+/// A small deterministic generator for the kill moments (the seed is printed on failure).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        lo + (self.0 >> 33) % (hi - lo)
+    }
+}
+
+/// What the readers found.
+#[derive(Default)]
+struct Findings {
+    problems: Mutex<Vec<String>>,
+    status_reads: AtomicU64,
+    frame_reads: AtomicU64,
+    /// Frame file name → its bytes' length and a checksum, as first seen.
+    frames_seen: Mutex<HashMap<String, (usize, u64)>>,
+}
+
+impl Findings {
+    fn problem(&self, what: String) {
+        self.problems.lock().unwrap().push(what);
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Reads `status.json` and `current_frame.png` in a loop; every read that finds a file must
+/// parse or decode completely.
+fn read_live_files(output: PathBuf, stop: Arc<AtomicBool>, found: Arc<Findings>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(text) = std::fs::read_to_string(output.join("status.json")) {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+                found.problem(format!("partial status.json ({e}): {text:?}"));
+            }
+            found.status_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(bytes) = std::fs::read(output.join("current_frame.png")) {
+            if let Err(e) = image::load_from_memory(&bytes) {
+                found.problem(format!(
+                    "partial current_frame.png ({} bytes): {e}",
+                    bytes.len()
+                ));
+            }
+            found.frame_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads every frame file in a loop: each must decode, and must never change once seen.
+fn read_frames(frames: PathBuf, stop: Arc<AtomicBool>, found: Arc<Findings>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(entries) = std::fs::read_dir(&frames) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".png") || name.starts_with('.') {
+                continue;
+            }
+            // Pruned between listing and reading: fine.
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            if let Err(e) = image::load_from_memory(&bytes) {
+                found.problem(format!("partial frame {name} ({} bytes): {e}", bytes.len()));
+            }
+            let print = (bytes.len(), checksum(&bytes));
+            let mut seen = found.frames_seen.lock().unwrap();
+            if let Some(first) = seen.insert(name.clone(), print) {
+                if first != print {
+                    found.problem(format!("frame {name} was overwritten"));
+                }
+            }
+        }
+    }
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigkill_at_random_moments_never_leaves_a_partial_file() {
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64);
+    let mut random = Lcg(seed);
+    let dir = tempfile::tempdir().unwrap();
+    // A short gate and a small retention, so kills land in every phase (start, playing, pruning).
+    let text = config("[output]\nkeep_frames = 40\n[server]\nbind = \"127.0.0.1:0\"\n");
+    std::fs::write(dir.path().join("dreamd.toml"), text).unwrap();
+    let output = dir.path().join("output");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let found = Arc::new(Findings::default());
+    let readers = [
+        {
+            let (output, stop, found) = (output.clone(), stop.clone(), found.clone());
+            std::thread::spawn(move || read_live_files(output, stop, found))
+        },
+        {
+            let (frames, stop, found) = (output.join("frames"), stop.clone(), found.clone());
+            std::thread::spawn(move || read_frames(frames, stop, found))
+        },
+    ];
+
+    let started = Instant::now();
+    let mut stale_after_kill = 0;
+    for _ in 0..KILLS {
+        let mut child = spawn(dir.path(), &["run", "--config", "dreamd.toml"], &[]);
+        std::thread::sleep(Duration::from_millis(random.next_ms(30, 700)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        stale_after_kill += temp_files(&output).len() + temp_files(&output.join("frames")).len();
+    }
+    // A last, clean run: it must clear whatever temporary files the kills left, then stop.
+    let mut last = spawn(
+        dir.path(),
+        &["run", "--config", "dreamd.toml", "--duration", "1.5"],
+        &[],
+    );
+    assert!(last.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+
+    let problems = found.problems.lock().unwrap();
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {} problems, first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    let status_reads = found.status_reads.load(Ordering::Relaxed);
+    let frame_reads = found.frame_reads.load(Ordering::Relaxed);
+    assert!(
+        status_reads > 500 && frame_reads > 500,
+        "{status_reads} / {frame_reads} reads"
+    );
+    assert!(
+        found.frames_seen.lock().unwrap().len() > 100,
+        "too few frames made"
+    );
+    assert_eq!(temp_files(&output), Vec::<String>::new());
+    assert_eq!(temp_files(&output.join("frames")), Vec::<String>::new());
+    eprintln!(
+        "{KILLS} kills in {:.1} s: {status_reads} status reads, {frame_reads} frame reads, \
+         {} frame files checked, {stale_after_kill} temp files found right after kills",
+        started.elapsed().as_secs_f64(),
+        found.frames_seen.lock().unwrap().len()
+    );
+}
