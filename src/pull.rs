@@ -42,10 +42,10 @@ pub enum PullError {
         expected: String,
         actual: String,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -118,9 +118,9 @@ impl Manifest {
 
     /// Loads a manifest file.
     pub fn load(path: &Path) -> Result<Self, PullError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PullError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| PullError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -218,7 +218,7 @@ impl Puller {
         let existing = match std::fs::read(&path) {
             Ok(bytes) => Some(sha256_hex(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(PullError::Io { path, source }),
+            Err(error) => return Err(PullError::Io { path, error }),
         };
         if existing.as_deref() == Some(file.sha256.as_str()) && !self.force {
             return Ok(Pulled::AlreadyPresent);
@@ -233,13 +233,13 @@ impl Puller {
                 actual,
             });
         }
-        std::fs::create_dir_all(&self.dest).map_err(|source| PullError::Io {
+        std::fs::create_dir_all(&self.dest).map_err(|error| PullError::Io {
             path: self.dest.clone(),
-            source,
+            error,
         })?;
-        write_atomic(&path, &bytes).map_err(|source| PullError::Io {
+        write_atomic(&path, &bytes).map_err(|error| PullError::Io {
             path: path.clone(),
-            source,
+            error,
         })?;
         Ok(Pulled::Downloaded {
             replaced: existing.is_some(),

@@ -18,11 +18,10 @@ use candle_nn::VarBuilder;
 /// Why weights could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
-    #[error("cannot read model file {path}: {source}")]
+    #[error("cannot read model file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
@@ -53,9 +52,9 @@ pub struct WeightFile {
 impl WeightFile {
     /// Reads `path` and keeps the tensors of `part` (all of them for an index-layout file).
     pub fn load(path: &Path, part: Part) -> Result<WeightFile, WeightError> {
-        let bytes = std::fs::read(path).map_err(|source| WeightError::Read {
+        let bytes = std::fs::read(path).map_err(|error| WeightError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let file =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightError::Format {

@@ -54,11 +54,10 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The address could not be bound (in use, not local, no permission).
-    #[error("cannot listen on {addr} (server.bind): {source}")]
+    #[error("cannot listen on {addr} (server.bind): {error}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A non-loopback address without a control token.
     #[error(
@@ -92,10 +91,10 @@ impl BoundServer {
         }
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+            .map_err(|error| ServerError::Bind { addr, error })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+            .map_err(|error| ServerError::Bind { addr, error })?;
         Ok(BoundServer {
             listener,
             addr,
