@@ -181,6 +181,8 @@ pub struct DecodeOptions {
 pub struct DecodeReport {
     pub decoder: String,
     pub device: String,
+    /// `generation.precision` of the engine.
+    pub precision: String,
     pub batch: usize,
     pub latent: String,
     pub output: String,
@@ -261,6 +263,7 @@ pub fn decode(
     Ok(DecodeReport {
         decoder: engine.decoder_name().to_string(),
         device: engine.device().to_string(),
+        precision: engine.precision().to_string(),
         batch: options.batch,
         latent: s.to_string(),
         output,
@@ -276,9 +279,10 @@ pub fn decode(
 impl DecodeReport {
     pub fn to_text(&self) -> String {
         format!(
-            "dreamd bench decode: {} on {}, batch {} of {} -> {}\n\
+            "dreamd bench decode: {} ({}) on {}, batch {} of {} -> {}\n\
              median of {} runs: {:.1} ms per batch, {:.2} ms per frame, {:.2} frames/s, {:.1} GFLOP/s ({} threads)\n",
             self.decoder,
+            self.precision,
             self.device,
             self.batch,
             self.latent,

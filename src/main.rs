@@ -129,6 +129,9 @@ enum BenchCommand {
         /// Device: auto, cpu, cuda, cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// CPU arithmetic: fast or exact (default: generation.precision of the config).
+        #[arg(long)]
+        precision: Option<String>,
         /// Timed runs after two warm-up runs.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -229,11 +232,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     batch,
                     latent,
                     device,
+                    precision,
                     runs,
                     json,
                 },
         } => {
-            let report = bench_decode(config, &decoder, batch, &latent, &device, runs)?;
+            let target = BenchTarget {
+                decoder: &decoder,
+                device: &device,
+                precision: precision.as_deref(),
+            };
+            let report = bench_decode(config, target, batch, &latent, runs)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -244,15 +253,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What `dreamd bench decode|encode` runs on.
+struct BenchTarget<'a> {
+    decoder: &'a str,
+    device: &'a str,
+    precision: Option<&'a str>,
+}
+
 /// `dreamd bench decode`: builds the engine for the requested decoder at the latent's size.
 fn bench_decode(
     config: Option<PathBuf>,
-    decoder: &str,
+    target: BenchTarget,
     batch: usize,
     latent: &str,
-    device: &str,
     runs: usize,
 ) -> anyhow::Result<bench::DecodeReport> {
+    let BenchTarget {
+        decoder,
+        device,
+        precision,
+    } = target;
     let (mut config, _) = daemon::load_config(config.as_deref())?;
     let dims: Vec<usize> = latent
         .split('x')
@@ -267,8 +287,10 @@ fn bench_decode(
         batch > 0 && runs > 0,
         "--batch and --runs must be at least 1"
     );
+    let precision = precision.map_or(config.generation.precision.to_string(), str::to_string);
     let overrides = format!(
-        "[generation]\ndecoder = {decoder:?}\ndevice = {device:?}\nwidth = {}\nheight = {}\ndecode_divisor = 1",
+        "[generation]\ndecoder = {decoder:?}\ndevice = {device:?}\nprecision = {precision:?}\n\
+         width = {}\nheight = {}\ndecode_divisor = 1",
         dims[2] * 8,
         dims[1] * 8
     );

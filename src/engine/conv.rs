@@ -66,7 +66,7 @@ impl Padded {
     }
 
     /// Flat index of padded coordinates.
-    fn index(&self, c: usize, b: usize, y: usize, x: usize) -> usize {
+    pub(crate) fn index(&self, c: usize, b: usize, y: usize, x: usize) -> usize {
         ((c * self.batch + b) * (self.height + 2) + y) * (self.width + 2) + x
     }
 
@@ -243,16 +243,16 @@ impl Conv3x3 {
 
 /// Sizes of one product: `[m × k] · [k × n]`.
 #[derive(Clone, Copy)]
-struct Matmul {
-    m: usize,
-    n: usize,
-    k: usize,
+pub(crate) struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
 }
 
 /// `dst[i, j] (+)= Σ_l lhs[i, l] · rhs[l, j]`, all row-major with unit column stride; rows of
 /// `dst` are `dst_rs` apart, rows of `lhs` are `k` apart, rows of `rhs` are `rhs_rs` apart.
 /// `accumulate` adds to `dst` instead of overwriting it.
-fn matmul(
+pub(crate) fn matmul(
     size: Matmul,
     dst: &mut [f32],
     dst_rs: usize,

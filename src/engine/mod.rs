@@ -13,6 +13,7 @@ pub mod resize;
 pub mod taesd;
 pub mod taesd_cpu;
 pub mod weights;
+pub mod winograd;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -122,6 +123,7 @@ pub struct Engine {
     width: u32,
     height: u32,
     divisor: u32,
+    precision: crate::config::Precision,
 }
 
 impl Engine {
@@ -165,7 +167,11 @@ impl Engine {
                 let decoder: Box<dyn Decoder> = match device {
                     Device::Cpu => {
                         let weights = weights::WeightFile::load(&path, Part::Decoder)?;
-                        Box::new(taesd_cpu::TaesdCpuDecoder::new(family.name(), &weights)?)
+                        Box::new(taesd_cpu::TaesdCpuDecoder::new(
+                            family.name(),
+                            &weights,
+                            g.precision,
+                        )?)
                     }
                     Device::Cuda(_) => Box::new(models::TaesdDecoderModel::load(
                         &path,
@@ -189,6 +195,7 @@ impl Engine {
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
         engine.divisor = g.decode_divisor.unwrap_or(default_divisor);
+        engine.precision = g.precision;
         Ok(engine)
     }
 
@@ -202,7 +209,13 @@ impl Engine {
             width,
             height,
             divisor: 1,
+            precision: crate::config::Precision::default(),
         }
+    }
+
+    /// The CPU arithmetic asked for (it matters only to the TAESD networks on the CPU).
+    pub fn precision(&self) -> crate::config::Precision {
+        self.precision
     }
 
     /// Encodes pictures whose size is the output size, too (see [`Engine::encode_batch`]).

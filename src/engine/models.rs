@@ -279,7 +279,11 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
     match model.part {
         Part::Decoder => {
             let weights = WeightFile::load(&model.path, Part::Decoder)?;
-            let decoder = super::taesd_cpu::TaesdCpuDecoder::new(model.family.name(), &weights)?;
+            let decoder = super::taesd_cpu::TaesdCpuDecoder::new(
+                model.family.name(),
+                &weights,
+                crate::config::Precision::Exact,
+            )?;
             if decoder.latent_channels() != channels {
                 return Err(fail(format!(
                     "takes {}-channel latents; {} expects {channels}",

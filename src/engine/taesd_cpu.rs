@@ -9,16 +9,51 @@ use image::RgbImage;
 
 use super::conv::{Conv3x3, Epilogue, Padded};
 use super::weights::{Part, WeightError, WeightFile};
+use super::winograd::Winograd3x3;
 use super::{Decoder, EngineError};
+use crate::config::Precision;
 use crate::latent::LatentBatch;
 
 const HIDDEN: usize = 64;
 
+/// A stride-1 3×3 convolution in the chosen [`Precision`].
+#[derive(Debug, Clone)]
+pub(crate) enum Conv {
+    /// Direct shifted-GEMM convolution ([`Precision::Exact`]).
+    Direct(Conv3x3),
+    /// Winograd F(4,3) ([`Precision::Fast`]).
+    Winograd(Winograd3x3),
+}
+
+impl Conv {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias.
+    pub(crate) fn new(
+        precision: Precision,
+        c_in: usize,
+        c_out: usize,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        match precision {
+            Precision::Exact => Conv::Direct(Conv3x3::new(c_in, c_out, weight, bias)),
+            Precision::Fast => Conv::Winograd(Winograd3x3::new(c_in, c_out, weight, bias)),
+        }
+    }
+
+    /// Convolves `input`, then applies the epilogue; borders of the result are zero.
+    pub(crate) fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
+        match self {
+            Conv::Direct(conv) => conv.forward(input, epilogue),
+            Conv::Winograd(conv) => conv.forward(input, epilogue),
+        }
+    }
+}
+
 /// One stage of the network.
 #[derive(Debug, Clone)]
 enum Layer {
-    Conv { conv: Conv3x3, relu: bool },
-    Block([Conv3x3; 3]),
+    Conv { conv: Conv, relu: bool },
+    Block([Conv; 3]),
     Upsample,
 }
 
@@ -32,58 +67,80 @@ pub struct TaesdCpuDecoder {
 
 fn conv(
     weights: &WeightFile,
+    precision: Precision,
     prefix: &str,
     c_in: usize,
     c_out: usize,
     bias: bool,
-) -> Result<Conv3x3, WeightError> {
+) -> Result<Conv, WeightError> {
     let weight = weights.values(&format!("{prefix}.weight"), &[c_out, c_in, 3, 3])?;
     let bias = if bias {
         Some(weights.values(&format!("{prefix}.bias"), &[c_out])?)
     } else {
         None
     };
-    Ok(Conv3x3::new(c_in, c_out, &weight, bias))
+    Ok(Conv::new(precision, c_in, c_out, &weight, bias))
 }
 
-fn block(weights: &WeightFile, index: usize) -> Result<Layer, WeightError> {
+fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Layer, WeightError> {
     if weights.contains(&format!("{index}.skip.weight")) {
         return Err(weights.error(format!(
             "block {index} has a skip convolution, which the CPU decoder does not support"
         )));
     }
-    let c = |i: usize| conv(weights, &format!("{index}.conv.{i}"), HIDDEN, HIDDEN, true);
+    let c = |i: usize| {
+        conv(
+            weights,
+            precision,
+            &format!("{index}.conv.{i}"),
+            HIDDEN,
+            HIDDEN,
+            true,
+        )
+    };
     Ok(Layer::Block([c(0)?, c(2)?, c(4)?]))
 }
 
 impl TaesdCpuDecoder {
-    /// Builds the decoder from index-layout weights (see [`super::weights`]).
-    pub fn new(name: &str, weights: &WeightFile) -> Result<Self, WeightError> {
+    /// Builds the decoder from index-layout weights (see [`super::weights`]), computing in
+    /// `precision`.
+    pub fn new(
+        name: &str,
+        weights: &WeightFile,
+        precision: Precision,
+    ) -> Result<Self, WeightError> {
         let latent_channels = weights.taesd_latent_channels(Part::Decoder)?;
         let mut layers = vec![Layer::Conv {
-            conv: conv(weights, "1", latent_channels, HIDDEN, true)?,
+            conv: conv(weights, precision, "1", latent_channels, HIDDEN, true)?,
             relu: true,
         }];
         let mut index = 3;
         for _ in 0..3 {
-            layers.push(block(weights, index)?);
+            layers.push(block(weights, precision, index)?);
             index += 1;
         }
         for stage in 0..3 {
             layers.push(Layer::Upsample);
             index += 1;
             layers.push(Layer::Conv {
-                conv: conv(weights, &index.to_string(), HIDDEN, HIDDEN, false)?,
+                conv: conv(
+                    weights,
+                    precision,
+                    &index.to_string(),
+                    HIDDEN,
+                    HIDDEN,
+                    false,
+                )?,
                 relu: false,
             });
             index += 1;
             for _ in 0..if stage < 2 { 3 } else { 1 } {
-                layers.push(block(weights, index)?);
+                layers.push(block(weights, precision, index)?);
                 index += 1;
             }
         }
         layers.push(Layer::Conv {
-            conv: conv(weights, &index.to_string(), HIDDEN, 3, true)?,
+            conv: conv(weights, precision, &index.to_string(), HIDDEN, 3, true)?,
             relu: false,
         });
         Ok(Self {
@@ -224,7 +281,7 @@ mod tests {
             let expected =
                 read_f32_file(&golden.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
             let weights = WeightFile::load(&decoder_path(family), Part::Decoder).unwrap();
-            let decoder = TaesdCpuDecoder::new(family.name(), &weights).unwrap();
+            let decoder = TaesdCpuDecoder::new(family.name(), &weights, Precision::Exact).unwrap();
             let shape = LatentShape::new(channels, 8, 8);
             let mut batch = LatentBatch::with_capacity(shape, 1);
             batch.push(&Latent::new(shape, input).unwrap()).unwrap();
@@ -237,7 +294,7 @@ mod tests {
     fn agrees_with_the_candle_module_on_a_batch() {
         let path = decoder_path(Family::Taesd);
         let weights = WeightFile::load(&path, Part::Decoder).unwrap();
-        let cpu = TaesdCpuDecoder::new("taesd", &weights).unwrap();
+        let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
         let candle = TaesdDecoderModel::load(&path, "taesd", Device::Cpu).unwrap();
         let shape = LatentShape::new(4, 5, 7);
         let mut batch = LatentBatch::with_capacity(shape, 3);
