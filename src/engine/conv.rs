@@ -16,7 +16,8 @@ use std::ops::Range;
 /// Columns per chunk: 64 output rows × this many f32 stay in L2 across the nine taps.
 const CHUNK: usize = 2048;
 
-/// Activations `[C][B][H+2][W+2]` with zero borders.
+/// Activations `[C][B][H+2][W+2]` with zero borders. The buffer comes from, and goes back to,
+/// [`super::pool`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Padded {
     pub channels: usize,
@@ -35,7 +36,7 @@ impl Padded {
             batch,
             height,
             width,
-            data: vec![0.0; len],
+            data: super::pool::take(len),
         }
     }
 
@@ -120,6 +121,12 @@ impl Padded {
                 y >= 1 && y <= self.height && x >= 1 && x <= self.width
             })
             .collect()
+    }
+}
+
+impl Drop for Padded {
+    fn drop(&mut self) {
+        super::pool::give(std::mem::take(&mut self.data));
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod conv;
 pub mod gpu_lock;
 pub mod models;
+pub mod pool;
 pub mod preview;
 pub mod resize;
 pub mod taesd;

@@ -22,6 +22,7 @@
 use std::ops::Range;
 
 use super::conv::{matmul, Epilogue, Matmul, Padded};
+use super::pool;
 
 /// Output tile side.
 const TILE: usize = 4;
@@ -162,8 +163,41 @@ impl Winograd3x3 {
     }
 
     /// Computes tile rows `range` (of the flattened batch) into `rows`: the interior output rows
-    /// of those tiles, `c_out` groups of them in (b, y) order.
+    /// of those tiles, `c_out` groups of them in (b, y) order. Picks the AVX2 build of the
+    /// transforms when the CPU has it.
     fn tile_rows(
+        &self,
+        input: &Padded,
+        rows: Vec<&mut [f32]>,
+        range: Range<usize>,
+        geom: Geometry,
+        epilogue: Epilogue,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: `tile_rows_avx2` only needs AVX2, which the CPU has (checked just above).
+            unsafe { self.tile_rows_avx2(input, rows, range, geom, epilogue) };
+            return;
+        }
+        self.tile_rows_generic(input, rows, range, geom, epilogue);
+    }
+
+    /// [`Self::tile_rows_generic`] compiled for AVX2 (the transforms vectorize 8 wide).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_rows_avx2(
+        &self,
+        input: &Padded,
+        rows: Vec<&mut [f32]>,
+        range: Range<usize>,
+        geom: Geometry,
+        epilogue: Epilogue,
+    ) {
+        self.tile_rows_generic(input, rows, range, geom, epilogue);
+    }
+
+    #[inline(always)]
+    fn tile_rows_generic(
         &self,
         input: &Padded,
         mut rows: Vec<&mut [f32]>,
@@ -182,8 +216,8 @@ impl Winograd3x3 {
         assert_eq!(rows.len(), n * self.c_out, "output rows of this thread");
         let per_chunk = (TILES_PER_CHUNK / tw).max(1);
         let max_tiles = per_chunk * tw;
-        let mut v = vec![0.0; POSITIONS * self.c_in * max_tiles];
-        let mut m = vec![0.0; POSITIONS * self.c_out * max_tiles];
+        let mut v = pool::take(POSITIONS * self.c_in * max_tiles);
+        let mut m = pool::take(POSITIONS * self.c_out * max_tiles);
         let mut scratch = Scratch::new(tw);
         let mut start = range.start;
         while start < range.end {
@@ -192,9 +226,8 @@ impl Winograd3x3 {
             for ci in 0..self.c_in {
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, _) = geom.rows_of(r);
-                    scratch.input_tiles(input, ci, b, y0, &mut v, self.c_in * tiles, {
-                        ci * tiles + k * tw
-                    });
+                    let offset = ci * tiles + k * tw;
+                    scratch.input_tiles(input, (ci, b, y0), &mut v, self.c_in * tiles, offset);
                 }
             }
             for p in 0..POSITIONS {
@@ -220,8 +253,7 @@ impl Winograd3x3 {
                     let local = co * n + first_row[r - range.start];
                     scratch.output_tiles(
                         &m,
-                        self.c_out * tiles,
-                        co * tiles + k * tw,
+                        (self.c_out * tiles, co * tiles + k * tw),
                         &mut rows[local..local + count],
                         (co, b, y0),
                         bias,
@@ -231,16 +263,19 @@ impl Winograd3x3 {
             }
             start = chunk.end;
         }
+        pool::give(v);
+        pool::give(m);
     }
 }
 
 /// Per-thread buffers of the transforms for one tile row of `tw` tiles.
 struct Scratch {
     tw: usize,
-    /// Six rows of the column transform, `4·tw + 2` long (zero past the picture).
-    cols: Vec<Vec<f32>>,
-    /// Six phases `cols[i][4·tx + k]`, `tw` long each.
-    phase: Vec<Vec<f32>>,
+    /// Six rows of the column transform, `4·(tw + 1)` long (zero past the picture).
+    cols: [Vec<f32>; ALPHA],
+    /// Phases `cols[i][4·tx + k]`, k = 0..4, `tw + 1` long (phase 4 and 5 are 0 and 1 shifted
+    /// by one tile).
+    phase: [Vec<f32>; TILE],
     /// Row transform of the output: `[6][4][tw]`.
     half: Vec<Vec<f32>>,
     /// Both transforms of the output: `[4 phases][4 rows][tw]`.
@@ -255,30 +290,28 @@ impl Scratch {
     fn new(tw: usize) -> Self {
         Self {
             tw,
-            cols: vec![vec![0.0; TILE * tw + 2]; ALPHA],
-            phase: vec![vec![0.0; tw]; ALPHA],
+            cols: std::array::from_fn(|_| vec![0.0; TILE * (tw + 1)]),
+            phase: std::array::from_fn(|_| vec![0.0; tw + 1]),
             half: vec![vec![0.0; tw]; ALPHA * TILE],
             full: vec![vec![0.0; tw]; TILE * TILE],
             line: vec![0.0; TILE * tw],
-            zeros: vec![0.0; TILE * tw + 2],
+            zeros: vec![0.0; TILE * (tw + 1)],
         }
     }
 
     /// Transforms the tiles of one tile row (picture `b`, output rows from `y0`) of channel
     /// `ci`: `v[p·stride + offset + tx] = (Bᵀ d B)[p]` of tile `tx`.
-    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn input_tiles(
         &mut self,
         input: &Padded,
-        ci: usize,
-        b: usize,
-        y0: usize,
+        (ci, b, y0): (usize, usize, usize),
         v: &mut [f32],
         stride: usize,
         offset: usize,
     ) {
         let width = input.width + 2;
-        let zeros = &self.zeros;
+        let zeros = &self.zeros[..width];
         // Padded rows y0 .. y0 + 6; those past the bottom border read as zero.
         let row = |s: usize| -> &[f32] {
             if y0 + s < input.height + 2 {
@@ -290,51 +323,61 @@ impl Scratch {
         };
         let d = [row(0), row(1), row(2), row(3), row(4), row(5)];
         {
-            let [c0, c1, c2, c3, c4, c5] = &mut self.cols[..] else {
-                unreachable!("six rows")
-            };
-            let out = [
-                &mut c0[..width],
-                &mut c1[..width],
-                &mut c2[..width],
-                &mut c3[..width],
-                &mut c4[..width],
-                &mut c5[..width],
-            ];
-            bt(d, out);
+            let [c0, c1, c2, c3, c4, c5] = &mut self.cols;
+            bt(
+                d,
+                [
+                    &mut c0[..width],
+                    &mut c1[..width],
+                    &mut c2[..width],
+                    &mut c3[..width],
+                    &mut c4[..width],
+                    &mut c5[..width],
+                ],
+            );
         }
         let tw = self.tw;
         for i in 0..ALPHA {
-            let col = &self.cols[i];
-            for (k, phase) in self.phase.iter_mut().enumerate() {
-                for (tx, p) in phase.iter_mut().enumerate() {
-                    *p = col[TILE * tx + k];
-                }
+            let [p0, p1, p2, p3] = &mut self.phase;
+            for ((((quad, a), b), c), d) in self.cols[i]
+                .chunks_exact(TILE)
+                .zip(p0.iter_mut())
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut())
+                .zip(p3.iter_mut())
+            {
+                (*a, *b, *c, *d) = (quad[0], quad[1], quad[2], quad[3]);
             }
-            let ph: [&[f32]; ALPHA] = std::array::from_fn(|k| &self.phase[k][..]);
-            let mut outs: Vec<&mut [f32]> = Vec::with_capacity(ALPHA);
-            let mut rest = &mut v[i * ALPHA * stride + offset..];
-            for j in 0..ALPHA {
-                let (head, tail) = rest.split_at_mut(if j + 1 < ALPHA { stride } else { tw });
-                outs.push(&mut head[..tw]);
-                rest = tail;
-            }
-            let Ok(outs) = <[&mut [f32]; ALPHA]>::try_from(outs) else {
-                unreachable!("six outputs")
-            };
-            bt(ph, outs);
+            let [p0, p1, p2, p3] = &self.phase;
+            let src = [&p0[..], &p1[..], &p2[..], &p3[..], &p0[1..], &p1[1..]];
+            let base = i * ALPHA * stride + offset;
+            let (o0, rest) = v[base..].split_at_mut(stride);
+            let (o1, rest) = rest.split_at_mut(stride);
+            let (o2, rest) = rest.split_at_mut(stride);
+            let (o3, rest) = rest.split_at_mut(stride);
+            let (o4, rest) = rest.split_at_mut(stride);
+            bt(
+                src,
+                [
+                    &mut o0[..tw],
+                    &mut o1[..tw],
+                    &mut o2[..tw],
+                    &mut o3[..tw],
+                    &mut o4[..tw],
+                    &mut rest[..tw],
+                ],
+            );
         }
     }
 
     /// Inverse-transforms one tile row of output channel `co` (picture `b`, output rows from
     /// `y0`) from `m[p·stride + offset + tx]` into `rows` (its 1–4 interior output rows), adding
     /// `bias` and the residual, then the ReLU when asked.
-    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn output_tiles(
         &mut self,
         m: &[f32],
-        stride: usize,
-        offset: usize,
+        (stride, offset): (usize, usize),
         rows: &mut [&mut [f32]],
         (co, b, y0): (usize, usize, usize),
         bias: f32,
@@ -358,10 +401,16 @@ impl Scratch {
             at(src, [y0, y1, y2, y3]);
         }
         for (dy, row) in rows.iter_mut().enumerate() {
-            for k in 0..TILE {
-                for (tx, &value) in self.full[k * TILE + dy].iter().enumerate() {
-                    self.line[TILE * tx + k] = value;
-                }
+            let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
+            for ((((quad, &a), &b), &c), &d) in self
+                .line
+                .chunks_exact_mut(TILE)
+                .zip(f0)
+                .zip(f1)
+                .zip(f2)
+                .zip(f3)
+            {
+                quad.copy_from_slice(&[a, b, c, d]);
             }
             let width = row.len();
             let line = &self.line[..width];
@@ -369,17 +418,25 @@ impl Scratch {
                 let start = r.index(co, b, y0 + dy + 1, 1);
                 &r.data[start..start + width]
             });
-            match residual {
-                Some(res) => {
+            match (residual, epilogue.relu) {
+                (Some(res), true) => {
                     for ((out, &v), &r) in row.iter_mut().zip(line).zip(res) {
-                        let x = v + bias + r;
-                        *out = if epilogue.relu { x.max(0.0) } else { x };
+                        *out = (v + bias + r).max(0.0);
                     }
                 }
-                None => {
+                (Some(res), false) => {
+                    for ((out, &v), &r) in row.iter_mut().zip(line).zip(res) {
+                        *out = v + bias + r;
+                    }
+                }
+                (None, true) => {
                     for (out, &v) in row.iter_mut().zip(line) {
-                        let x = v + bias;
-                        *out = if epilogue.relu { x.max(0.0) } else { x };
+                        *out = (v + bias).max(0.0);
+                    }
+                }
+                (None, false) => {
+                    for (out, &v) in row.iter_mut().zip(line) {
+                        *out = v + bias;
                     }
                 }
             }
@@ -388,6 +445,7 @@ impl Scratch {
 }
 
 /// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices.
+#[inline(always)]
 fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
     let n = out[0].len();
     let [d0, d1, d2, d3, d4, d5] = d.map(|s| &s[..n]);
@@ -411,6 +469,7 @@ fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
 }
 
 /// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices.
+#[inline(always)]
 fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
     let n = out[0].len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
