@@ -248,6 +248,109 @@ impl Conv3x3 {
     }
 }
 
+/// A 3×3 convolution, padding 1, stride 2, with optional bias (the encoder's downsampling): an
+/// im2col copy of a few output rows at a time (`K = 9·c_in`), then one matrix product per
+/// chunk. Output channels are split across threads.
+#[derive(Debug, Clone)]
+pub struct Conv3x3Stride2 {
+    c_in: usize,
+    c_out: usize,
+    /// `[c_out][c_in·9]`: the PyTorch layout.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Conv3x3Stride2 {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias `[c_out]`.
+    pub fn new(c_in: usize, c_out: usize, weight: &[f32], bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
+        Self {
+            c_in,
+            c_out,
+            weight: weight.to_vec(),
+            bias,
+        }
+    }
+
+    /// Convolves `input` to `⌈H/2⌉ × ⌈W/2⌉`, adding the bias; borders of the result are zero.
+    pub fn forward(&self, input: &Padded) -> Padded {
+        assert_eq!(input.channels, self.c_in, "conv input channels");
+        let (ho, wo) = (input.height.div_ceil(2), input.width.div_ceil(2));
+        let mut out = Padded::zeros(self.c_out, input.batch, ho, wo);
+        let plane = out.plane();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.c_out);
+        let rows_per_thread = self.c_out.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for (part, dst) in out.data.chunks_mut(rows_per_thread * plane).enumerate() {
+                let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
+                scope.spawn(move || self.rows(input, dst, rows, (ho, wo)));
+            }
+        });
+        out
+    }
+
+    /// Computes output channels `rows` into `dst` (those channels' planes).
+    fn rows(&self, input: &Padded, dst: &mut [f32], rows: Range<usize>, (ho, wo): (usize, usize)) {
+        let k = self.c_in * 9;
+        let lines = (CHUNK / wo).max(1);
+        let mut cols = super::pool::take(k * lines * wo);
+        let mut product = super::pool::take(rows.len() * lines * wo);
+        let out_row = wo + 2;
+        let out_image = (ho + 2) * out_row;
+        let plane = input.batch * out_image;
+        for b in 0..input.batch {
+            let mut y0 = 0;
+            while y0 < ho {
+                let n_lines = lines.min(ho - y0);
+                let n = n_lines * wo;
+                for ci in 0..self.c_in {
+                    for tap in 0..9 {
+                        let (dy, dx) = (tap / 3, tap % 3);
+                        let col = &mut cols[(ci * 9 + tap) * n..][..n];
+                        for (line, out) in col.chunks_exact_mut(wo).enumerate() {
+                            // Output (y, x) reads padded input (2y + dy, 2x + dx).
+                            let start = input.index(ci, b, 2 * (y0 + line) + dy, dx);
+                            let src = &input.data[start..];
+                            for (x, v) in out.iter_mut().enumerate() {
+                                *v = src.get(2 * x).copied().unwrap_or(0.0);
+                            }
+                        }
+                    }
+                }
+                let weights = &self.weight[rows.start * k..rows.end * k];
+                matmul(
+                    Matmul {
+                        m: rows.len(),
+                        n,
+                        k,
+                    },
+                    &mut product,
+                    n,
+                    weights,
+                    &cols,
+                    n,
+                    false,
+                );
+                for (local, co) in rows.clone().enumerate() {
+                    let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
+                    for line in 0..n_lines {
+                        let start = local * plane + b * out_image + (y0 + line + 1) * out_row + 1;
+                        let src = &product[local * n + line * wo..][..wo];
+                        for (d, &v) in dst[start..start + wo].iter_mut().zip(src) {
+                            *d = v + bias;
+                        }
+                    }
+                }
+                y0 += n_lines;
+            }
+        }
+        super::pool::give(cols);
+        super::pool::give(product);
+    }
+}
+
 /// Sizes of one product: `[m × k] · [k × n]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Matmul {
@@ -379,6 +482,33 @@ mod tests {
         assert_eq!(out.data[0], 0.0);
         let last = out.data.len() - 1;
         assert_eq!(out.data[last], 0.0);
+    }
+
+    #[test]
+    fn stride_two_matches_the_direct_convolution_subsampled() {
+        for (h, w) in [(6, 8), (7, 5), (1, 1)] {
+            let (c_in, c_out, batch) = (3, 5, 2);
+            let weight = values(c_out * c_in * 9, 0.9);
+            let bias = values(c_out, 0.2);
+            let input = values(batch * c_in * h * w, 1.3);
+            let conv = Conv3x3Stride2::new(c_in, c_out, &weight, Some(bias.clone()));
+            let out = conv.forward(&Padded::from_nchw(&input, batch, c_in, h, w));
+            assert_eq!((out.height, out.width), (h.div_ceil(2), w.div_ceil(2)));
+            for b in 0..batch {
+                let one = &input[b * c_in * h * w..(b + 1) * c_in * h * w];
+                let full = reference(one, c_in, h, w, &weight, c_out);
+                for co in 0..c_out {
+                    for y in 0..out.height {
+                        for x in 0..out.width {
+                            let e = full[(co * h + 2 * y) * w + 2 * x] + bias[co];
+                            let g = out.get(co, b, y, x);
+                            assert!((e - g).abs() < 1e-4, "{h}x{w} b{b} c{co} ({y},{x}): {e} vs {g}");
+                        }
+                    }
+                }
+            }
+            assert_eq!(out.data[0], 0.0);
+        }
     }
 
     #[test]

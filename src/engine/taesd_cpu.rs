@@ -1,18 +1,20 @@
-//! The TAESD decoder on the CPU, built from [`super::conv`]'s shifted-GEMM convolutions.
+//! The TAESD decoder and encoder on the CPU, built from [`super::conv`]'s shifted-GEMM
+//! convolutions (`exact`) or [`super::winograd`]'s F(4,3) convolutions (`fast`).
 //!
-//! Same architecture and weights as [`super::taesd::TaesdDecoder`] (the candle module, used on
-//! CUDA and as the reference in tests), laid out for the CPU: activations stay in the padded,
-//! channel-major layout for the whole network, and bias, residual and ReLU are fused into each
-//! convolution's epilogue.
+//! Same architecture and weights as [`super::taesd::TaesdDecoder`] and
+//! [`super::taesd::TaesdEncoder`] (the candle modules, used on CUDA and as the reference in
+//! tests), laid out for the CPU: activations stay in the padded, channel-major layout for the
+//! whole network, and bias, residual and ReLU are fused into each convolution's epilogue. The
+//! encoder's stride-2 convolutions use [`super::conv::Conv3x3Stride2`] in both precisions.
 
 use image::RgbImage;
 
-use super::conv::{Conv3x3, Epilogue, Padded};
+use super::conv::{Conv3x3, Conv3x3Stride2, Epilogue, Padded};
 use super::weights::{Part, WeightError, WeightFile};
 use super::winograd::Winograd3x3;
 use super::{Decoder, EngineError};
 use crate::config::Precision;
-use crate::latent::LatentBatch;
+use crate::latent::{Latent, LatentBatch, LatentShape};
 
 const HIDDEN: usize = 64;
 
@@ -55,6 +57,39 @@ enum Layer {
     Conv { conv: Conv, relu: bool },
     Block([Conv; 3]),
     Upsample,
+    /// Stride-2 convolution (encoder).
+    Down(Conv3x3Stride2),
+}
+
+/// Runs `layers` on `x`.
+fn run_layers(layers: &[Layer], mut x: Padded) -> Padded {
+    let plain = Epilogue {
+        relu: false,
+        residual: None,
+    };
+    let relu = Epilogue {
+        relu: true,
+        residual: None,
+    };
+    for layer in layers {
+        x = match layer {
+            Layer::Conv { conv, relu: r } => conv.forward(&x, if *r { relu } else { plain }),
+            Layer::Block([c0, c2, c4]) => {
+                let h = c0.forward(&x, relu);
+                let h = c2.forward(&h, relu);
+                c4.forward(
+                    &h,
+                    Epilogue {
+                        relu: true,
+                        residual: Some(&x),
+                    },
+                )
+            }
+            Layer::Upsample => x.upsample2(),
+            Layer::Down(conv) => conv.forward(&x),
+        };
+    }
+    x
 }
 
 /// The TAESD decoder for the CPU.
@@ -155,42 +190,7 @@ impl TaesdCpuDecoder {
         let s = batch.shape();
         let mut x = Padded::from_nchw(batch.data(), batch.len(), s.channels, s.height, s.width);
         x.map_interior(|v| (v / 3.0).tanh() * 3.0);
-        for layer in &self.layers {
-            x = match layer {
-                Layer::Conv { conv, relu } => conv.forward(
-                    &x,
-                    Epilogue {
-                        relu: *relu,
-                        residual: None,
-                    },
-                ),
-                Layer::Block([c0, c2, c4]) => {
-                    let h = c0.forward(
-                        &x,
-                        Epilogue {
-                            relu: true,
-                            residual: None,
-                        },
-                    );
-                    let h = c2.forward(
-                        &h,
-                        Epilogue {
-                            relu: true,
-                            residual: None,
-                        },
-                    );
-                    c4.forward(
-                        &h,
-                        Epilogue {
-                            relu: true,
-                            residual: Some(&x),
-                        },
-                    )
-                }
-                Layer::Upsample => x.upsample2(),
-            };
-        }
-        x
+        run_layers(&self.layers, x)
     }
 
     /// The raw output `[N, 3, 8h, 8w]` in C-order (≈[0, 1], unclamped).
@@ -238,6 +238,107 @@ impl Decoder for TaesdCpuDecoder {
                 })
             })
             .collect())
+    }
+}
+
+/// The TAESD encoder for the CPU: pictures in [0, 1] → latents at 1/8 of their size.
+#[derive(Debug, Clone)]
+pub struct TaesdCpuEncoder {
+    latent_channels: usize,
+    layers: Vec<Layer>,
+}
+
+impl TaesdCpuEncoder {
+    /// Builds the encoder from index-layout weights (see [`super::weights`]), computing its
+    /// stride-1 convolutions in `precision`.
+    pub fn new(weights: &WeightFile, precision: Precision) -> Result<Self, WeightError> {
+        let latent_channels = weights.taesd_latent_channels(Part::Encoder)?;
+        let mut layers = vec![
+            Layer::Conv {
+                conv: conv(weights, precision, "0", 3, HIDDEN, true)?,
+                relu: false,
+            },
+            block(weights, precision, 1)?,
+        ];
+        let mut index = 2;
+        for _ in 0..3 {
+            let name = format!("{index}.weight");
+            let weight = weights.values(&name, &[HIDDEN, HIDDEN, 3, 3])?;
+            layers.push(Layer::Down(Conv3x3Stride2::new(
+                HIDDEN, HIDDEN, &weight, None,
+            )));
+            index += 1;
+            for _ in 0..3 {
+                layers.push(block(weights, precision, index)?);
+                index += 1;
+            }
+        }
+        layers.push(Layer::Conv {
+            conv: conv(
+                weights,
+                precision,
+                &index.to_string(),
+                HIDDEN,
+                latent_channels,
+                true,
+            )?,
+            relu: false,
+        });
+        Ok(Self {
+            latent_channels,
+            layers,
+        })
+    }
+
+    /// Latent channels it makes.
+    pub fn latent_channels(&self) -> usize {
+        self.latent_channels
+    }
+
+    /// Encodes `[N, 3, H, W]` values (C-order, [0, 1]) into `[N, C, H/8, W/8]` (C-order).
+    pub fn encode_raw(&self, values: &[f32], batch: usize, height: usize, width: usize) -> Vec<f32> {
+        let x = Padded::from_nchw(values, batch, 3, height, width);
+        let out = run_layers(&self.layers, x);
+        let (h, w) = (out.height, out.width);
+        let mut latents = Vec::with_capacity(batch * self.latent_channels * h * w);
+        for b in 0..batch {
+            for c in 0..self.latent_channels {
+                for y in 0..h {
+                    let start = out.index(c, b, y + 1, 1);
+                    latents.extend_from_slice(&out.data[start..start + w]);
+                }
+            }
+        }
+        latents
+    }
+
+    /// Encodes pictures (all the same size, sides multiples of 8) in one batched call.
+    pub fn encode(&self, images: &[RgbImage]) -> Result<Vec<Latent>, EngineError> {
+        let Some(first) = images.first() else {
+            return Ok(Vec::new());
+        };
+        let (w, h) = first.dimensions();
+        if images.iter().any(|i| i.dimensions() != (w, h)) || w % 8 != 0 || h % 8 != 0 {
+            return Err(EngineError::Model(format!(
+                "encoder input must be same-size pictures with sides divisible by 8 (got {w}x{h})"
+            )));
+        }
+        let (w, h) = (w as usize, h as usize);
+        let mut values = vec![0.0; images.len() * 3 * h * w];
+        for (image, out) in images.iter().zip(values.chunks_exact_mut(3 * h * w)) {
+            for (i, pixel) in image.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * h * w + i] = f32::from(pixel[c]) / 255.0;
+                }
+            }
+        }
+        let shape = LatentShape::new(self.latent_channels, h / 8, w / 8);
+        self.encode_raw(&values, images.len(), h, w)
+            .chunks_exact(shape.len())
+            .map(|chunk| {
+                Latent::new(shape, chunk.to_vec()).map_err(|e| EngineError::Model(e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -306,5 +407,119 @@ mod tests {
         }
         let err = max_abs(&cpu.decode_raw(&batch), &candle.decode_raw(&batch).unwrap());
         assert!(err <= 1e-3, "max abs error {err}");
+    }
+
+    fn encoder_path() -> std::path::PathBuf {
+        find(
+            &search_dirs(Some(&test_models_dir())),
+            Family::Taesd,
+            Part::Encoder,
+        )
+        .expect("taesd encoder under the test models folder")
+    }
+
+    #[test]
+    fn encoder_agrees_with_the_candle_module() {
+        use candle_core::{Module, Tensor};
+        let weights = WeightFile::load(&encoder_path(), Part::Encoder).unwrap();
+        let (n, h, w) = (2, 24, 40);
+        let values: Vec<f32> = (0..n * 3 * h * w)
+            .map(|i| 0.5 + 0.5 * (i as f32 * 0.013).sin() * (i as f32 * 0.0007).cos())
+            .collect();
+        let candle = crate::engine::taesd::TaesdEncoder::new(
+            4,
+            weights.var_builder(&candle_core::Device::Cpu),
+        )
+        .unwrap();
+        let x = Tensor::from_slice(&values, (n, 3, h, w), &candle_core::Device::Cpu).unwrap();
+        let expected = candle
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for precision in [Precision::Exact, Precision::Fast] {
+            let cpu = TaesdCpuEncoder::new(&weights, precision).unwrap();
+            let got = cpu.encode_raw(&values, n, h, w);
+            let err = max_abs(&got, &expected);
+            assert!(err <= 1e-3, "{precision}: max abs error {err}");
+        }
+    }
+
+    /// PSNR in dB of `b` against `a`, both ≈[0, 1] and clamped to it as the pictures are.
+    fn psnr(a: &[f32], b: &[f32]) -> f64 {
+        let mse = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
+            .sum::<f64>()
+            / a.len() as f64;
+        10.0 * (1.0 / mse.max(1e-20)).log10()
+    }
+
+    /// The bound for `precision = "fast"`: every frame ≥ 45 dB against the exact path, on the
+    /// encodings of the shared pictures and slerps between them (and for the fast encoder, its
+    /// latents decoded exactly against the exact encoder's).
+    #[test]
+    fn fast_precision_stays_above_45_db_on_real_latents() {
+        let images_dir = test_models_dir().join("../images");
+        let mut files: Vec<_> = std::fs::read_dir(&images_dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 6, "pictures in {}", images_dir.display());
+        let pictures: Vec<RgbImage> = files
+            .iter()
+            .map(|p| {
+                image::open(p)
+                    .unwrap()
+                    .resize_exact(256, 128, image::imageops::FilterType::Triangle)
+                    .to_rgb8()
+            })
+            .collect();
+        let enc_weights = WeightFile::load(&encoder_path(), Part::Encoder).unwrap();
+        let exact_enc = TaesdCpuEncoder::new(&enc_weights, Precision::Exact).unwrap();
+        let fast_enc = TaesdCpuEncoder::new(&enc_weights, Precision::Fast).unwrap();
+        let latents = exact_enc.encode(&pictures).unwrap();
+        let fast_latents = fast_enc.encode(&pictures).unwrap();
+
+        let dec_weights = WeightFile::load(&decoder_path(Family::Taesd), Part::Decoder).unwrap();
+        let exact = TaesdCpuDecoder::new("taesd", &dec_weights, Precision::Exact).unwrap();
+        let fast = TaesdCpuDecoder::new("taesd", &dec_weights, Precision::Fast).unwrap();
+        let shape = latents[0].shape();
+        let mut batch = LatentBatch::with_capacity(shape, 2 * latents.len());
+        for (i, a) in latents.iter().enumerate() {
+            batch.push(a).unwrap();
+            let b = &latents[(i + 1) % latents.len()];
+            let mid = crate::latent::slerp_batch(a, b, &[0.5]).unwrap();
+            batch
+                .push(&Latent::new(shape, mid.item(0).to_vec()).unwrap())
+                .unwrap();
+        }
+        let frame = 3 * shape.height * 8 * shape.width * 8;
+        let reference = exact.decode_raw(&batch);
+        let approx = fast.decode_raw(&batch);
+        let mut fast_batch = LatentBatch::with_capacity(shape, latents.len());
+        for latent in &fast_latents {
+            fast_batch.push(latent).unwrap();
+        }
+        let from_fast_encoder = exact.decode_raw(&fast_batch);
+        let mut figures = Vec::new();
+        for (i, (a, b)) in reference
+            .chunks_exact(frame)
+            .zip(approx.chunks_exact(frame))
+            .enumerate()
+        {
+            figures.push(psnr(a, b));
+            if i % 2 == 0 {
+                let e = &from_fast_encoder[(i / 2) * frame..][..frame];
+                figures.push(psnr(a, e));
+            }
+        }
+        let worst = figures.iter().copied().fold(f64::MAX, f64::min);
+        assert!(worst >= 45.0, "worst {worst:.1} dB ({figures:.1?})");
     }
 }
