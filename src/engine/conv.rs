@@ -502,7 +502,10 @@ mod tests {
                         for x in 0..out.width {
                             let e = full[(co * h + 2 * y) * w + 2 * x] + bias[co];
                             let g = out.get(co, b, y, x);
-                            assert!((e - g).abs() < 1e-4, "{h}x{w} b{b} c{co} ({y},{x}): {e} vs {g}");
+                            assert!(
+                                (e - g).abs() < 1e-4,
+                                "{h}x{w} b{b} c{co} ({y},{x}): {e} vs {g}"
+                            );
                         }
                     }
                 }

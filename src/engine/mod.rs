@@ -181,11 +181,9 @@ impl Engine {
                     )?),
                 };
                 let encoder = match models::find(&dirs, family, Part::Encoder) {
-                    Some(path) => Some(models::TaesdEncoderModel::load(
-                        &path,
-                        device,
-                        g.precision,
-                    )?),
+                    Some(path) => {
+                        Some(models::TaesdEncoderModel::load(&path, device, g.precision)?)
+                    }
                     None => None,
                 };
                 tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");

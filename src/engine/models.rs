@@ -202,9 +202,9 @@ impl TaesdEncoderModel {
     pub fn load(path: &Path, device: Device, precision: Precision) -> Result<Self, EngineError> {
         let weights = WeightFile::load(path, Part::Encoder)?;
         let inner = match device {
-            Device::Cpu => EncoderImpl::Cpu(super::taesd_cpu::TaesdCpuEncoder::new(
-                &weights, precision,
-            )?),
+            Device::Cpu => {
+                EncoderImpl::Cpu(super::taesd_cpu::TaesdCpuEncoder::new(&weights, precision)?)
+            }
             Device::Cuda(_) => {
                 let channels = weights.taesd_latent_channels(Part::Encoder)?;
                 let device = candle_device(device)?;
@@ -484,12 +484,12 @@ mod tests {
             )
             .unwrap();
             assert_eq!(d.latent_channels(), family.latent_channels(), "{family}");
-            let e =
-                TaesdEncoderModel::load(
-                    &model_file(family, Part::Encoder),
-                    Device::Cpu,
-                    Precision::Exact,
-                ).unwrap();
+            let e = TaesdEncoderModel::load(
+                &model_file(family, Part::Encoder),
+                Device::Cpu,
+                Precision::Exact,
+            )
+            .unwrap();
             assert_eq!(e.latent_channels(), family.latent_channels(), "{family}");
         }
     }
@@ -501,9 +501,9 @@ mod tests {
             Device::Cpu,
             Precision::Exact,
         )
-            .err()
-            .unwrap()
-            .to_string();
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("taesd_decoder.safetensors"), "{err}");
         assert!(err.contains("14.weight"), "{err}");
     }

@@ -54,7 +54,10 @@ impl Conv {
 /// One stage of the network.
 #[derive(Debug, Clone)]
 enum Layer {
-    Conv { conv: Conv, relu: bool },
+    Conv {
+        conv: Conv,
+        relu: bool,
+    },
     Block([Conv; 3]),
     Upsample,
     /// Stride-2 convolution (encoder).
@@ -296,7 +299,13 @@ impl TaesdCpuEncoder {
     }
 
     /// Encodes `[N, 3, H, W]` values (C-order, [0, 1]) into `[N, C, H/8, W/8]` (C-order).
-    pub fn encode_raw(&self, values: &[f32], batch: usize, height: usize, width: usize) -> Vec<f32> {
+    pub fn encode_raw(
+        &self,
+        values: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Vec<f32> {
         let x = Padded::from_nchw(values, batch, 3, height, width);
         let out = run_layers(&self.layers, x);
         let (h, w) = (out.height, out.width);

@@ -214,7 +214,10 @@ impl Winograd3x3 {
             n += geom.rows_of(r).2;
         }
         assert_eq!(rows.len(), n * self.c_out, "output rows of this thread");
-        let target: usize = std::env::var("WG_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(TILES_PER_CHUNK);
+        let target: usize = std::env::var("WG_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TILES_PER_CHUNK);
         let per_chunk = (target / tw).max(1);
         let max_tiles = per_chunk * tw;
         let mut v = pool::take(POSITIONS * self.c_in * max_tiles);
