@@ -40,6 +40,28 @@ impl Padded {
         }
     }
 
+    /// Zero borders around an interior of unspecified (stale, finite) values, for producers
+    /// that write every interior value.
+    pub fn for_overwrite(channels: usize, batch: usize, height: usize, width: usize) -> Self {
+        let (rows, row) = (height + 2, width + 2);
+        let mut data = super::pool::take_dirty(channels * batch * rows * row);
+        for picture in data.chunks_exact_mut(rows * row) {
+            picture[..row].fill(0.0);
+            picture[(rows - 1) * row..].fill(0.0);
+            for line in picture.chunks_exact_mut(row) {
+                line[0] = 0.0;
+                line[row - 1] = 0.0;
+            }
+        }
+        Self {
+            channels,
+            batch,
+            height,
+            width,
+            data,
+        }
+    }
+
     /// From `[B][C][H][W]` values.
     pub fn from_nchw(
         values: &[f32],
@@ -93,7 +115,7 @@ impl Padded {
 
     /// Nearest-neighbour upsampling by 2.
     pub fn upsample2(&self) -> Padded {
-        let mut out = Padded::zeros(self.channels, self.batch, self.height * 2, self.width * 2);
+        let mut out = Padded::for_overwrite(self.channels, self.batch, self.height * 2, self.width * 2);
         for c in 0..self.channels {
             for b in 0..self.batch {
                 for y in 0..self.height {
@@ -276,7 +298,7 @@ impl Conv3x3Stride2 {
     pub fn forward(&self, input: &Padded) -> Padded {
         assert_eq!(input.channels, self.c_in, "conv input channels");
         let (ho, wo) = (input.height.div_ceil(2), input.width.div_ceil(2));
-        let mut out = Padded::zeros(self.c_out, input.batch, ho, wo);
+        let mut out = Padded::for_overwrite(self.c_out, input.batch, ho, wo);
         let plane = out.plane();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -295,8 +317,8 @@ impl Conv3x3Stride2 {
     fn rows(&self, input: &Padded, dst: &mut [f32], rows: Range<usize>, (ho, wo): (usize, usize)) {
         let k = self.c_in * 9;
         let lines = (CHUNK / wo).max(1);
-        let mut cols = super::pool::take(k * lines * wo);
-        let mut product = super::pool::take(rows.len() * lines * wo);
+        let mut cols = super::pool::take_dirty(k * lines * wo);
+        let mut product = super::pool::take_dirty(rows.len() * lines * wo);
         let out_row = wo + 2;
         let out_image = (ho + 2) * out_row;
         let plane = input.batch * out_image;
@@ -528,6 +550,21 @@ mod tests {
         );
         assert_eq!(out.get(0, 0, 0, 0), 0.0);
         assert_eq!(out.get(0, 0, 0, 1), 2.0);
+    }
+
+    #[test]
+    fn overwrite_buffers_have_zero_borders() {
+        let mut dirty = Padded::zeros(2, 2, 3, 4);
+        dirty.data.fill(9.0);
+        drop(dirty);
+        let p = Padded::for_overwrite(2, 2, 3, 4);
+        let (rows, row) = (5, 6);
+        for (i, &v) in p.data.iter().enumerate() {
+            let (y, x) = ((i / row) % rows, i % row);
+            if y == 0 || y == rows - 1 || x == 0 || x == row - 1 {
+                assert_eq!(v, 0.0, "border value at {i}");
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,14 @@ static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// A zero-filled buffer of `len` values, reused from the pool when one fits.
 pub fn take(len: usize) -> Vec<f32> {
+    let mut buffer = take_dirty(len);
+    buffer.fill(0.0);
+    buffer
+}
+
+/// A buffer of `len` values with unspecified (finite, stale) contents, for callers that write
+/// every value before reading it: saves the clear.
+pub fn take_dirty(len: usize) -> Vec<f32> {
     let reused = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let fit = pool
@@ -27,7 +35,7 @@ pub fn take(len: usize) -> Vec<f32> {
     };
     match reused {
         Some(mut buffer) => {
-            buffer.clear();
+            buffer.truncate(len);
             buffer.resize(len, 0.0);
             buffer
         }
@@ -68,5 +76,10 @@ mod tests {
         let c = take(10);
         assert_eq!(c.len(), 10);
         assert!(c.iter().all(|&v| v == 0.0));
+        let mut d = take_dirty(500);
+        assert_eq!(d.len(), 500);
+        d.iter_mut().for_each(|v| *v = 3.0);
+        give(d);
+        assert_eq!(take_dirty(400).len(), 400);
     }
 }

@@ -18,6 +18,16 @@ use crate::latent::{Latent, LatentBatch, LatentShape};
 
 const HIDDEN: usize = 64;
 
+/// Largest hidden activation (bytes) one pass of a network may make; bigger batches run in
+/// sub-batches. Caps resident memory (≈4 live activations plus the pool) without costing speed:
+/// 2 frames per pass at 512×256, a whole batch of 10 at 256×128.
+const ACTIVATION_BUDGET: usize = 96 << 20;
+
+/// Pictures per pass so that a `height × width` hidden activation stays within `budget` bytes.
+fn per_pass(budget: usize, height: usize, width: usize) -> usize {
+    (budget / (HIDDEN * (height + 2) * (width + 2) * 4)).max(1)
+}
+
 /// A stride-1 3×3 convolution in the chosen [`Precision`].
 #[derive(Debug, Clone)]
 pub(crate) enum Conv {
@@ -101,6 +111,8 @@ pub struct TaesdCpuDecoder {
     name: String,
     latent_channels: usize,
     layers: Vec<Layer>,
+    /// [`ACTIVATION_BUDGET`], smaller in tests.
+    budget: usize,
 }
 
 fn conv(
@@ -185,29 +197,39 @@ impl TaesdCpuDecoder {
             name: name.to_string(),
             latent_channels,
             layers,
+            budget: ACTIVATION_BUDGET,
         })
     }
 
-    /// Runs the network; returns `[3][N][8h+2][8w+2]` padded output (≈[0, 1], unclamped).
-    fn run(&self, batch: &LatentBatch) -> Padded {
+    /// Runs the network in sub-batches (see [`ACTIVATION_BUDGET`]) and hands each one's padded
+    /// output `[3][n][8h+2][8w+2]` (≈[0, 1], unclamped) to `each`, in order.
+    fn run(&self, batch: &LatentBatch, mut each: impl FnMut(&Padded)) {
         let s = batch.shape();
-        let mut x = Padded::from_nchw(batch.data(), batch.len(), s.channels, s.height, s.width);
-        x.map_interior(|v| (v / 3.0).tanh() * 3.0);
-        run_layers(&self.layers, x)
+        let step = per_pass(self.budget, 8 * s.height, 8 * s.width);
+        for start in (0..batch.len()).step_by(step) {
+            let n = step.min(batch.len() - start);
+            let data = &batch.data()[start * s.len()..(start + n) * s.len()];
+            let mut x = Padded::from_nchw(data, n, s.channels, s.height, s.width);
+            x.map_interior(|v| (v / 3.0).tanh() * 3.0);
+            each(&run_layers(&self.layers, x));
+        }
     }
 
     /// The raw output `[N, 3, 8h, 8w]` in C-order (≈[0, 1], unclamped).
     pub fn decode_raw(&self, batch: &LatentBatch) -> Vec<f32> {
-        let out = self.run(batch);
-        let (h, w) = (out.height, out.width);
-        let mut values = Vec::with_capacity(batch.len() * 3 * h * w);
-        for b in 0..batch.len() {
-            for c in 0..3 {
-                for y in 0..h {
-                    values.extend((0..w).map(|x| out.get(c, b, y, x)));
+        let s = batch.shape();
+        let mut values = Vec::with_capacity(batch.len() * 3 * 64 * s.height * s.width);
+        self.run(batch, |out| {
+            let (h, w) = (out.height, out.width);
+            for b in 0..out.batch {
+                for c in 0..3 {
+                    for y in 0..h {
+                        let start = out.index(c, b, y + 1, 1);
+                        values.extend_from_slice(&out.data[start..start + w]);
+                    }
                 }
             }
-        }
+        });
         values
     }
 }
@@ -230,17 +252,18 @@ impl Decoder for TaesdCpuDecoder {
                 got: shape.channels,
             });
         }
-        let out = self.run(batch);
-        let (h, w) = (out.height, out.width);
         let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-        Ok((0..batch.len())
-            .map(|b| {
+        let mut images = Vec::with_capacity(batch.len());
+        self.run(batch, |out| {
+            let (h, w) = (out.height, out.width);
+            images.extend((0..out.batch).map(|b| {
                 RgbImage::from_fn(w as u32, h as u32, |x, y| {
                     let (x, y) = (x as usize, y as usize);
                     image::Rgb([0, 1, 2].map(|c| to_u8(out.get(c, b, y, x))))
                 })
-            })
-            .collect())
+            }));
+        });
+        Ok(images)
     }
 }
 
@@ -401,10 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn sub_batches_cover_big_batches_in_order() {
+        // 512×256 frames: 2 per pass; 128×64: many.
+        assert_eq!(per_pass(ACTIVATION_BUDGET, 256, 512), 2);
+        assert!(per_pass(ACTIVATION_BUDGET, 128, 256) >= 10);
+        assert_eq!(per_pass(ACTIVATION_BUDGET, 100_000, 100_000), 1);
+    }
+
+    #[test]
     fn agrees_with_the_candle_module_on_a_batch() {
         let path = decoder_path(Family::Taesd);
         let weights = WeightFile::load(&path, Part::Decoder).unwrap();
-        let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
+        let mut cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
+        // One picture per pass: the three passes must come back in order.
+        cpu.budget = 1;
         let candle = TaesdDecoderModel::load(&path, "taesd", Device::Cpu).unwrap();
         let shape = LatentShape::new(4, 5, 7);
         let mut batch = LatentBatch::with_capacity(shape, 3);

@@ -120,7 +120,7 @@ impl Winograd3x3 {
             );
         }
         let (batch, height, width) = (input.batch, input.height, input.width);
-        let mut out = Padded::zeros(self.c_out, batch, height, width);
+        let mut out = Padded::for_overwrite(self.c_out, batch, height, width);
         if height == 0 || width == 0 || batch == 0 {
             return out;
         }
@@ -220,8 +220,8 @@ impl Winograd3x3 {
             .unwrap_or(TILES_PER_CHUNK);
         let per_chunk = (target / tw).max(1);
         let max_tiles = per_chunk * tw;
-        let mut v = pool::take(POSITIONS * self.c_in * max_tiles);
-        let mut m = pool::take(POSITIONS * self.c_out * max_tiles);
+        let mut v = pool::take_dirty(POSITIONS * self.c_in * max_tiles);
+        let mut m = pool::take_dirty(POSITIONS * self.c_out * max_tiles);
         let mut scratch = Scratch::new(tw);
         let mut start = range.start;
         while start < range.end {
