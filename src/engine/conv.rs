@@ -115,7 +115,8 @@ impl Padded {
 
     /// Nearest-neighbour upsampling by 2.
     pub fn upsample2(&self) -> Padded {
-        let mut out = Padded::for_overwrite(self.channels, self.batch, self.height * 2, self.width * 2);
+        let mut out =
+            Padded::for_overwrite(self.channels, self.batch, self.height * 2, self.width * 2);
         for c in 0..self.channels {
             for b in 0..self.batch {
                 for y in 0..self.height {

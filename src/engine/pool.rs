@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 
 /// Buffers kept for reuse; more are freed.
-const MAX_BUFFERS: usize = 12;
+const MAX_BUFFERS: usize = 8;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
