@@ -31,7 +31,8 @@ const ALPHA: usize = 6;
 /// Transform positions per tile.
 const POSITIONS: usize = ALPHA * ALPHA;
 /// Tiles per chunk the threads aim at: `V` and `M` of a chunk (36 × 64 × tiles f32 each) stay
-/// near the core's L2.
+/// near the core's L2. 32, 48, 96 and 192 measured within noise of each other at 4×32×64
+/// (BENCHMARKS.md); 192 was slowest.
 const TILES_PER_CHUNK: usize = 96;
 
 /// The weight transform `G` (6×3).
@@ -214,11 +215,7 @@ impl Winograd3x3 {
             n += geom.rows_of(r).2;
         }
         assert_eq!(rows.len(), n * self.c_out, "output rows of this thread");
-        let target: usize = std::env::var("WG_CHUNK")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(TILES_PER_CHUNK);
-        let per_chunk = (target / tw).max(1);
+        let per_chunk = (TILES_PER_CHUNK / tw).max(1);
         let max_tiles = per_chunk * tw;
         let mut v = pool::take_dirty(POSITIONS * self.c_in * max_tiles);
         let mut m = pool::take_dirty(POSITIONS * self.c_out * max_tiles);
