@@ -599,6 +599,16 @@ mod tests {
     }
 
     #[test]
+    fn precision_is_fast_or_exact() {
+        assert_eq!(Config::default().generation.precision, Precision::Fast);
+        let config = Config::parse("[generation]\nprecision = \"exact\"", "t").unwrap();
+        assert_eq!(config.generation.precision, Precision::Exact);
+        let message = err("[generation]\nprecision = \"bf16\"");
+        assert!(message.contains("generation.precision"), "{message}");
+        assert!(message.contains("exact"), "{message}");
+    }
+
+    #[test]
     fn broken_toml_names_the_origin() {
         let message = err("[display\n");
         assert!(message.starts_with("test.toml"), "{message}");

@@ -112,6 +112,11 @@ impl Winograd3x3 {
 
     /// Convolves `input`, then applies the epilogue; borders of the result are zero.
     pub fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
+        self.forward_with(input, epilogue, true)
+    }
+
+    /// [`Self::forward`], with the AVX2 build of the transforms allowed or not (tests check both).
+    fn forward_with(&self, input: &Padded, epilogue: Epilogue, simd: bool) -> Padded {
         assert_eq!(input.channels, self.c_in, "conv input channels");
         if let Some(r) = epilogue.residual {
             assert_eq!(
@@ -157,7 +162,7 @@ impl Winograd3x3 {
         }
         std::thread::scope(|scope| {
             for (range, rows) in ranges.into_iter().zip(rows) {
-                scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue));
+                scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, simd));
             }
         });
         out
@@ -165,7 +170,7 @@ impl Winograd3x3 {
 
     /// Computes tile rows `range` (of the flattened batch) into `rows`: the interior output rows
     /// of those tiles, `c_out` groups of them in (b, y) order. Picks the AVX2 build of the
-    /// transforms when the CPU has it.
+    /// transforms when `simd` allows it and the CPU has it.
     fn tile_rows(
         &self,
         input: &Padded,
@@ -173,13 +178,15 @@ impl Winograd3x3 {
         range: Range<usize>,
         geom: Geometry,
         epilogue: Epilogue,
+        simd: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if simd && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: `tile_rows_avx2` only needs AVX2, which the CPU has (checked just above).
             unsafe { self.tile_rows_avx2(input, rows, range, geom, epilogue) };
             return;
         }
+        let _ = simd;
         self.tile_rows_generic(input, rows, range, geom, epilogue);
     }
 
@@ -507,10 +514,17 @@ mod tests {
             residual: residual.then_some(&res),
         };
         let direct = Conv3x3::new(c_in, c_out, &weight, bias.clone()).forward(&input, epilogue);
-        let fast = Winograd3x3::new(c_in, c_out, &weight, bias).forward(&input, epilogue);
-        assert_eq!(fast.data.len(), direct.data.len());
-        for (i, (a, b)) in fast.data.iter().zip(&direct.data).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+        let conv = Winograd3x3::new(c_in, c_out, &weight, bias);
+        // The SIMD build (where the CPU has it) and the portable one.
+        for simd in [true, false] {
+            let fast = conv.forward_with(&input, epilogue, simd);
+            assert_eq!(fast.data.len(), direct.data.len());
+            for (i, (a, b)) in fast.data.iter().zip(&direct.data).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "simd {simd}, {i}: {a} vs {b}"
+                );
+            }
         }
     }
 
