@@ -222,6 +222,36 @@ enum BenchCommand {
         /// Device: auto, cpu, cuda, cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// CPU arithmetic: fast or exact (default: generation.precision of the config).
+        #[arg(long)]
+        precision: Option<String>,
+        /// Timed runs after two warm-up runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time one batched encode call (pictures to latents; warm-up, then the median of several runs).
+    Encode {
+        /// Config file to start from (for models_dir and the like).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Model family: taesd, taesdxl, taesd3, taef1.
+        #[arg(long, default_value = "taesd")]
+        decoder: String,
+        /// Pictures per call.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Picture shape 3xHxW (sides multiples of 8).
+        #[arg(long, default_value = "3x256x512")]
+        size: String,
+        /// Device: auto, cpu, cuda, cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// CPU arithmetic: fast or exact (default: generation.precision of the config).
+        #[arg(long)]
+        precision: Option<String>,
         /// Timed runs after two warm-up runs.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -407,11 +437,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     batch,
                     latent,
                     device,
+                    precision,
                     runs,
                     json,
                 },
         } => {
-            let report = bench_decode(config, &decoder, batch, &latent, &device, runs)?;
+            let target = BenchTarget {
+                decoder: &decoder,
+                device: &device,
+                precision: precision.as_deref(),
+            };
+            let report = bench_decode(config, target, batch, &latent, runs)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Encode {
+                    config,
+                    decoder,
+                    batch,
+                    size,
+                    device,
+                    precision,
+                    runs,
+                    json,
+                },
+        } => {
+            let target = BenchTarget {
+                decoder: &decoder,
+                device: &device,
+                precision: precision.as_deref(),
+            };
+            let report = bench_encode(config, target, batch, &size, runs)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -455,33 +517,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `dreamd bench decode`: builds the engine for the requested decoder at the latent's size.
-fn bench_decode(
-    config: Option<PathBuf>,
-    decoder: &str,
-    batch: usize,
-    latent: &str,
-    device: &str,
-    runs: usize,
-) -> anyhow::Result<bench::DecodeReport> {
-    let (mut config, _) = daemon::load_config(config.as_deref())?;
-    let dims: Vec<usize> = latent
+/// What `dreamd bench decode|encode` runs on.
+struct BenchTarget<'a> {
+    decoder: &'a str,
+    device: &'a str,
+    precision: Option<&'a str>,
+}
+
+/// Parses `CxHxW` with positive numbers.
+fn parse_dims(text: &str, flag: &str) -> anyhow::Result<[usize; 3]> {
+    let dims: Vec<usize> = text
         .split('x')
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()
         .filter(|d: &Vec<usize>| d.len() == 3 && d.iter().all(|&v| v > 0))
-        .with_context(|| {
-            format!("--latent must be CxHxW with positive numbers (got {latent:?})")
-        })?;
-    anyhow::ensure!(
-        batch > 0 && runs > 0,
-        "--batch and --runs must be at least 1"
-    );
+        .with_context(|| format!("{flag} must be CxHxW with positive numbers (got {text:?})"))?;
+    Ok([dims[0], dims[1], dims[2]])
+}
+
+/// Builds the engine `target` names for `width × height` frames, decoding at full size.
+fn bench_engine(
+    config: Option<PathBuf>,
+    target: BenchTarget,
+    width: usize,
+    height: usize,
+) -> anyhow::Result<dreamd::engine::Engine> {
+    let (mut config, _) = daemon::load_config(config.as_deref())?;
+    let BenchTarget {
+        decoder,
+        device,
+        precision,
+    } = target;
+    let precision = precision.map_or(config.generation.precision.to_string(), str::to_string);
     let overrides = format!(
-        "[generation]\ndecoder = {decoder:?}\ndevice = {device:?}\nwidth = {}\nheight = {}\ndecode_divisor = 1",
-        dims[2] * 8,
-        dims[1] * 8
+        "[generation]\ndecoder = {decoder:?}\ndevice = {device:?}\nprecision = {precision:?}\n\
+         width = {width}\nheight = {height}\ndecode_divisor = 1",
     );
     let parsed = dreamd::config::Config::parse(&overrides, "command line")?;
     config.generation = dreamd::config::GenerationConfig {
@@ -489,7 +560,52 @@ fn bench_decode(
         ..parsed.generation
     };
     config.validate()?;
-    let engine = dreamd::engine::Engine::from_config(&config)?;
+    Ok(dreamd::engine::Engine::from_config(&config)?)
+}
+
+/// `dreamd bench encode`: builds the engine (with its encoder) for pictures of `size`.
+fn bench_encode(
+    config: Option<PathBuf>,
+    target: BenchTarget,
+    batch: usize,
+    size: &str,
+    runs: usize,
+) -> anyhow::Result<bench::DecodeReport> {
+    let [channels, height, width] = parse_dims(size, "--size")?;
+    anyhow::ensure!(
+        channels == 3,
+        "--size must be 3xHxW (RGB pictures), got {size:?}"
+    );
+    anyhow::ensure!(
+        batch > 0 && runs > 0,
+        "--batch and --runs must be at least 1"
+    );
+    let engine = bench_engine(config, target, width, height)?;
+    bench::encode(
+        &engine,
+        &bench::DecodeOptions {
+            batch,
+            latent: engine.latent_shape(),
+            warmup: 2,
+            runs,
+        },
+    )
+}
+
+/// `dreamd bench decode`: builds the engine for the requested decoder at the latent's size.
+fn bench_decode(
+    config: Option<PathBuf>,
+    target: BenchTarget,
+    batch: usize,
+    latent: &str,
+    runs: usize,
+) -> anyhow::Result<bench::DecodeReport> {
+    let dims = parse_dims(latent, "--latent")?;
+    anyhow::ensure!(
+        batch > 0 && runs > 0,
+        "--batch and --runs must be at least 1"
+    );
+    let engine = bench_engine(config, target, dims[2] * 8, dims[1] * 8)?;
     let shape = engine.latent_shape();
     anyhow::ensure!(
         shape.channels == dims[0],

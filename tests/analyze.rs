@@ -15,12 +15,14 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs `dreamd args…` in `dir` (the package root when `None`).
+/// Runs `dreamd args…` in `dir` (the package root when `None`), without `DREAMD_MODELS` so a
+/// daemon run uses the preview decoder these expectations assume.
 fn dreamd(dir: Option<&Path>, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))))
         .env_remove("RUST_LOG")
+        .env_remove("DREAMD_MODELS")
         .stdin(Stdio::null())
         .output()
         .unwrap()

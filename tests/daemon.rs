@@ -91,12 +91,15 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts the binary in `dir` with output to files (never to an unread pipe).
+/// Starts the binary in `dir` with output to files (never to an unread pipe). Without
+/// `DREAMD_MODELS`, so `decoder = "auto"` is the preview decoder these timings assume even when
+/// the test run points at the shared models.
 fn spawn(dir: &Path, args: &[&str]) -> Child {
     Command::new(BIN)
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
+        .env_remove("DREAMD_MODELS")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())

@@ -109,6 +109,7 @@ fn bug_04_unread_output_pipes_never_block_the_daemon() {
         .args(["run", "--config", "dreamd.toml"])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
+        .env_remove("DREAMD_MODELS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

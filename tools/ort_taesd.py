@@ -13,7 +13,8 @@ Usage (models default to $DREAMD_MODELS, else <repo>/../shared/models):
   ort_taesd.py bench   --weights FILE --batch 10 --latent 4x32x64 [--threads 2] [--runs 5] [--json]
   ort_taesd.py bench   --kind encoder --weights taesd_encoder.safetensors --batch 10 --latent 3x256x512
   ort_taesd.py compare --dreamd target/release/dreamd --weights FILE --batch 10 \\
-                       --latents 4x16x32,4x32x64 [--rounds 3] [--json]
+                       --latents 4x16x32,4x32x64 [--rounds 3] [--precision fast|exact] [--json]
+  ort_taesd.py compare --kind encoder --dreamd target/release/dreamd --batch 10 --shapes 3x256x512
 
 Benchmark inputs (identical to dreamd's): z[n,c,h,w] = 2*sin(0.7c + 0.3h + 0.11w + 0.37n) for the
 decoder; images 0.5 + 0.5*sin(same) for the encoder.  Each timed run is one batched session.run;
@@ -268,17 +269,20 @@ def ort_bench(sess, built, kind, batch, shape, threads, runs):
             "run_ms": [round(1e3 * t, 3) for t in times], "other_cpu_cores": busy}
 
 
-def dreamd_bench(exe, decoder, batch, shape):
+def dreamd_bench(exe, decoder, batch, shape, kind="decoder", precision=None):
     s = "x".join(map(str, shape))
-    cmd = [str(exe), "bench", "decode", "--decoder", decoder, "--batch", str(batch),
-           "--latent", s, "--device", "cpu", "--json"]
+    verb, flag = ("decode", "--latent") if kind == "decoder" else ("encode", "--size")
+    cmd = [str(exe), "bench", verb, "--decoder", decoder, "--batch", str(batch),
+           flag, s, "--device", "cpu", "--json"]
+    if precision:
+        cmd += ["--precision", precision]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"error: {' '.join(cmd)} did not finish within 30 min") from None
     if p.returncode:
         raise SystemExit(f"error: {' '.join(cmd)} exited {p.returncode} (this tool needs "
-                         f"`dreamd bench decode ... --json`):\n{p.stderr.strip()}")
+                         f"`dreamd bench {verb} ... --json`):\n{p.stderr.strip()}")
     try:  # the whole of stdout, else its last line (in case of progress lines before it)
         res = json.loads(p.stdout)
     except ValueError:
@@ -376,15 +380,18 @@ def cmd_compare(args):
         raise SystemExit(f"error: dreamd binary {exe} not found or not executable "
                          "(build it with `cargo build --release`)")
     weights = default_weights(args)
-    decoder = args.decoder or Path(weights).stem.removesuffix("_decoder")
-    built = build(weights, "decoder")
+    decoder = args.decoder or Path(weights).stem.removesuffix(f"_{args.kind}")
+    built = build(weights, args.kind)
     sess, rows = session(built[0], args.threads), []
-    for shape in args.latents:
-        ort_fps, dd_fps, dd = [], [], None
+    shapes = args.latents or ([(4, 16, 32), (4, 32, 64)] if args.kind == "decoder"
+                              else [(3, 256, 512)])
+    for shape in shapes:
+        ort_fps, dd_fps, dd, loads = [], [], None, []
         for _ in range(args.rounds):
-            ort_fps.append(ort_bench(sess, built, "decoder", args.batch, shape, args.threads,
+            loads.append(os.getloadavg()[0])
+            ort_fps.append(ort_bench(sess, built, args.kind, args.batch, shape, args.threads,
                                      args.runs)["frames_per_s"])
-            dd = dreamd_bench(exe, decoder, args.batch, shape)
+            dd = dreamd_bench(exe, decoder, args.batch, shape, args.kind, args.precision)
             dd_fps.append(float(dd["frames_per_s"]))
         o, d = statistics.median(ort_fps), statistics.median(dd_fps)
         gflop = flops_per_item(built[3], shape[1], shape[2])[0] / 1e9
@@ -392,21 +399,24 @@ def cmd_compare(args):
                      "ort_frames_per_s": o, "dreamd_frames_per_s": d, "ratio": d / o,
                      "ort_ms_per_frame": 1e3 / o, "dreamd_ms_per_frame": 1e3 / d,
                      "gflop_per_frame": gflop, "ort_rounds": ort_fps, "dreamd_rounds": dd_fps,
-                     "dreamd_last": dd})
+                     "load_1min": loads, "dreamd_last": dd})
     meta = {"machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
-            "rounds": args.rounds, "rows": rows}
+            "rounds": args.rounds, "kind": args.kind, "rows": rows}
     if args.json:
         print(json.dumps(meta))
         return
     print(f"Machine: {meta['machine']}; onnxruntime {ort.__version__} CPU, {args.threads} threads; "
-          f"median of {args.rounds} interleaved rounds, batch {args.batch}.\n")
-    print("| decoder | latent | GFLOP/frame | dreamd ms/frame | dreamd frames/s "
-          "| ort ms/frame | ort frames/s | dreamd/ort |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"median of {args.rounds} interleaved rounds, batch {args.batch}, {args.kind}.\n")
+    unit = "frame" if args.kind == "decoder" else "image"
+    print(f"| model | input | GFLOP/{unit} | dreamd ms/{unit} | dreamd {unit}s/s "
+          f"| ort ms/{unit} | ort {unit}s/s | dreamd/ort | load (1 min) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
+        load = "/".join(f"{v:.1f}" for v in r["load_1min"])
         print(f"| {r['decoder']} | {r['latent']} | {r['gflop_per_frame']:.1f} "
               f"| {r['dreamd_ms_per_frame']:.1f} | {r['dreamd_frames_per_s']:.2f} "
-              f"| {r['ort_ms_per_frame']:.1f} | {r['ort_frames_per_s']:.2f} | {r['ratio']:.2f}x |")
+              f"| {r['ort_ms_per_frame']:.1f} | {r['ort_frames_per_s']:.2f} | {r['ratio']:.2f}x "
+              f"| {load} |")
 
 
 def main(argv=None):
@@ -431,10 +441,13 @@ def main(argv=None):
     bench.add_argument("--kind", choices=["decoder", "encoder"], default="decoder")
     comp.add_argument("--dreamd", required=True, help="path to the dreamd binary")
     comp.add_argument("--decoder", help="dreamd --decoder name (default: from the weights file)")
-    comp.add_argument("--latents", default=[(4, 16, 32), (4, 32, 64)],
-                      type=lambda s: [parse_shape(x) for x in s.split(",")])
+    comp.add_argument("--latents", "--shapes", default=None,
+                      type=lambda s: [parse_shape(x) for x in s.split(",")],
+                      help="CxHxW inputs (default 4x16x32,4x32x64; 3x256x512 for --kind encoder)")
     comp.add_argument("--rounds", type=int, default=3)
-    comp.set_defaults(kind="decoder")
+    comp.add_argument("--kind", choices=["decoder", "encoder"], default="decoder")
+    comp.add_argument("--precision", choices=["fast", "exact"],
+                      help="dreamd --precision (default: dreamd's configured default)")
     args = ap.parse_args(argv)
     try:
         return {"export": cmd_export, "golden": cmd_golden, "bench": cmd_bench,

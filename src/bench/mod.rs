@@ -180,11 +180,16 @@ pub struct DecodeOptions {
     pub runs: usize,
 }
 
-/// Results of `dreamd bench decode`.
+/// Results of `dreamd bench decode` and `dreamd bench encode` (for the encoder, `latent` is
+/// the input picture's `3xHxW`, `output` the latent's `CxHxW`, and a frame is one picture).
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeReport {
+    /// `decode` or `encode`.
+    pub kind: String,
     pub decoder: String,
     pub device: String,
+    /// `generation.precision` of the engine.
+    pub precision: String,
     pub batch: usize,
     pub latent: String,
     pub output: String,
@@ -234,6 +239,80 @@ pub fn taesd_decoder_flops(channels: usize, h: usize, w: usize) -> f64 {
     flops + conv(64, 3, pixels)
 }
 
+/// FLOPs of one TAESD encode of a `height × width` picture into `channels` latent channels:
+/// 2 × multiply-adds of every convolution.
+pub fn taesd_encoder_flops(channels: usize, height: usize, width: usize) -> f64 {
+    let conv = |c_in: usize, c_out: usize, pixels: usize| 2.0 * (c_in * c_out * 9 * pixels) as f64;
+    let mut pixels = height * width;
+    let mut flops = conv(3, 64, pixels) + 3.0 * conv(64, 64, pixels);
+    for _ in 0..3 {
+        pixels /= 4;
+        flops += conv(64, 64, pixels) + 9.0 * conv(64, 64, pixels);
+    }
+    flops + conv(64, channels, pixels)
+}
+
+/// The benchmark pictures: `0.5 + 0.5·sin(0.7c + 0.3h + 0.11w + 0.37n)` per channel, as 8-bit
+/// RGB (`tools/ort_taesd.py` feeds the same values unquantised).
+pub fn bench_pictures(batch: usize, height: u32, width: u32) -> Vec<image::RgbImage> {
+    (0..batch)
+        .map(|n| {
+            image::RgbImage::from_fn(width, height, |w, h| {
+                image::Rgb([0u8, 1, 2].map(|c| {
+                    let arg =
+                        0.7 * f32::from(c) + 0.3 * h as f32 + 0.11 * w as f32 + 0.37 * n as f32;
+                    ((0.5 + 0.5 * arg.sin()) * 255.0).round() as u8
+                }))
+            })
+        })
+        .collect()
+}
+
+/// Times one batched encode call of `batch` pictures of the engine's output size: `warmup`
+/// untimed runs, then the median of `runs`.
+pub fn encode(
+    engine: &crate::engine::Engine,
+    options: &DecodeOptions,
+) -> anyhow::Result<DecodeReport> {
+    let encoder = engine
+        .encoder()
+        .ok_or_else(|| anyhow::anyhow!("no encoder weights found for {}", engine.decoder_name()))?;
+    let (width, height) = engine.output_size();
+    let pictures = bench_pictures(options.batch, height, width);
+    let mut times = Vec::with_capacity(options.runs);
+    let mut output = String::new();
+    for run in 0..options.warmup + options.runs {
+        let start = Instant::now();
+        let latents = encoder.encode(&pictures)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if let Some(first) = latents.first() {
+            output = first.shape().to_string();
+        }
+        if run >= options.warmup {
+            times.push(elapsed);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = taesd_encoder_flops(encoder.latent_channels(), height as usize, width as usize)
+        * options.batch as f64;
+    Ok(DecodeReport {
+        kind: "encode".to_string(),
+        decoder: engine.decoder_name().to_string(),
+        device: engine.device().to_string(),
+        precision: engine.precision().to_string(),
+        batch: options.batch,
+        latent: format!("3x{height}x{width}"),
+        output,
+        runs: options.runs,
+        ms_per_batch: round(median * 1000.0, 3),
+        ms_per_frame: round(median * 1000.0 / options.batch as f64, 3),
+        frames_per_s: round(options.batch as f64 / median, 3),
+        gflop_per_s: round(flops / median / 1e9, 1),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
 /// Times one batched decode call: `warmup` untimed runs, then the median of `runs`.
 pub fn decode(
     engine: &crate::engine::Engine,
@@ -263,8 +342,10 @@ pub fn decode(
         0.0
     };
     Ok(DecodeReport {
+        kind: "decode".to_string(),
         decoder: engine.decoder_name().to_string(),
         device: engine.device().to_string(),
+        precision: engine.precision().to_string(),
         batch: options.batch,
         latent: s.to_string(),
         output,
@@ -280,9 +361,11 @@ pub fn decode(
 impl DecodeReport {
     pub fn to_text(&self) -> String {
         format!(
-            "dreamd bench decode: {} on {}, batch {} of {} -> {}\n\
+            "dreamd bench {}: {} ({}) on {}, batch {} of {} -> {}\n\
              median of {} runs: {:.1} ms per batch, {:.2} ms per frame, {:.2} frames/s, {:.1} GFLOP/s ({} threads)\n",
+            self.kind,
             self.decoder,
+            self.precision,
             self.device,
             self.batch,
             self.latent,
@@ -308,6 +391,28 @@ mod tests {
         assert!((full - 70.6).abs() < 0.5, "{full}");
         let half = taesd_decoder_flops(4, 16, 32) / 1e9;
         assert!((half - 17.6).abs() < 0.2, "{half}");
+    }
+
+    #[test]
+    fn encoder_flops_count_every_convolution() {
+        // 256×512: 3→64 and three 64→64 at full size, then per stage (÷4 pixels) one stride-2
+        // and nine 64→64 convolutions, then 64→4 at 32×64.
+        let mac = |ci: f64, co: f64, p: f64| 2.0 * ci * co * 9.0 * p;
+        let p = 256.0 * 512.0;
+        let mut expected = mac(3.0, 64.0, p) + 3.0 * mac(64.0, 64.0, p);
+        for s in 1..=3 {
+            expected += 10.0 * mac(64.0, 64.0, p / 4f64.powi(s));
+        }
+        expected += mac(64.0, 4.0, p / 64.0);
+        assert_eq!(taesd_encoder_flops(4, 256, 512), expected);
+    }
+
+    #[test]
+    fn bench_pictures_follow_the_shared_formula() {
+        let p = bench_pictures(2, 3, 4);
+        assert_eq!(p[0].get_pixel(0, 0)[0], 128);
+        let v = 0.5 + 0.5 * (0.7f32 * 2.0 + 0.3 * 1.0 + 0.11 * 3.0 + 0.37).sin();
+        assert_eq!(p[1].get_pixel(3, 1)[2], (v * 255.0).round() as u8);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::ops::Range;
 /// Columns per chunk: 64 output rows × this many f32 stay in L2 across the nine taps.
 const CHUNK: usize = 2048;
 
-/// Activations `[C][B][H+2][W+2]` with zero borders.
+/// Activations `[C][B][H+2][W+2]` with zero borders. The buffer comes from, and goes back to,
+/// [`super::pool`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Padded {
     pub channels: usize,
@@ -35,7 +36,29 @@ impl Padded {
             batch,
             height,
             width,
-            data: vec![0.0; len],
+            data: super::pool::take(len),
+        }
+    }
+
+    /// Zero borders around an interior of unspecified (stale, finite) values, for producers
+    /// that write every interior value.
+    pub fn for_overwrite(channels: usize, batch: usize, height: usize, width: usize) -> Self {
+        let (rows, row) = (height + 2, width + 2);
+        let mut data = super::pool::take_dirty(channels * batch * rows * row);
+        for picture in data.chunks_exact_mut(rows * row) {
+            picture[..row].fill(0.0);
+            picture[(rows - 1) * row..].fill(0.0);
+            for line in picture.chunks_exact_mut(row) {
+                line[0] = 0.0;
+                line[row - 1] = 0.0;
+            }
+        }
+        Self {
+            channels,
+            batch,
+            height,
+            width,
+            data,
         }
     }
 
@@ -66,7 +89,7 @@ impl Padded {
     }
 
     /// Flat index of padded coordinates.
-    fn index(&self, c: usize, b: usize, y: usize, x: usize) -> usize {
+    pub(crate) fn index(&self, c: usize, b: usize, y: usize, x: usize) -> usize {
         ((c * self.batch + b) * (self.height + 2) + y) * (self.width + 2) + x
     }
 
@@ -92,7 +115,8 @@ impl Padded {
 
     /// Nearest-neighbour upsampling by 2.
     pub fn upsample2(&self) -> Padded {
-        let mut out = Padded::zeros(self.channels, self.batch, self.height * 2, self.width * 2);
+        let mut out =
+            Padded::for_overwrite(self.channels, self.batch, self.height * 2, self.width * 2);
         for c in 0..self.channels {
             for b in 0..self.batch {
                 for y in 0..self.height {
@@ -120,6 +144,12 @@ impl Padded {
                 y >= 1 && y <= self.height && x >= 1 && x <= self.width
             })
             .collect()
+    }
+}
+
+impl Drop for Padded {
+    fn drop(&mut self) {
+        super::pool::give(std::mem::take(&mut self.data));
     }
 }
 
@@ -241,18 +271,121 @@ impl Conv3x3 {
     }
 }
 
+/// A 3×3 convolution, padding 1, stride 2, with optional bias (the encoder's downsampling): an
+/// im2col copy of a few output rows at a time (`K = 9·c_in`), then one matrix product per
+/// chunk. Output channels are split across threads.
+#[derive(Debug, Clone)]
+pub struct Conv3x3Stride2 {
+    c_in: usize,
+    c_out: usize,
+    /// `[c_out][c_in·9]`: the PyTorch layout.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Conv3x3Stride2 {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias `[c_out]`.
+    pub fn new(c_in: usize, c_out: usize, weight: &[f32], bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
+        Self {
+            c_in,
+            c_out,
+            weight: weight.to_vec(),
+            bias,
+        }
+    }
+
+    /// Convolves `input` to `⌈H/2⌉ × ⌈W/2⌉`, adding the bias; borders of the result are zero.
+    pub fn forward(&self, input: &Padded) -> Padded {
+        assert_eq!(input.channels, self.c_in, "conv input channels");
+        let (ho, wo) = (input.height.div_ceil(2), input.width.div_ceil(2));
+        let mut out = Padded::for_overwrite(self.c_out, input.batch, ho, wo);
+        let plane = out.plane();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.c_out);
+        let rows_per_thread = self.c_out.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for (part, dst) in out.data.chunks_mut(rows_per_thread * plane).enumerate() {
+                let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
+                scope.spawn(move || self.rows(input, dst, rows, (ho, wo)));
+            }
+        });
+        out
+    }
+
+    /// Computes output channels `rows` into `dst` (those channels' planes).
+    fn rows(&self, input: &Padded, dst: &mut [f32], rows: Range<usize>, (ho, wo): (usize, usize)) {
+        let k = self.c_in * 9;
+        let lines = (CHUNK / wo).max(1);
+        let mut cols = super::pool::take_dirty(k * lines * wo);
+        let mut product = super::pool::take_dirty(rows.len() * lines * wo);
+        let out_row = wo + 2;
+        let out_image = (ho + 2) * out_row;
+        let plane = input.batch * out_image;
+        for b in 0..input.batch {
+            let mut y0 = 0;
+            while y0 < ho {
+                let n_lines = lines.min(ho - y0);
+                let n = n_lines * wo;
+                for ci in 0..self.c_in {
+                    for tap in 0..9 {
+                        let (dy, dx) = (tap / 3, tap % 3);
+                        let col = &mut cols[(ci * 9 + tap) * n..][..n];
+                        for (line, out) in col.chunks_exact_mut(wo).enumerate() {
+                            // Output (y, x) reads padded input (2y + dy, 2x + dx).
+                            let start = input.index(ci, b, 2 * (y0 + line) + dy, dx);
+                            let src = &input.data[start..];
+                            for (x, v) in out.iter_mut().enumerate() {
+                                *v = src.get(2 * x).copied().unwrap_or(0.0);
+                            }
+                        }
+                    }
+                }
+                let weights = &self.weight[rows.start * k..rows.end * k];
+                matmul(
+                    Matmul {
+                        m: rows.len(),
+                        n,
+                        k,
+                    },
+                    &mut product,
+                    n,
+                    weights,
+                    &cols,
+                    n,
+                    false,
+                );
+                for (local, co) in rows.clone().enumerate() {
+                    let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
+                    for line in 0..n_lines {
+                        let start = local * plane + b * out_image + (y0 + line + 1) * out_row + 1;
+                        let src = &product[local * n + line * wo..][..wo];
+                        for (d, &v) in dst[start..start + wo].iter_mut().zip(src) {
+                            *d = v + bias;
+                        }
+                    }
+                }
+                y0 += n_lines;
+            }
+        }
+        super::pool::give(cols);
+        super::pool::give(product);
+    }
+}
+
 /// Sizes of one product: `[m × k] · [k × n]`.
 #[derive(Clone, Copy)]
-struct Matmul {
-    m: usize,
-    n: usize,
-    k: usize,
+pub(crate) struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
 }
 
 /// `dst[i, j] (+)= Σ_l lhs[i, l] · rhs[l, j]`, all row-major with unit column stride; rows of
 /// `dst` are `dst_rs` apart, rows of `lhs` are `k` apart, rows of `rhs` are `rhs_rs` apart.
 /// `accumulate` adds to `dst` instead of overwriting it.
-fn matmul(
+pub(crate) fn matmul(
     size: Matmul,
     dst: &mut [f32],
     dst_rs: usize,
@@ -375,6 +508,36 @@ mod tests {
     }
 
     #[test]
+    fn stride_two_matches_the_direct_convolution_subsampled() {
+        for (h, w) in [(6, 8), (7, 5), (1, 1)] {
+            let (c_in, c_out, batch) = (3, 5, 2);
+            let weight = values(c_out * c_in * 9, 0.9);
+            let bias = values(c_out, 0.2);
+            let input = values(batch * c_in * h * w, 1.3);
+            let conv = Conv3x3Stride2::new(c_in, c_out, &weight, Some(bias.clone()));
+            let out = conv.forward(&Padded::from_nchw(&input, batch, c_in, h, w));
+            assert_eq!((out.height, out.width), (h.div_ceil(2), w.div_ceil(2)));
+            for b in 0..batch {
+                let one = &input[b * c_in * h * w..(b + 1) * c_in * h * w];
+                let full = reference(one, c_in, h, w, &weight, c_out);
+                for co in 0..c_out {
+                    for y in 0..out.height {
+                        for x in 0..out.width {
+                            let e = full[(co * h + 2 * y) * w + 2 * x] + bias[co];
+                            let g = out.get(co, b, y, x);
+                            assert!(
+                                (e - g).abs() < 1e-4,
+                                "{h}x{w} b{b} c{co} ({y},{x}): {e} vs {g}"
+                            );
+                        }
+                    }
+                }
+            }
+            assert_eq!(out.data[0], 0.0);
+        }
+    }
+
+    #[test]
     fn epilogue_adds_residual_then_relu() {
         let weight = vec![0.0; 9];
         let conv = Conv3x3::new(1, 1, &weight, Some(vec![-1.0]));
@@ -388,6 +551,21 @@ mod tests {
         );
         assert_eq!(out.get(0, 0, 0, 0), 0.0);
         assert_eq!(out.get(0, 0, 0, 1), 2.0);
+    }
+
+    #[test]
+    fn overwrite_buffers_have_zero_borders() {
+        let mut dirty = Padded::zeros(2, 2, 3, 4);
+        dirty.data.fill(9.0);
+        drop(dirty);
+        let p = Padded::for_overwrite(2, 2, 3, 4);
+        let (rows, row) = (5, 6);
+        for (i, &v) in p.data.iter().enumerate() {
+            let (y, x) = ((i / row) % rows, i % row);
+            if y == 0 || y == rows - 1 || x == 0 || x == row - 1 {
+                assert_eq!(v, 0.0, "border value at {i}");
+            }
+        }
     }
 
     #[test]

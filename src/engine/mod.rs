@@ -8,11 +8,13 @@
 pub mod conv;
 pub mod gpu_lock;
 pub mod models;
+pub mod pool;
 pub mod preview;
 pub mod resize;
 pub mod taesd;
 pub mod taesd_cpu;
 pub mod weights;
+pub mod winograd;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -122,6 +124,7 @@ pub struct Engine {
     width: u32,
     height: u32,
     divisor: u32,
+    precision: crate::config::Precision,
 }
 
 impl Engine {
@@ -165,7 +168,11 @@ impl Engine {
                 let decoder: Box<dyn Decoder> = match device {
                     Device::Cpu => {
                         let weights = weights::WeightFile::load(&path, Part::Decoder)?;
-                        Box::new(taesd_cpu::TaesdCpuDecoder::new(family.name(), &weights)?)
+                        Box::new(taesd_cpu::TaesdCpuDecoder::new(
+                            family.name(),
+                            &weights,
+                            g.precision,
+                        )?)
                     }
                     Device::Cuda(_) => Box::new(models::TaesdDecoderModel::load(
                         &path,
@@ -174,7 +181,9 @@ impl Engine {
                     )?),
                 };
                 let encoder = match models::find(&dirs, family, Part::Encoder) {
-                    Some(path) => Some(models::TaesdEncoderModel::load(&path, device)?),
+                    Some(path) => {
+                        Some(models::TaesdEncoderModel::load(&path, device, g.precision)?)
+                    }
                     None => None,
                 };
                 tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");
@@ -189,6 +198,7 @@ impl Engine {
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
         engine.divisor = g.decode_divisor.unwrap_or(default_divisor);
+        engine.precision = g.precision;
         Ok(engine)
     }
 
@@ -202,7 +212,13 @@ impl Engine {
             width,
             height,
             divisor: 1,
+            precision: crate::config::Precision::default(),
         }
+    }
+
+    /// The CPU arithmetic asked for (it matters only to the TAESD networks on the CPU).
+    pub fn precision(&self) -> crate::config::Precision {
+        self.precision
     }
 
     /// Decodes at 1/`divisor` of the output size (the latents shrink to match, and so do the

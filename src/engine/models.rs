@@ -14,6 +14,7 @@ use image::RgbImage;
 use super::taesd::{TaesdDecoder, TaesdEncoder};
 use super::weights::{Part, WeightError, WeightFile};
 use super::{Decoder, Device, EngineError};
+use crate::config::Precision;
 use crate::latent::{Latent, LatentBatch, LatentShape};
 
 /// A member of the TAESD family.
@@ -181,29 +182,53 @@ impl Decoder for TaesdDecoderModel {
     }
 }
 
-/// The TAESD encoder: pictures to latents.
+/// The TAESD encoder: pictures to latents. On the CPU it runs on
+/// [`super::taesd_cpu::TaesdCpuEncoder`]; on CUDA on the candle module.
 pub struct TaesdEncoderModel {
-    model: TaesdEncoder,
-    device: CandleDevice,
+    inner: EncoderImpl,
+}
+
+enum EncoderImpl {
+    Candle {
+        model: TaesdEncoder,
+        device: CandleDevice,
+    },
+    Cpu(super::taesd_cpu::TaesdCpuEncoder),
 }
 
 impl TaesdEncoderModel {
     /// Loads an encoder file; its latent channel count comes from its last convolution.
-    pub fn load(path: &Path, device: Device) -> Result<Self, EngineError> {
+    /// `precision` applies on the CPU.
+    pub fn load(path: &Path, device: Device, precision: Precision) -> Result<Self, EngineError> {
         let weights = WeightFile::load(path, Part::Encoder)?;
-        let channels = weights.taesd_latent_channels(Part::Encoder)?;
-        let device = candle_device(device)?;
-        let model = TaesdEncoder::new(channels, weights.var_builder(&device))
-            .map_err(|e| model_error(path, e))?;
-        Ok(Self { model, device })
+        let inner = match device {
+            Device::Cpu => {
+                EncoderImpl::Cpu(super::taesd_cpu::TaesdCpuEncoder::new(&weights, precision)?)
+            }
+            Device::Cuda(_) => {
+                let channels = weights.taesd_latent_channels(Part::Encoder)?;
+                let device = candle_device(device)?;
+                let model = TaesdEncoder::new(channels, weights.var_builder(&device))
+                    .map_err(|e| model_error(path, e))?;
+                EncoderImpl::Candle { model, device }
+            }
+        };
+        Ok(Self { inner })
     }
 
     pub fn latent_channels(&self) -> usize {
-        self.model.latent_channels()
+        match &self.inner {
+            EncoderImpl::Candle { model, .. } => model.latent_channels(),
+            EncoderImpl::Cpu(encoder) => encoder.latent_channels(),
+        }
     }
 
     /// Encodes pictures (all the same size, sides multiples of 8) in one batched call.
     pub fn encode(&self, images: &[RgbImage]) -> Result<Vec<Latent>, EngineError> {
+        let (model, device) = match &self.inner {
+            EncoderImpl::Cpu(encoder) => return encoder.encode(images),
+            EncoderImpl::Candle { model, device } => (model, device),
+        };
         let Some(first) = images.first() else {
             return Ok(Vec::new());
         };
@@ -219,14 +244,10 @@ impl TaesdEncoderModel {
         }
         let shape = LatentShape::new(self.latent_channels(), h as usize / 8, w as usize / 8);
         let values = (|| {
-            let x = Tensor::from_vec(
-                data,
-                (images.len(), h as usize, w as usize, 3),
-                &self.device,
-            )?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
-            self.model.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+            let x = Tensor::from_vec(data, (images.len(), h as usize, w as usize, 3), device)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            model.forward(&x)?.flatten_all()?.to_vec1::<f32>()
         })()
         .map_err(|e| EngineError::Model(format!("encode: {e}")))?;
         values
@@ -279,7 +300,11 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
     match model.part {
         Part::Decoder => {
             let weights = WeightFile::load(&model.path, Part::Decoder)?;
-            let decoder = super::taesd_cpu::TaesdCpuDecoder::new(model.family.name(), &weights)?;
+            let decoder = super::taesd_cpu::TaesdCpuDecoder::new(
+                model.family.name(),
+                &weights,
+                Precision::Exact,
+            )?;
             if decoder.latent_channels() != channels {
                 return Err(fail(format!(
                     "takes {}-channel latents; {} expects {channels}",
@@ -316,7 +341,7 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
             ))
         }
         Part::Encoder => {
-            let encoder = TaesdEncoderModel::load(&model.path, Device::Cpu)?;
+            let encoder = TaesdEncoderModel::load(&model.path, Device::Cpu, Precision::Exact)?;
             if encoder.latent_channels() != channels {
                 return Err(fail(format!(
                     "makes {}-channel latents; {} expects {channels}",
@@ -459,18 +484,26 @@ mod tests {
             )
             .unwrap();
             assert_eq!(d.latent_channels(), family.latent_channels(), "{family}");
-            let e =
-                TaesdEncoderModel::load(&model_file(family, Part::Encoder), Device::Cpu).unwrap();
+            let e = TaesdEncoderModel::load(
+                &model_file(family, Part::Encoder),
+                Device::Cpu,
+                Precision::Exact,
+            )
+            .unwrap();
             assert_eq!(e.latent_channels(), family.latent_channels(), "{family}");
         }
     }
 
     #[test]
     fn decoder_file_given_as_encoder_is_a_clear_error() {
-        let err = TaesdEncoderModel::load(&model_file(Family::Taesd, Part::Decoder), Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = TaesdEncoderModel::load(
+            &model_file(Family::Taesd, Part::Decoder),
+            Device::Cpu,
+            Precision::Exact,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("taesd_decoder.safetensors"), "{err}");
         assert!(err.contains("14.weight"), "{err}");
     }

@@ -1,25 +1,108 @@
-//! The TAESD decoder on the CPU, built from [`super::conv`]'s shifted-GEMM convolutions.
+//! The TAESD decoder and encoder on the CPU, built from [`super::conv`]'s shifted-GEMM
+//! convolutions (`exact`) or [`super::winograd`]'s F(4,3) convolutions (`fast`).
 //!
-//! Same architecture and weights as [`super::taesd::TaesdDecoder`] (the candle module, used on
-//! CUDA and as the reference in tests), laid out for the CPU: activations stay in the padded,
-//! channel-major layout for the whole network, and bias, residual and ReLU are fused into each
-//! convolution's epilogue.
+//! Same architecture and weights as [`super::taesd::TaesdDecoder`] and
+//! [`super::taesd::TaesdEncoder`] (the candle modules, used on CUDA and as the reference in
+//! tests), laid out for the CPU: activations stay in the padded, channel-major layout for the
+//! whole network, and bias, residual and ReLU are fused into each convolution's epilogue. The
+//! encoder's stride-2 convolutions use [`super::conv::Conv3x3Stride2`] in both precisions.
 
 use image::RgbImage;
 
-use super::conv::{Conv3x3, Epilogue, Padded};
+use super::conv::{Conv3x3, Conv3x3Stride2, Epilogue, Padded};
 use super::weights::{Part, WeightError, WeightFile};
+use super::winograd::Winograd3x3;
 use super::{Decoder, EngineError};
-use crate::latent::LatentBatch;
+use crate::config::Precision;
+use crate::latent::{Latent, LatentBatch, LatentShape};
 
 const HIDDEN: usize = 64;
+
+/// Largest hidden activation (bytes) one pass of a network may make; bigger batches run in
+/// sub-batches. Caps resident memory (≈4 live activations plus the pool) without costing speed:
+/// 1 frame per pass at 512×256, 5 at 256×128.
+const ACTIVATION_BUDGET: usize = 48 << 20;
+
+/// Pictures per pass so that a `height × width` hidden activation stays within `budget` bytes.
+fn per_pass(budget: usize, height: usize, width: usize) -> usize {
+    (budget / (HIDDEN * (height + 2) * (width + 2) * 4)).max(1)
+}
+
+/// A stride-1 3×3 convolution in the chosen [`Precision`].
+#[derive(Debug, Clone)]
+pub(crate) enum Conv {
+    /// Direct shifted-GEMM convolution ([`Precision::Exact`]).
+    Direct(Conv3x3),
+    /// Winograd F(4,3) ([`Precision::Fast`]).
+    Winograd(Winograd3x3),
+}
+
+impl Conv {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias.
+    pub(crate) fn new(
+        precision: Precision,
+        c_in: usize,
+        c_out: usize,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        match precision {
+            Precision::Exact => Conv::Direct(Conv3x3::new(c_in, c_out, weight, bias)),
+            Precision::Fast => Conv::Winograd(Winograd3x3::new(c_in, c_out, weight, bias)),
+        }
+    }
+
+    /// Convolves `input`, then applies the epilogue; borders of the result are zero.
+    pub(crate) fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
+        match self {
+            Conv::Direct(conv) => conv.forward(input, epilogue),
+            Conv::Winograd(conv) => conv.forward(input, epilogue),
+        }
+    }
+}
 
 /// One stage of the network.
 #[derive(Debug, Clone)]
 enum Layer {
-    Conv { conv: Conv3x3, relu: bool },
-    Block([Conv3x3; 3]),
+    Conv {
+        conv: Conv,
+        relu: bool,
+    },
+    Block([Conv; 3]),
     Upsample,
+    /// Stride-2 convolution (encoder).
+    Down(Conv3x3Stride2),
+}
+
+/// Runs `layers` on `x`.
+fn run_layers(layers: &[Layer], mut x: Padded) -> Padded {
+    let plain = Epilogue {
+        relu: false,
+        residual: None,
+    };
+    let relu = Epilogue {
+        relu: true,
+        residual: None,
+    };
+    for layer in layers {
+        x = match layer {
+            Layer::Conv { conv, relu: r } => conv.forward(&x, if *r { relu } else { plain }),
+            Layer::Block([c0, c2, c4]) => {
+                let h = c0.forward(&x, relu);
+                let h = c2.forward(&h, relu);
+                c4.forward(
+                    &h,
+                    Epilogue {
+                        relu: true,
+                        residual: Some(&x),
+                    },
+                )
+            }
+            Layer::Upsample => x.upsample2(),
+            Layer::Down(conv) => conv.forward(&x),
+        };
+    }
+    x
 }
 
 /// The TAESD decoder for the CPU.
@@ -28,126 +111,125 @@ pub struct TaesdCpuDecoder {
     name: String,
     latent_channels: usize,
     layers: Vec<Layer>,
+    /// [`ACTIVATION_BUDGET`], smaller in tests.
+    budget: usize,
 }
 
 fn conv(
     weights: &WeightFile,
+    precision: Precision,
     prefix: &str,
     c_in: usize,
     c_out: usize,
     bias: bool,
-) -> Result<Conv3x3, WeightError> {
+) -> Result<Conv, WeightError> {
     let weight = weights.values(&format!("{prefix}.weight"), &[c_out, c_in, 3, 3])?;
     let bias = if bias {
         Some(weights.values(&format!("{prefix}.bias"), &[c_out])?)
     } else {
         None
     };
-    Ok(Conv3x3::new(c_in, c_out, &weight, bias))
+    Ok(Conv::new(precision, c_in, c_out, &weight, bias))
 }
 
-fn block(weights: &WeightFile, index: usize) -> Result<Layer, WeightError> {
+fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Layer, WeightError> {
     if weights.contains(&format!("{index}.skip.weight")) {
         return Err(weights.error(format!(
             "block {index} has a skip convolution, which the CPU decoder does not support"
         )));
     }
-    let c = |i: usize| conv(weights, &format!("{index}.conv.{i}"), HIDDEN, HIDDEN, true);
+    let c = |i: usize| {
+        conv(
+            weights,
+            precision,
+            &format!("{index}.conv.{i}"),
+            HIDDEN,
+            HIDDEN,
+            true,
+        )
+    };
     Ok(Layer::Block([c(0)?, c(2)?, c(4)?]))
 }
 
 impl TaesdCpuDecoder {
-    /// Builds the decoder from index-layout weights (see [`super::weights`]).
-    pub fn new(name: &str, weights: &WeightFile) -> Result<Self, WeightError> {
+    /// Builds the decoder from index-layout weights (see [`super::weights`]), computing in
+    /// `precision`.
+    pub fn new(
+        name: &str,
+        weights: &WeightFile,
+        precision: Precision,
+    ) -> Result<Self, WeightError> {
         let latent_channels = weights.taesd_latent_channels(Part::Decoder)?;
         let mut layers = vec![Layer::Conv {
-            conv: conv(weights, "1", latent_channels, HIDDEN, true)?,
+            conv: conv(weights, precision, "1", latent_channels, HIDDEN, true)?,
             relu: true,
         }];
         let mut index = 3;
         for _ in 0..3 {
-            layers.push(block(weights, index)?);
+            layers.push(block(weights, precision, index)?);
             index += 1;
         }
         for stage in 0..3 {
             layers.push(Layer::Upsample);
             index += 1;
             layers.push(Layer::Conv {
-                conv: conv(weights, &index.to_string(), HIDDEN, HIDDEN, false)?,
+                conv: conv(
+                    weights,
+                    precision,
+                    &index.to_string(),
+                    HIDDEN,
+                    HIDDEN,
+                    false,
+                )?,
                 relu: false,
             });
             index += 1;
             for _ in 0..if stage < 2 { 3 } else { 1 } {
-                layers.push(block(weights, index)?);
+                layers.push(block(weights, precision, index)?);
                 index += 1;
             }
         }
         layers.push(Layer::Conv {
-            conv: conv(weights, &index.to_string(), HIDDEN, 3, true)?,
+            conv: conv(weights, precision, &index.to_string(), HIDDEN, 3, true)?,
             relu: false,
         });
         Ok(Self {
             name: name.to_string(),
             latent_channels,
             layers,
+            budget: ACTIVATION_BUDGET,
         })
     }
 
-    /// Runs the network; returns `[3][N][8h+2][8w+2]` padded output (≈[0, 1], unclamped).
-    fn run(&self, batch: &LatentBatch) -> Padded {
+    /// Runs the network in sub-batches (see [`ACTIVATION_BUDGET`]) and hands each one's padded
+    /// output `[3][n][8h+2][8w+2]` (≈[0, 1], unclamped) to `each`, in order.
+    fn run(&self, batch: &LatentBatch, mut each: impl FnMut(&Padded)) {
         let s = batch.shape();
-        let mut x = Padded::from_nchw(batch.data(), batch.len(), s.channels, s.height, s.width);
-        x.map_interior(|v| (v / 3.0).tanh() * 3.0);
-        for layer in &self.layers {
-            x = match layer {
-                Layer::Conv { conv, relu } => conv.forward(
-                    &x,
-                    Epilogue {
-                        relu: *relu,
-                        residual: None,
-                    },
-                ),
-                Layer::Block([c0, c2, c4]) => {
-                    let h = c0.forward(
-                        &x,
-                        Epilogue {
-                            relu: true,
-                            residual: None,
-                        },
-                    );
-                    let h = c2.forward(
-                        &h,
-                        Epilogue {
-                            relu: true,
-                            residual: None,
-                        },
-                    );
-                    c4.forward(
-                        &h,
-                        Epilogue {
-                            relu: true,
-                            residual: Some(&x),
-                        },
-                    )
-                }
-                Layer::Upsample => x.upsample2(),
-            };
+        let step = per_pass(self.budget, 8 * s.height, 8 * s.width);
+        for start in (0..batch.len()).step_by(step) {
+            let n = step.min(batch.len() - start);
+            let data = &batch.data()[start * s.len()..(start + n) * s.len()];
+            let mut x = Padded::from_nchw(data, n, s.channels, s.height, s.width);
+            x.map_interior(|v| (v / 3.0).tanh() * 3.0);
+            each(&run_layers(&self.layers, x));
         }
-        x
     }
 
     /// The raw output `[N, 3, 8h, 8w]` in C-order (≈[0, 1], unclamped).
     pub fn decode_raw(&self, batch: &LatentBatch) -> Vec<f32> {
-        let out = self.run(batch);
-        let (h, w) = (out.height, out.width);
-        let mut values = Vec::with_capacity(batch.len() * 3 * h * w);
-        for b in 0..batch.len() {
-            for c in 0..3 {
-                for y in 0..h {
-                    values.extend((0..w).map(|x| out.get(c, b, y, x)));
+        let s = batch.shape();
+        let mut values = Vec::with_capacity(batch.len() * 3 * 64 * s.height * s.width);
+        self.run(batch, |out| {
+            let (h, w) = (out.height, out.width);
+            for b in 0..out.batch {
+                for c in 0..3 {
+                    for y in 0..h {
+                        let start = out.index(c, b, y + 1, 1);
+                        values.extend_from_slice(&out.data[start..start + w]);
+                    }
                 }
             }
-        }
+        });
         values
     }
 }
@@ -170,17 +252,125 @@ impl Decoder for TaesdCpuDecoder {
                 got: shape.channels,
             });
         }
-        let out = self.run(batch);
-        let (h, w) = (out.height, out.width);
         let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-        Ok((0..batch.len())
-            .map(|b| {
+        let mut images = Vec::with_capacity(batch.len());
+        self.run(batch, |out| {
+            let (h, w) = (out.height, out.width);
+            images.extend((0..out.batch).map(|b| {
                 RgbImage::from_fn(w as u32, h as u32, |x, y| {
                     let (x, y) = (x as usize, y as usize);
                     image::Rgb([0, 1, 2].map(|c| to_u8(out.get(c, b, y, x))))
                 })
+            }));
+        });
+        Ok(images)
+    }
+}
+
+/// The TAESD encoder for the CPU: pictures in [0, 1] → latents at 1/8 of their size.
+#[derive(Debug, Clone)]
+pub struct TaesdCpuEncoder {
+    latent_channels: usize,
+    layers: Vec<Layer>,
+}
+
+impl TaesdCpuEncoder {
+    /// Builds the encoder from index-layout weights (see [`super::weights`]), computing its
+    /// stride-1 convolutions in `precision`.
+    pub fn new(weights: &WeightFile, precision: Precision) -> Result<Self, WeightError> {
+        let latent_channels = weights.taesd_latent_channels(Part::Encoder)?;
+        let mut layers = vec![
+            Layer::Conv {
+                conv: conv(weights, precision, "0", 3, HIDDEN, true)?,
+                relu: false,
+            },
+            block(weights, precision, 1)?,
+        ];
+        let mut index = 2;
+        for _ in 0..3 {
+            let name = format!("{index}.weight");
+            let weight = weights.values(&name, &[HIDDEN, HIDDEN, 3, 3])?;
+            layers.push(Layer::Down(Conv3x3Stride2::new(
+                HIDDEN, HIDDEN, &weight, None,
+            )));
+            index += 1;
+            for _ in 0..3 {
+                layers.push(block(weights, precision, index)?);
+                index += 1;
+            }
+        }
+        layers.push(Layer::Conv {
+            conv: conv(
+                weights,
+                precision,
+                &index.to_string(),
+                HIDDEN,
+                latent_channels,
+                true,
+            )?,
+            relu: false,
+        });
+        Ok(Self {
+            latent_channels,
+            layers,
+        })
+    }
+
+    /// Latent channels it makes.
+    pub fn latent_channels(&self) -> usize {
+        self.latent_channels
+    }
+
+    /// Encodes `[N, 3, H, W]` values (C-order, [0, 1]) into `[N, C, H/8, W/8]` (C-order).
+    pub fn encode_raw(
+        &self,
+        values: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Vec<f32> {
+        let x = Padded::from_nchw(values, batch, 3, height, width);
+        let out = run_layers(&self.layers, x);
+        let (h, w) = (out.height, out.width);
+        let mut latents = Vec::with_capacity(batch * self.latent_channels * h * w);
+        for b in 0..batch {
+            for c in 0..self.latent_channels {
+                for y in 0..h {
+                    let start = out.index(c, b, y + 1, 1);
+                    latents.extend_from_slice(&out.data[start..start + w]);
+                }
+            }
+        }
+        latents
+    }
+
+    /// Encodes pictures (all the same size, sides multiples of 8) in one batched call.
+    pub fn encode(&self, images: &[RgbImage]) -> Result<Vec<Latent>, EngineError> {
+        let Some(first) = images.first() else {
+            return Ok(Vec::new());
+        };
+        let (w, h) = first.dimensions();
+        if images.iter().any(|i| i.dimensions() != (w, h)) || w % 8 != 0 || h % 8 != 0 {
+            return Err(EngineError::Model(format!(
+                "encoder input must be same-size pictures with sides divisible by 8 (got {w}x{h})"
+            )));
+        }
+        let (w, h) = (w as usize, h as usize);
+        let mut values = vec![0.0; images.len() * 3 * h * w];
+        for (image, out) in images.iter().zip(values.chunks_exact_mut(3 * h * w)) {
+            for (i, pixel) in image.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * h * w + i] = f32::from(pixel[c]) / 255.0;
+                }
+            }
+        }
+        let shape = LatentShape::new(self.latent_channels, h / 8, w / 8);
+        self.encode_raw(&values, images.len(), h, w)
+            .chunks_exact(shape.len())
+            .map(|chunk| {
+                Latent::new(shape, chunk.to_vec()).map_err(|e| EngineError::Model(e.to_string()))
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -224,7 +414,7 @@ mod tests {
             let expected =
                 read_f32_file(&golden.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
             let weights = WeightFile::load(&decoder_path(family), Part::Decoder).unwrap();
-            let decoder = TaesdCpuDecoder::new(family.name(), &weights).unwrap();
+            let decoder = TaesdCpuDecoder::new(family.name(), &weights, Precision::Exact).unwrap();
             let shape = LatentShape::new(channels, 8, 8);
             let mut batch = LatentBatch::with_capacity(shape, 1);
             batch.push(&Latent::new(shape, input).unwrap()).unwrap();
@@ -234,10 +424,19 @@ mod tests {
     }
 
     #[test]
+    fn sub_batches_cover_big_batches_in_order() {
+        assert_eq!(per_pass(ACTIVATION_BUDGET, 256, 512), 1);
+        assert_eq!(per_pass(ACTIVATION_BUDGET, 128, 256), 5);
+        assert_eq!(per_pass(ACTIVATION_BUDGET, 100_000, 100_000), 1);
+    }
+
+    #[test]
     fn agrees_with_the_candle_module_on_a_batch() {
         let path = decoder_path(Family::Taesd);
         let weights = WeightFile::load(&path, Part::Decoder).unwrap();
-        let cpu = TaesdCpuDecoder::new("taesd", &weights).unwrap();
+        let mut cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
+        // One picture per pass: the three passes must come back in order.
+        cpu.budget = 1;
         let candle = TaesdDecoderModel::load(&path, "taesd", Device::Cpu).unwrap();
         let shape = LatentShape::new(4, 5, 7);
         let mut batch = LatentBatch::with_capacity(shape, 3);
@@ -249,5 +448,119 @@ mod tests {
         }
         let err = max_abs(&cpu.decode_raw(&batch), &candle.decode_raw(&batch).unwrap());
         assert!(err <= 1e-3, "max abs error {err}");
+    }
+
+    fn encoder_path() -> std::path::PathBuf {
+        find(
+            &search_dirs(Some(&test_models_dir())),
+            Family::Taesd,
+            Part::Encoder,
+        )
+        .expect("taesd encoder under the test models folder")
+    }
+
+    #[test]
+    fn encoder_agrees_with_the_candle_module() {
+        use candle_core::{Module, Tensor};
+        let weights = WeightFile::load(&encoder_path(), Part::Encoder).unwrap();
+        let (n, h, w) = (2, 24, 40);
+        let values: Vec<f32> = (0..n * 3 * h * w)
+            .map(|i| 0.5 + 0.5 * (i as f32 * 0.013).sin() * (i as f32 * 0.0007).cos())
+            .collect();
+        let candle = crate::engine::taesd::TaesdEncoder::new(
+            4,
+            weights.var_builder(&candle_core::Device::Cpu),
+        )
+        .unwrap();
+        let x = Tensor::from_slice(&values, (n, 3, h, w), &candle_core::Device::Cpu).unwrap();
+        let expected = candle
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for precision in [Precision::Exact, Precision::Fast] {
+            let cpu = TaesdCpuEncoder::new(&weights, precision).unwrap();
+            let got = cpu.encode_raw(&values, n, h, w);
+            let err = max_abs(&got, &expected);
+            assert!(err <= 1e-3, "{precision}: max abs error {err}");
+        }
+    }
+
+    /// PSNR in dB of `b` against `a`, both ≈[0, 1] and clamped to it as the pictures are.
+    fn psnr(a: &[f32], b: &[f32]) -> f64 {
+        let mse = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
+            .sum::<f64>()
+            / a.len() as f64;
+        10.0 * (1.0 / mse.max(1e-20)).log10()
+    }
+
+    /// The bound for `precision = "fast"`: every frame ≥ 45 dB against the exact path, on the
+    /// encodings of the shared pictures and slerps between them (and for the fast encoder, its
+    /// latents decoded exactly against the exact encoder's).
+    #[test]
+    fn fast_precision_stays_above_45_db_on_real_latents() {
+        let images_dir = test_models_dir().join("../images");
+        let mut files: Vec<_> = std::fs::read_dir(&images_dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 6, "pictures in {}", images_dir.display());
+        let pictures: Vec<RgbImage> = files
+            .iter()
+            .map(|p| {
+                image::open(p)
+                    .unwrap()
+                    .resize_exact(256, 128, image::imageops::FilterType::Triangle)
+                    .to_rgb8()
+            })
+            .collect();
+        let enc_weights = WeightFile::load(&encoder_path(), Part::Encoder).unwrap();
+        let exact_enc = TaesdCpuEncoder::new(&enc_weights, Precision::Exact).unwrap();
+        let fast_enc = TaesdCpuEncoder::new(&enc_weights, Precision::Fast).unwrap();
+        let latents = exact_enc.encode(&pictures).unwrap();
+        let fast_latents = fast_enc.encode(&pictures).unwrap();
+
+        let dec_weights = WeightFile::load(&decoder_path(Family::Taesd), Part::Decoder).unwrap();
+        let exact = TaesdCpuDecoder::new("taesd", &dec_weights, Precision::Exact).unwrap();
+        let fast = TaesdCpuDecoder::new("taesd", &dec_weights, Precision::Fast).unwrap();
+        let shape = latents[0].shape();
+        let mut batch = LatentBatch::with_capacity(shape, 2 * latents.len());
+        for (i, a) in latents.iter().enumerate() {
+            batch.push(a).unwrap();
+            let b = &latents[(i + 1) % latents.len()];
+            let mid = crate::latent::slerp_batch(a, b, &[0.5]).unwrap();
+            batch
+                .push(&Latent::new(shape, mid.item(0).to_vec()).unwrap())
+                .unwrap();
+        }
+        let frame = 3 * shape.height * 8 * shape.width * 8;
+        let reference = exact.decode_raw(&batch);
+        let approx = fast.decode_raw(&batch);
+        let mut fast_batch = LatentBatch::with_capacity(shape, latents.len());
+        for latent in &fast_latents {
+            fast_batch.push(latent).unwrap();
+        }
+        let from_fast_encoder = exact.decode_raw(&fast_batch);
+        let mut figures = Vec::new();
+        for (i, (a, b)) in reference
+            .chunks_exact(frame)
+            .zip(approx.chunks_exact(frame))
+            .enumerate()
+        {
+            figures.push(psnr(a, b));
+            if i % 2 == 0 {
+                let e = &from_fast_encoder[(i / 2) * frame..][..frame];
+                figures.push(psnr(a, e));
+            }
+        }
+        let worst = figures.iter().copied().fold(f64::MAX, f64::min);
+        assert!(worst >= 45.0, "worst {worst:.1} dB ({figures:.1?})");
     }
 }

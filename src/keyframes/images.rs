@@ -331,7 +331,11 @@ mod tests {
 
     #[test]
     fn without_an_encoder_the_source_refuses_to_start() {
-        let engine = Arc::new(Engine::from_config(&Config::default()).unwrap());
+        // The preview decoder, explicitly: `auto` finds TAESD (and its encoder) when
+        // DREAMD_MODELS points at the shared models.
+        let mut config = Config::default();
+        config.generation.decoder = crate::config::DecoderChoice::Preview;
+        let engine = Arc::new(Engine::from_config(&config).unwrap());
         let err = ImageSource::new(
             &shared_images(),
             ImageOrder::Cycle,

@@ -154,6 +154,8 @@ pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
         .current_dir(dir)
         .env_remove("RUST_LOG")
         .env_remove("DREAMD_TOKEN")
+        // The tests assume the preview decoder unless they pass DREAMD_MODELS themselves.
+        .env_remove("DREAMD_MODELS")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
