@@ -264,6 +264,12 @@ pub async fn run_observed(
         tracing::error!("display shutdown failed: {e}");
     }
     writer.write(Lifecycle::Stopped).await;
+    // A save abandoned at the grace deadline may have left its temporary file behind.
+    for dir in [output.clone(), output.join("frames")] {
+        if let Err(e) = remove_stale_temps(&dir) {
+            tracing::warn!("cannot clean {}: {e}", dir.display());
+        }
+    }
     tracing::info!(
         frames_displayed = telemetry
             .display

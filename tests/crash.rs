@@ -173,7 +173,7 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
         "{status_reads} / {frame_reads} reads"
     );
     assert!(
-        found.frames_seen.lock().unwrap().len() > 100,
+        found.frames_seen.lock().unwrap().len() > 40,
         "too few frames made"
     );
     assert_eq!(temp_files(&output), Vec::<String>::new());
