@@ -109,6 +109,9 @@ enum Command {
         /// Display rate in wall-clock frames per second (instead of --speed).
         #[arg(long)]
         fps: Option<f64>,
+        /// Largest allowed memory growth, in percent, from after warm-up to the end.
+        #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+        max_rss_growth: f64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -300,8 +303,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             hours,
             speed,
             fps,
+            max_rss_growth,
             json,
-        } => soak(config, hours, speed, fps, json),
+        } => soak(config, hours, speed, fps, max_rss_growth, json),
         Command::Ctl {
             url,
             config,
@@ -490,6 +494,7 @@ fn soak(
     hours: f64,
     speed: Option<f64>,
     fps: Option<f64>,
+    max_rss_growth: f64,
     json: bool,
 ) -> anyhow::Result<()> {
     use bench::soak;
@@ -502,6 +507,7 @@ fn soak(
         hours,
         rate,
         sample_every: Duration::from_secs(1),
+        rss_growth: max_rss_growth / 100.0,
     };
     // Declared before the log guards, so the folder goes after the logs are flushed.
     let plan = soak::plan(config, &options)?;

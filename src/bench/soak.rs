@@ -90,6 +90,8 @@ pub struct SoakOptions {
     pub rate: Rate,
     /// Wall-clock time between samples.
     pub sample_every: Duration,
+    /// Largest allowed memory growth (0.05 = 5 %).
+    pub rss_growth: f64,
 }
 
 /// What the verdicts are measured against.
@@ -150,6 +152,11 @@ pub fn plan(mut config: Config, options: &SoakOptions) -> anyhow::Result<Plan> {
          --speed × display.target_fps, or --fps)"
     );
     anyhow::ensure!(
+        options.rss_growth.is_finite() && options.rss_growth > 0.0,
+        "the memory growth limit must be positive (got {} %)",
+        options.rss_growth * 100.0
+    );
+    anyhow::ensure!(
         !options.sample_every.is_zero(),
         "the sample interval must be positive"
     );
@@ -188,7 +195,7 @@ pub fn plan(mut config: Config, options: &SoakOptions) -> anyhow::Result<Plan> {
     let limits = Limits {
         frames_target,
         warmup_frames: (frames_target as f64 * WARMUP_FRACTION).ceil() as u64,
-        rss_growth: RSS_GROWTH_LIMIT,
+        rss_growth: options.rss_growth,
         keep_frames,
         frame_files: keep_frames + 2 * (frames_per_pair + 1) + 4,
         jsonl_bytes: jsonl_files as u64 * (JSONL_MAX_MB as u64 * MIB + JSONL_SLACK),
@@ -255,8 +262,9 @@ pub struct Check {
 /// Judges a run's samples (in order, the last taken when the run ended) against `limits`.
 ///
 /// * `completed`: the last sample reached the frame target.
-/// * `rss_growth`: resident memory grew less than `rss_growth` from the warm sample ([`warm`]:
-///   the first with `warmup_frames` displayed once the buffer had filled) to the last sample.
+/// * `rss_growth`: resident memory grew less than `rss_growth` from the warm figure to the end
+///   figure ([`rss_figures`]: medians over a tenth of the run after warm-up, and over the last
+///   tenth).
 /// * `frame_files`: no sample saw more files in `output/frames` than allowed.
 /// * `no_stall`: from the first frame on, frames displayed rose in every sample window.
 /// * `no_buffering`: the display never went back to buffering after it started, and no sample
@@ -288,17 +296,19 @@ pub fn judge(samples: &[Sample], limits: &Limits) -> Vec<Check> {
         ),
     ));
 
-    checks.push(match warm(samples, limits) {
-        Some(warm) if warm.rss_bytes > 0 => {
-            let growth = last.rss_bytes as f64 / warm.rss_bytes as f64 - 1.0;
+    checks.push(match rss_figures(samples, limits) {
+        Some(rss) if rss.warm_bytes > 0 => {
+            let growth = rss.growth();
             check(
                 "rss_growth",
                 growth < limits.rss_growth,
                 format!(
-                    "warm {:.1} MiB (at {:.2} simulated h) -> end {:.1} MiB: {:+.2} % (limit {:.0} %)",
-                    mb(warm.rss_bytes),
-                    warm.simulated_h,
-                    mb(last.rss_bytes),
+                    "warm {:.1} MiB (median of {} samples from {:.2} simulated h) -> end {:.1} MiB (median of the last {}): {:+.2} % (limit {:.0} %)",
+                    mb(rss.warm_bytes),
+                    rss.warm_samples,
+                    rss.warm_at_h,
+                    mb(rss.end_bytes),
+                    rss.end_samples,
                     growth * 100.0,
                     limits.rss_growth * 100.0
                 ),
@@ -399,6 +409,62 @@ pub fn warm<'a>(samples: &'a [Sample], limits: &Limits) -> Option<&'a Sample> {
         .find(|s| s.frames_displayed >= limits.warmup_frames)
 }
 
+/// The memory figures [`judge`] compares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RssFigures {
+    /// Median RSS of the samples from the [`warm`] sample until `warmup_frames` more frames.
+    pub warm_bytes: u64,
+    pub warm_samples: usize,
+    /// Simulated hours of the warm sample.
+    pub warm_at_h: f64,
+    /// Median RSS of the samples in the last `warmup_frames` frames.
+    pub end_bytes: u64,
+    pub end_samples: usize,
+}
+
+impl RssFigures {
+    /// Growth from warm to end (0.05 = 5 %).
+    pub fn growth(&self) -> f64 {
+        self.end_bytes as f64 / self.warm_bytes as f64 - 1.0
+    }
+}
+
+/// Medians rather than single samples: RSS follows the buffer's fill (the frames it holds are
+/// most of a soak's memory), which a single sample catches at any level.
+pub fn rss_figures(samples: &[Sample], limits: &Limits) -> Option<RssFigures> {
+    let warm = warm(samples, limits)?;
+    let last = samples.last()?;
+    let window = limits.warmup_frames.max(1);
+    let median = |mut values: Vec<u64>| {
+        values.sort_unstable();
+        values.get(values.len() / 2).copied().unwrap_or(0)
+    };
+    let warm_window: Vec<u64> = samples
+        .iter()
+        .filter(|s| {
+            s.frames_displayed >= warm.frames_displayed
+                && s.frames_displayed < warm.frames_displayed + window
+        })
+        .map(|s| s.rss_bytes)
+        .collect();
+    let end_from = last
+        .frames_displayed
+        .saturating_sub(window)
+        .max(warm.frames_displayed);
+    let end_window: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.frames_displayed >= end_from)
+        .map(|s| s.rss_bytes)
+        .collect();
+    Some(RssFigures {
+        warm_samples: warm_window.len(),
+        warm_bytes: median(warm_window),
+        warm_at_h: warm.simulated_h,
+        end_samples: end_window.len(),
+        end_bytes: median(end_window),
+    })
+}
+
 /// Results of `dreamd soak`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SoakReport {
@@ -418,8 +484,10 @@ pub struct SoakReport {
     pub frames_displayed: u64,
     pub pairs: u64,
     pub wall_s: f64,
+    /// Median RSS over a tenth of the run from the warm sample (see [`rss_figures`]).
     pub rss_warm_mb: f64,
     pub rss_warm_at_simulated_h: f64,
+    /// Median RSS over the last tenth of the run.
     pub rss_end_mb: f64,
     pub rss_max_mb: f64,
     pub rss_growth_pct: f64,
@@ -525,7 +593,7 @@ pub async fn run(plan: &Plan, interrupt: CancellationToken) -> anyhow::Result<So
     let checks = judge(&samples, limits);
     let t = &run.telemetry;
     let last = samples.last().cloned().unwrap_or_default();
-    let warm = warm(&samples, limits).cloned().unwrap_or_default();
+    let rss = rss_figures(&samples, limits);
     let mb = |b: u64| round(b as f64 / MIB as f64, 1);
     let wall_s = last.wall_s;
     Ok(SoakReport {
@@ -553,18 +621,13 @@ pub async fn run(plan: &Plan, interrupt: CancellationToken) -> anyhow::Result<So
         frames_displayed: last.frames_displayed,
         pairs: t.pipeline.pairs.load(Ordering::Relaxed),
         wall_s: round(wall_s, 1),
-        rss_warm_mb: mb(warm.rss_bytes),
-        rss_warm_at_simulated_h: round(warm.simulated_h, 2),
-        rss_end_mb: mb(last.rss_bytes),
+        rss_warm_mb: mb(rss.map_or(0, |r| r.warm_bytes)),
+        rss_warm_at_simulated_h: round(rss.map_or(0.0, |r| r.warm_at_h), 2),
+        rss_end_mb: mb(rss.map_or(0, |r| r.end_bytes)),
         rss_max_mb: mb(samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0)),
-        rss_growth_pct: if warm.rss_bytes > 0 {
-            round(
-                (last.rss_bytes as f64 / warm.rss_bytes as f64 - 1.0) * 100.0,
-                2,
-            )
-        } else {
-            0.0
-        },
+        rss_growth_pct: rss
+            .filter(|r| r.warm_bytes > 0)
+            .map_or(0.0, |r| round(r.growth() * 100.0, 2)),
         frame_files_max: samples.iter().map(|s| s.frame_files).max().unwrap_or(0),
         keep_frames: limits.keep_frames,
         logs_bytes_max: samples.iter().map(Sample::log_bytes).max().unwrap_or(0),
@@ -810,7 +873,8 @@ mod tests {
         // Start-up growth before the warm sample (100 frames) does not count …
         samples[0].rss_bytes = 10 * MIB;
         assert!(failed(&samples).is_empty());
-        // … growth after it does.
+        // … growth after it does (the end figure is the median of the last tenth: samples 9-10).
+        samples[9].rss_bytes = samples[1].rss_bytes * 106 / 100;
         samples[10].rss_bytes = samples[1].rss_bytes * 106 / 100;
         assert_eq!(failed(&samples), ["rss_growth"]);
         let detail = &judge(&samples, &limits())[1].detail;
@@ -887,6 +951,7 @@ mod tests {
             hours: 24.0,
             rate: Rate::Speed(100.0),
             sample_every: Duration::from_secs(1),
+            rss_growth: RSS_GROWTH_LIMIT,
         };
         let plan = plan(Config::default(), &options).unwrap();
         assert_eq!(plan.display_fps, 400.0);
