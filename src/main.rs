@@ -487,42 +487,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `dreamd soak`: plans the run, sends its logs into the soak's folder, runs it, prints the
-/// report and fails naming the checks that failed.
-fn soak(
-    config: Option<PathBuf>,
-    hours: f64,
-    speed: Option<f64>,
-    fps: Option<f64>,
-    max_rss_growth: f64,
-    json: bool,
-) -> anyhow::Result<()> {
-    use bench::soak;
-    let (config, _) = daemon::load_config(config.as_deref())?;
-    let rate = match fps {
-        Some(fps) => soak::Rate::Fps(fps),
-        None => soak::Rate::Speed(speed.unwrap_or(soak::DEFAULT_SPEED)),
-    };
-    let options = soak::SoakOptions {
-        hours,
-        rate,
-        sample_every: Duration::from_secs(1),
-        rss_growth: max_rss_growth / 100.0,
-    };
-    // Declared before the log guards, so the folder goes after the logs are flushed.
-    let plan = soak::plan(config, &options)?;
-    let logs = logging::init(&plan.config.logging, &plan.config.paths.log_dir)?;
-    let report = runtime()?.block_on_with_signals(|interrupt| soak::run(&plan, interrupt))?;
-    drop(logs);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.to_text());
-    }
-    anyhow::ensure!(report.passed, "soak failed: {}", report.failed.join(", "));
-    Ok(())
-}
-
 /// `dreamd bench decode`: builds the engine for the requested decoder at the latent's size.
 fn bench_decode(
     config: Option<PathBuf>,
@@ -708,6 +672,42 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failed.is_empty(), "could not pull: {}", failed.join(", "));
+    Ok(())
+}
+
+/// `dreamd soak`: plans the run, sends its logs into the soak's folder, runs it, prints the
+/// report and fails naming the checks that failed.
+fn soak(
+    config: Option<PathBuf>,
+    hours: f64,
+    speed: Option<f64>,
+    fps: Option<f64>,
+    max_rss_growth: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use bench::soak;
+    let (config, _) = daemon::load_config(config.as_deref())?;
+    let rate = match fps {
+        Some(fps) => soak::Rate::Fps(fps),
+        None => soak::Rate::Speed(speed.unwrap_or(soak::DEFAULT_SPEED)),
+    };
+    let options = soak::SoakOptions {
+        hours,
+        rate,
+        sample_every: Duration::from_secs(1),
+        rss_growth: max_rss_growth / 100.0,
+    };
+    // Declared before the log guards, so the folder goes after the logs are flushed.
+    let plan = soak::plan(config, &options)?;
+    let logs = logging::init(&plan.config.logging, &plan.config.paths.log_dir)?;
+    let report = runtime()?.block_on_with_signals(|interrupt| soak::run(&plan, interrupt))?;
+    drop(logs);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    anyhow::ensure!(report.passed, "soak failed: {}", report.failed.join(", "));
     Ok(())
 }
 
