@@ -1,4 +1,4 @@
-//! The `dreamd` command line: `run`, `ctl`, `init`, `models`, `bench`, `analyze`.
+//! The `dreamd` command line: `run`, `ctl`, `init`, `models`, `bench`, `soak`, `analyze`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +91,30 @@ enum Command {
     Models {
         #[command(subcommand)]
         what: ModelsCommand,
+    },
+    /// Run the real daemon on a simulated clock (preview decoder, 128x64, fast display) for
+    /// hours of simulated time and check memory, retention, stalls and log rotation; exit 1
+    /// naming the checks that failed.
+    Soak {
+        /// Config file to start from (decoder, size, retention, logs, output and server are
+        /// overridden; display.target_fps is the simulated rate).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Simulated hours to run.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// Simulated seconds per wall-clock second (display at target_fps x speed).
+        #[arg(long, conflicts_with = "fps")]
+        speed: Option<f64>,
+        /// Display rate in wall-clock frames per second (instead of --speed).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Largest allowed memory growth, in percent, from after warm-up to the end.
+        #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+        max_rss_growth: f64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the daemon.
     Bench {
@@ -304,6 +328,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .block_on_with_signals(|shutdown| daemon::run(config, path, shutdown, duration))?;
             Ok(())
         }
+        Command::Soak {
+            config,
+            hours,
+            speed,
+            fps,
+            max_rss_growth,
+            json,
+        } => soak(config, hours, speed, fps, max_rss_growth, json),
         Command::Ctl {
             url,
             config,
@@ -756,6 +788,42 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failed.is_empty(), "could not pull: {}", failed.join(", "));
+    Ok(())
+}
+
+/// `dreamd soak`: plans the run, sends its logs into the soak's folder, runs it, prints the
+/// report and fails naming the checks that failed.
+fn soak(
+    config: Option<PathBuf>,
+    hours: f64,
+    speed: Option<f64>,
+    fps: Option<f64>,
+    max_rss_growth: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use bench::soak;
+    let (config, _) = daemon::load_config(config.as_deref())?;
+    let rate = match fps {
+        Some(fps) => soak::Rate::Fps(fps),
+        None => soak::Rate::Speed(speed.unwrap_or(soak::DEFAULT_SPEED)),
+    };
+    let options = soak::SoakOptions {
+        hours,
+        rate,
+        sample_every: Duration::from_secs(1),
+        rss_growth: max_rss_growth / 100.0,
+    };
+    // Declared before the log guards, so the folder goes after the logs are flushed.
+    let plan = soak::plan(config, &options)?;
+    let logs = logging::init(&plan.config.logging, &plan.config.paths.log_dir)?;
+    let report = runtime()?.block_on_with_signals(|interrupt| soak::run(&plan, interrupt))?;
+    drop(logs);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    anyhow::ensure!(report.passed, "soak failed: {}", report.failed.join(", "));
     Ok(())
 }
 

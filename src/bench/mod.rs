@@ -5,7 +5,7 @@
 //! folder, and reports display interval error, held/skipped frames, time to first frame, GPU-lock
 //! figures and resident memory at start and end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::daemon;
 use crate::stats::{round, rss_bytes};
 
 pub mod resolution;
+pub mod soak;
 
 /// Options of `dreamd bench pacing`.
 #[derive(Debug, Clone)]
@@ -54,9 +55,8 @@ pub struct PacingReport {
 /// Runs the daemon for `options.seconds` on `config` (gate forced to 0, output and logs in a
 /// temporary folder that is removed afterwards).
 pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Result<PacingReport> {
-    let scratch = scratch_dir()?;
-    config.paths.output_dir = scratch.join("output");
-    config.paths.log_dir = scratch.join("logs");
+    let scratch = Scratch::new("bench")?;
+    scratch.redirect(&mut config);
     config.display.start_gate_seconds = 0.0;
     // Pacing is measured without HTTP (`bench http` measures with it).
     config.server.enabled = false;
@@ -88,7 +88,7 @@ pub async fn pacing(mut config: Config, options: PacingOptions) -> anyhow::Resul
     let report = daemon::run(config, None, shutdown.clone(), Some(duration)).await;
     shutdown.cancel();
     let rss = sampler.await.unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let report = report?;
 
     let t = &report.telemetry;
@@ -164,11 +164,37 @@ impl PacingReport {
     }
 }
 
-fn scratch_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("dreamd-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create bench folder {}: {e}", dir.display()))?;
-    Ok(dir)
+/// A temporary folder for one measured run (`dreamd bench pacing`, `dreamd soak`), removed when
+/// dropped.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Creates `<temp>/dreamd-<kind>-<pid>`.
+    pub fn new(kind: &str) -> anyhow::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("dreamd-{kind}-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {kind} folder {}: {e}", path.display()))?;
+        Ok(Scratch { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Points `config`'s output and log folders into this folder (`output/`, `logs/`).
+    pub fn redirect(&self, config: &mut Config) {
+        config.paths.output_dir = self.path.join("output");
+        config.paths.log_dir = self.path.join("logs");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// Options of `dreamd bench decode`.
