@@ -190,14 +190,11 @@ impl Engine {
                 (decoder, encoder)
             }
         };
-        let default_divisor = if family.is_some() && device == Device::Cpu {
-            2
-        } else {
-            1
-        };
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
-        engine.divisor = g.decode_divisor.unwrap_or(default_divisor);
+        // Full size by default: with the Winograd CPU engine, TAESD keeps a 4 fps display fed at
+        // 512×256 on two cores (BENCHMARKS.md); a busier machine sets a divisor.
+        engine.divisor = g.decode_divisor.unwrap_or(1);
         engine.precision = g.precision;
         Ok(engine)
     }
