@@ -236,8 +236,9 @@ impl Pipeline {
         let save = {
             let (buffer, archive) = (Arc::clone(&self.buffer), Arc::clone(&self.archive));
             let (format, quality) = (self.settings.format, self.settings.jpeg_quality);
+            let stop = shutdown.clone();
             tokio::task::spawn_blocking(move || {
-                stages::save_stage(frames, format, quality, &buffer, &archive)
+                stages::save_stage(frames, format, quality, &buffer, &archive, &stop)
             })
         };
         let timing = PairTiming {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+use tokio_util::sync::CancellationToken;
 
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
@@ -85,17 +86,22 @@ pub struct SaveReport {
 }
 
 /// Stage 3: encodes each frame once, hands it to the buffer (so the display can use it at
-/// once), and saves it to the archive. A frame whose file cannot be written still plays.
+/// once), and saves it to the archive. A frame whose file cannot be written still plays. Stops
+/// between frames once `stop` is cancelled (shutdown), so no write is cut short by the exit.
 pub fn save_stage(
     frames: Vec<PendingFrame>,
     format: FrameFormat,
     jpeg_quality: u8,
     buffer: &FrameBuffer,
     archive: &FrameArchive,
+    stop: &CancellationToken,
 ) -> SaveReport {
     let start = Instant::now();
     let mut report = SaveReport::default();
     for pending in frames {
+        if stop.is_cancelled() {
+            break;
+        }
         let bytes = match encode(&pending.image, format, jpeg_quality) {
             Ok(bytes) => bytes,
             Err(e) => {
