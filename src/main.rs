@@ -401,12 +401,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             let report =
                 runtime()?.block_on_with_signals(|_| dreamd::bench_http::run(config, options))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(json, &report, report.to_text())
         }
         Command::Analyze {
             logs,
@@ -454,12 +449,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 warmup_seconds: (secs * 0.1).min(10.0),
             };
             let report = runtime()?.block_on_with_signals(|_| bench::pacing(config, options))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(json, &report, report.to_text())
         }
         Command::Bench {
             what:
@@ -480,12 +470,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 precision: precision.as_deref(),
             };
             let report = bench_decode(config, target, batch, &latent, runs)?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(json, &report, report.to_text())
         }
         Command::Bench {
             what:
@@ -506,12 +491,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 precision: precision.as_deref(),
             };
             let report = bench_encode(config, target, batch, &size, runs)?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(json, &report, report.to_text())
         }
         Command::Bench {
             what:
@@ -539,12 +519,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 runs,
             };
             let report = bench::resolution::resolution(&config, &options)?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(json, &report, report.to_text())
         }
     }
 }
@@ -818,12 +793,18 @@ fn soak(
     let logs = logging::init(&plan.config.logging, &plan.config.paths.log_dir)?;
     let report = runtime()?.block_on_with_signals(|interrupt| soak::run(&plan, interrupt))?;
     drop(logs);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.to_text());
-    }
+    print_report(json, &report, report.to_text())?;
     anyhow::ensure!(report.passed, "soak failed: {}", report.failed.join(", "));
+    Ok(())
+}
+
+/// Prints a bench or soak report as JSON (`--json`) or as its text form.
+fn print_report(json: bool, report: &impl serde::Serialize, text: String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{text}");
+    }
     Ok(())
 }
 
