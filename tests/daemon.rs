@@ -1,14 +1,15 @@
 //! End-to-end tests: the real `dreamd` binary on its embedded default (procedural keyframes,
 //! preview decoder), with a short start gate from a config file.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dreamd");
+use support::{Daemon, BIN};
 
 /// The Rainmeter skin's keys, in the order its regex expects, then the original's other keys.
 const LEGACY_KEYS: [&str; 19] = [
@@ -33,78 +34,9 @@ const LEGACY_KEYS: [&str; 19] = [
     "last_update",
 ];
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts `dreamd run --config dreamd.toml` in a fresh folder; `extra` is appended to a
-    /// config that sets a short gate, a fast display and a small buffer.
-    fn start(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[display]\ntarget_fps = 8.0\nstart_gate_seconds = 0.5\n\
-             [buffer]\ntarget_seconds = 4.0\n\
-             [generation]\nframes_per_pair = 4\n\
-             [server]\nbind = \"127.0.0.1:0\"\n\
-             {extra}\n"
-        );
-        std::fs::write(dir.path().join("dreamd.toml"), config).unwrap();
-        let child = spawn(dir.path(), &["run", "--config", "dreamd.toml"]);
-        Daemon { child, dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// SIGTERM, then wait (at most 5 s); returns the exit status and how long it took.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let sent = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, sent.elapsed());
-            }
-            if sent.elapsed() > Duration::from_secs(5) {
-                let _ = self.child.kill();
-                panic!("daemon did not exit within 5 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary in `dir` with output to files (never to an unread pipe). Without
-/// `DREAMD_MODELS`, so `decoder = "auto"` is the preview decoder these timings assume even when
-/// the test run points at the shared models.
+/// Starts the binary in `dir` (the shared harness, without extra environment).
 fn spawn(dir: &Path, args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env_remove("DREAMD_MODELS")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap()
+    support::spawn(dir, args, &[])
 }
 
 fn frame_seqs(dir: &Path) -> BTreeSet<u64> {
