@@ -9,30 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Daemon, BIN};
-
-/// The Rainmeter skin's keys, in the order its regex expects, then the original's other keys.
-const LEGACY_KEYS: [&str; 19] = [
-    "frame_number",
-    "generation_time",
-    "status",
-    "current_mode",
-    "current_prompt",
-    "cache_size",
-    "uptime_hours",
-    "daemon_status",
-    "comfyui_status",
-    "controller_status",
-    "is_buffering",
-    "buffer_filled",
-    "buffer_target",
-    "buffer_seconds",
-    "buffer_percentage",
-    "keyframes_generated",
-    "interpolations_generated",
-    "vae_lock_avg_wait_ms",
-    "last_update",
-];
+use support::{Daemon, BIN, LEGACY_KEYS};
 
 /// Starts the binary in `dir` (the shared harness, without extra environment).
 fn spawn(dir: &Path, args: &[&str]) -> Child {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{config, field, get, post, Daemon, BIN};
+use support::{config, field, get, post, Daemon, BIN, LEGACY_KEYS};
 
 /// Status samples every 100 ms for `how_long`.
 fn watch(daemon: &Daemon, how_long: Duration) -> Vec<(Duration, Value)> {
@@ -135,22 +135,9 @@ fn bug_05_one_writer_and_the_rainmeter_regex_matches() {
     let daemon = Daemon::start("");
     let samples = watch(&daemon, Duration::from_secs(3));
     let text = std::fs::read_to_string(daemon.path("output/status.json")).unwrap();
-    // The skin's ungreedy regex: these keys, in this order, as `"key": value`.
-    let keys = [
-        "frame_number",
-        "generation_time",
-        "status",
-        "current_mode",
-        "current_prompt",
-        "cache_size",
-        "uptime_hours",
-        "daemon_status",
-        "comfyui_status",
-        "controller_status",
-        "is_buffering",
-    ];
+    // The skin's ungreedy regex: its 11 keys (the first of LEGACY_KEYS), in order, as `"key": value`.
     let mut at = 0;
-    for key in keys {
+    for key in &LEGACY_KEYS[..11] {
         let found = text[at..]
             .find(&format!("\"{key}\": "))
             .unwrap_or_else(|| panic!("{key} missing or out of order:\n{text}"));

@@ -322,21 +322,16 @@ pub fn encode(
     let median = times[times.len() / 2];
     let flops = taesd_encoder_flops(encoder.latent_channels(), height as usize, width as usize)
         * options.batch as f64;
-    Ok(DecodeReport {
-        kind: "encode".to_string(),
-        decoder: engine.decoder_name().to_string(),
-        device: engine.device().to_string(),
-        precision: engine.precision().to_string(),
-        batch: options.batch,
-        latent: format!("3x{height}x{width}"),
+    Ok(DecodeReport::measured(
+        "encode",
+        engine,
+        options.batch,
+        format!("3x{height}x{width}"),
         output,
-        runs: options.runs,
-        ms_per_batch: round(median * 1000.0, 3),
-        ms_per_frame: round(median * 1000.0 / options.batch as f64, 3),
-        frames_per_s: round(options.batch as f64 / median, 3),
-        gflop_per_s: round(flops / median / 1e9, 1),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
+        options.runs,
+        median,
+        flops,
+    ))
 }
 
 /// Times one batched decode call: `warmup` untimed runs, then the median of `runs`.
@@ -367,24 +362,49 @@ pub fn decode(
     } else {
         0.0
     };
-    Ok(DecodeReport {
-        kind: "decode".to_string(),
-        decoder: engine.decoder_name().to_string(),
-        device: engine.device().to_string(),
-        precision: engine.precision().to_string(),
-        batch: options.batch,
-        latent: s.to_string(),
+    Ok(DecodeReport::measured(
+        "decode",
+        engine,
+        options.batch,
+        s.to_string(),
         output,
-        runs: options.runs,
-        ms_per_batch: round(median * 1000.0, 3),
-        ms_per_frame: round(median * 1000.0 / options.batch as f64, 3),
-        frames_per_s: round(options.batch as f64 / median, 3),
-        gflop_per_s: round(flops / median / 1e9, 1),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
+        options.runs,
+        median,
+        flops,
+    ))
 }
 
 impl DecodeReport {
+    /// The report of `runs` timed calls of `batch` items whose median took `median` seconds and
+    /// did `flops` floating-point operations.
+    #[allow(clippy::too_many_arguments)]
+    fn measured(
+        kind: &str,
+        engine: &crate::engine::Engine,
+        batch: usize,
+        input: String,
+        output: String,
+        runs: usize,
+        median: f64,
+        flops: f64,
+    ) -> DecodeReport {
+        DecodeReport {
+            kind: kind.to_string(),
+            decoder: engine.decoder_name().to_string(),
+            device: engine.device().to_string(),
+            precision: engine.precision().to_string(),
+            batch,
+            latent: input,
+            output,
+            runs,
+            ms_per_batch: round(median * 1000.0, 3),
+            ms_per_frame: round(median * 1000.0 / batch as f64, 3),
+            frames_per_s: round(batch as f64 / median, 3),
+            gflop_per_s: round(flops / median / 1e9, 1),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
     pub fn to_text(&self) -> String {
         format!(
             "dreamd bench {}: {} ({}) on {}, batch {} of {} -> {}\n\

@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dreamd");
 
+/// The Rainmeter skin's keys, in the order its regex expects, then the original's other keys.
+pub const LEGACY_KEYS: [&str; 19] = [
+    "frame_number",
+    "generation_time",
+    "status",
+    "current_mode",
+    "current_prompt",
+    "cache_size",
+    "uptime_hours",
+    "daemon_status",
+    "comfyui_status",
+    "controller_status",
+    "is_buffering",
+    "buffer_filled",
+    "buffer_target",
+    "buffer_seconds",
+    "buffer_percentage",
+    "keyframes_generated",
+    "interpolations_generated",
+    "vae_lock_avg_wait_ms",
+    "last_update",
+];
+
 /// A running daemon in a temporary folder.
 pub struct Daemon {
     pub child: Child,
