@@ -318,7 +318,7 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::models::Family;
+    use crate::engine::model_files::Family;
     use crate::engine::weights::Part;
 
     #[test]

@@ -7,7 +7,7 @@
 
 pub mod conv;
 pub mod gpu_lock;
-pub mod models;
+pub mod model_files;
 pub mod pool;
 pub mod preview;
 pub mod resize;
@@ -24,7 +24,7 @@ use image::RgbImage;
 use crate::config::{Config, DecoderChoice, DeviceRequest};
 use crate::latent::{LatentBatch, LatentShape};
 pub use gpu_lock::{GpuLock, LockAccount, LockStats, LockTimeout};
-use models::Family;
+use model_files::Family;
 use weights::Part;
 
 /// Why decoding failed.
@@ -118,7 +118,7 @@ pub struct DecodeOutput {
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
-    encoder: Option<models::TaesdEncoderModel>,
+    encoder: Option<model_files::TaesdEncoderModel>,
     lock: GpuLock,
     device: Device,
     width: u32,
@@ -136,12 +136,12 @@ impl Engine {
             crate::config::parse_device(&g.device)
                 .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?,
         )?;
-        let dirs = models::search_dirs(g.models_dir.as_deref());
+        let dirs = model_files::search_dirs(g.models_dir.as_deref());
         let family = match g.decoder {
             DecoderChoice::Preview => None,
             DecoderChoice::Auto => {
                 let found =
-                    models::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
+                    model_files::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
                 if found.is_none() {
                     tracing::info!(
                         searched = ?dirs,
@@ -158,7 +158,7 @@ impl Engine {
         let (decoder, encoder): (Box<dyn Decoder>, _) = match family {
             None => (Box::new(preview::PreviewDecoder), None),
             Some(family) => {
-                let path = models::find(&dirs, family, Part::Decoder).ok_or_else(|| {
+                let path = model_files::find(&dirs, family, Part::Decoder).ok_or_else(|| {
                     EngineError::Model(format!(
                         "generation.decoder = \"{family}\": {} not found in {dirs:?} \
                          (see models/README.md for how to get it)",
@@ -174,16 +174,18 @@ impl Engine {
                             g.precision,
                         )?)
                     }
-                    Device::Cuda(_) => Box::new(models::TaesdDecoderModel::load(
+                    Device::Cuda(_) => Box::new(model_files::TaesdDecoderModel::load(
                         &path,
                         family.name(),
                         device,
                     )?),
                 };
-                let encoder = match models::find(&dirs, family, Part::Encoder) {
-                    Some(path) => {
-                        Some(models::TaesdEncoderModel::load(&path, device, g.precision)?)
-                    }
+                let encoder = match model_files::find(&dirs, family, Part::Encoder) {
+                    Some(path) => Some(model_files::TaesdEncoderModel::load(
+                        &path,
+                        device,
+                        g.precision,
+                    )?),
                     None => None,
                 };
                 tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");
@@ -240,7 +242,7 @@ impl Engine {
     }
 
     /// The encoder, when its weights were found.
-    pub fn encoder(&self) -> Option<&models::TaesdEncoderModel> {
+    pub fn encoder(&self) -> Option<&model_files::TaesdEncoderModel> {
         self.encoder.as_ref()
     }
 

@@ -377,7 +377,7 @@ impl TaesdCpuEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::models::{
+    use crate::engine::model_files::{
         find, read_f32_file, search_dirs, test_models_dir, Family, TaesdDecoderModel,
     };
     use crate::engine::Device;

@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
+use crate::config::live::LiveSettings;
 use crate::config::{Config, FrameFormat};
 use crate::control::Control;
 use crate::engine::{Engine, LockAccount};
+use crate::events::{KeyframeEvent, KeyframeOutcome, LogEvent, PairEvent, PairOutcome};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
-use crate::live::LiveSettings;
-use crate::logging::EVENT;
 use crate::stats::{millis as ms, Stage, Telemetry};
 use stages::{PendingFrame, SaveReport};
 
@@ -135,10 +135,9 @@ impl Pipeline {
                 Err(reason) => {
                     // Keep the last good keyframe; the next pair interpolates from it.
                     let last = self.settings.keyframe_seq(index);
-                    for seq in first_seq..=last {
-                        self.buffer.fail(seq);
-                    }
-                    log_failed_pair(index, first_seq, last, Stage::Keyframe, &reason);
+                    self.buffer.fail_range(first_seq..=last);
+                    PairEvent::failed(index, first_seq, last, Stage::Keyframe.as_str(), &reason)
+                        .emit();
                 }
             }
         }
@@ -283,17 +282,20 @@ impl Pipeline {
     }
 
     fn fail_pair(&self, job: &PairJob, last_seq: u64, stage: Stage, reason: &str) {
-        for seq in job.first_seq..=last_seq {
-            self.buffer.fail(seq);
-        }
+        self.buffer.fail_range(job.first_seq..=last_seq);
         self.telemetry.pipeline.record_failure(stage, reason);
-        log_failed_pair(job.to.index, job.first_seq, last_seq, stage, reason);
+        PairEvent::failed(
+            job.to.index,
+            job.first_seq,
+            last_seq,
+            stage.as_str(),
+            reason,
+        )
+        .emit();
     }
 
     fn abandon(&self, job: &PairJob, last_seq: u64) {
-        for seq in job.first_seq..=last_seq {
-            self.buffer.fail(seq);
-        }
+        self.buffer.fail_range(job.first_seq..=last_seq);
     }
 }
 
@@ -401,9 +403,7 @@ fn finish_pair(
         StageOutcome::Shutdown => SaveReport::default(),
     };
     // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
-    for seq in job.first_seq..=last_seq {
-        buffer.fail(seq);
-    }
+    buffer.fail_range(job.first_seq..=last_seq);
     let pipeline = &telemetry.pipeline;
     let ok = report.first_error.is_none() && report.ready == job.slot_count(frames_per_pair);
     if let Some(error) = &report.first_error {
@@ -423,55 +423,57 @@ fn finish_pair(
     } else {
         0.0
     };
-    tracing::info!(
-        target: EVENT,
-        event = "pair",
+    PairEvent {
         from,
-        to = job.to.index,
-        first_seq = job.first_seq,
+        to: job.to.index,
+        first_seq: job.first_seq,
         last_seq,
-        frames = timing.frames,
-        frames_ready = report.ready,
-        batch_size = timing.batch_size,
-        slerp_ms = ms(timing.slerp),
-        decode_ms,
-        decode_ms_per_frame = per_frame,
-        resize_ms = ms(timing.resize),
-        save_ms = ms(report.elapsed),
-        total_ms = ms(total),
-        lock_wait_ms = ms(timing.account.wait()),
-        lock_hold_ms = ms(timing.account.hold()),
-        lock_acquisitions = timing.account.acquisitions(),
-        write_failures = report.write_failures,
-        outcome = if ok { "ok" } else { "partial" },
-        error = report.first_error.as_deref().unwrap_or(""),
-        "pair {from}->{} done: {} frames in {:.0} ms (decode {:.1} ms/frame)",
-        job.to.index,
-        report.ready,
-        ms(total),
-        per_frame,
-    );
-}
-
-fn log_failed_pair(to: u64, first_seq: u64, last_seq: u64, stage: Stage, reason: &str) {
-    tracing::warn!(
-        target: EVENT,
-        event = "pair",
-        from = to.saturating_sub(1),
-        to,
-        first_seq,
-        last_seq,
-        frames = 0,
-        frames_ready = 0,
-        lock_acquisitions = 0,
-        outcome = "failed",
-        stage = stage.as_str(),
-        error = reason,
-        "pair ending at keyframe {to} failed in {stage}: {reason}; frames {first_seq}-{last_seq} skipped"
-    );
+        frames: Some(timing.frames as u64),
+        frames_ready: Some(report.ready as u64),
+        batch_size: Some(timing.batch_size as u64),
+        slerp_ms: Some(ms(timing.slerp)),
+        decode_ms: Some(decode_ms),
+        decode_ms_per_frame: Some(per_frame),
+        resize_ms: Some(ms(timing.resize)),
+        save_ms: Some(ms(report.elapsed)),
+        total_ms: Some(ms(total)),
+        lock_wait_ms: Some(ms(timing.account.wait())),
+        lock_hold_ms: Some(ms(timing.account.hold())),
+        lock_acquisitions: Some(timing.account.acquisitions()),
+        write_failures: Some(report.write_failures as u64),
+        outcome: if ok {
+            PairOutcome::Ok
+        } else {
+            PairOutcome::Partial
+        },
+        stage: None,
+        error: report.first_error.unwrap_or_default(),
+    }
+    .emit();
 }
 
 const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+/// The `keyframe` event of attempt `index` (failed when there is an `error`).
+fn keyframe_event(
+    index: u64,
+    seq: u64,
+    source: &str,
+    elapsed: Duration,
+    error: Option<&String>,
+) -> KeyframeEvent {
+    KeyframeEvent {
+        index,
+        seq,
+        source: source.to_string(),
+        ms: Some(ms(elapsed)),
+        outcome: match error {
+            Some(_) => KeyframeOutcome::Failed,
+            None => KeyframeOutcome::Ok,
+        },
+        error: error.cloned(),
+    }
+}
 
 /// Makes keyframes 0, 1, 2, … ahead of the coordinator (one in hand, one being made), each
 /// under the keyframe timeout, backing off after failures.
@@ -518,33 +520,11 @@ async fn produce_keyframes(
                 pipeline.keyframes.fetch_add(1, ORDER);
                 pipeline.record_keyframe_ms(ms(elapsed));
                 pipeline.set_theme(source.theme());
-                tracing::info!(
-                    target: EVENT,
-                    event = "keyframe",
-                    index,
-                    seq,
-                    source = source.name(),
-                    ms = ms(elapsed),
-                    outcome = "ok",
-                    "keyframe {index} from {} in {:.1} ms",
-                    source.name(),
-                    ms(elapsed)
-                );
+                keyframe_event(index, seq, source.name(), elapsed, None).emit();
             }
             Err(reason) => {
                 pipeline.record_failure(Stage::Keyframe, reason.clone());
-                tracing::warn!(
-                    target: EVENT,
-                    event = "keyframe",
-                    index,
-                    seq,
-                    source = source.name(),
-                    ms = ms(elapsed),
-                    outcome = "failed",
-                    error = reason.as_str(),
-                    "keyframe {index} from {} failed: {reason}",
-                    source.name()
-                );
+                keyframe_event(index, seq, source.name(), elapsed, Some(reason)).emit();
             }
         }
         let failed = result.is_err();
