@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod direction;
 pub mod display;
 pub mod engine;
 pub mod events;

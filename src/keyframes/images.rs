@@ -96,6 +96,8 @@ pub struct ImageSource {
     seed: u64,
     engine: Arc<Engine>,
     lock_timeout: Duration,
+    /// File name of the last picture made into a keyframe.
+    last_shown: Option<String>,
 }
 
 impl ImageSource {
@@ -128,6 +130,7 @@ impl ImageSource {
             seed,
             engine,
             lock_timeout,
+            last_shown: None,
         })
     }
 
@@ -172,6 +175,13 @@ impl KeyframeSource for ImageSource {
         None
     }
 
+    fn describe(&self) -> String {
+        match &self.last_shown {
+            Some(name) => format!("picture {name}"),
+            None => "pictures".to_string(),
+        }
+    }
+
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
         let mut last_error = String::new();
         for attempt in 0..self.files.len() as u64 {
@@ -194,6 +204,10 @@ impl KeyframeSource for ImageSource {
             .map_err(|e| KeyframeError::Worker(e.to_string()))?;
             match made {
                 Ok((latent, image)) => {
+                    self.last_shown = self
+                        .pick(index + attempt)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned());
                     return Ok(Keyframe {
                         index,
                         latent,

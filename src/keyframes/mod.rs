@@ -58,6 +58,23 @@ pub trait KeyframeSource: Send {
     /// Moves to the next theme from the next keyframe on (sources with themes).
     fn next_theme(&mut self) {}
 
+    /// What is playing, for people: the prompt, the picture's name, `procedural seed 42`.
+    /// Never empty (status.json consumers reject empty strings).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// Whether keyframes are made from a prompt ([`KeyframeSource::set_prompt`]).
+    fn uses_prompts(&self) -> bool {
+        false
+    }
+
+    /// The prompt for the next keyframe (sources that use prompts).
+    fn set_prompt(&mut self, _prompt: &crate::direction::themes::PromptChoice) {}
+
+    /// The keyframe just played was made elsewhere (an injection): continue from it.
+    fn continue_from(&mut self, _keyframe: &Keyframe) {}
+
     /// Makes keyframe `index`. Blocking work inside must go to the blocking pool.
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError>;
 }

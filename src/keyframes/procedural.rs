@@ -57,6 +57,7 @@ impl Field {
 /// Seeded, slowly drifting latent fields; see the module docs.
 pub struct ProceduralSource {
     field: Arc<Field>,
+    seed: u64,
 }
 
 impl ProceduralSource {
@@ -83,6 +84,7 @@ impl ProceduralSource {
                 drift,
                 shape,
             }),
+            seed,
         }
     }
 }
@@ -91,6 +93,10 @@ impl ProceduralSource {
 impl KeyframeSource for ProceduralSource {
     fn name(&self) -> &str {
         "procedural"
+    }
+
+    fn describe(&self) -> String {
+        format!("procedural seed {}", self.seed)
     }
 
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {

@@ -1,0 +1,481 @@
+//! The director: a keyframe source wrapped with themes, collapse watching, the cache and
+//! injections.
+//!
+//! [`DirectedSource`] sits between the pipeline's keyframe producer and the real source. Before
+//! each keyframe it looks at the keyframe just made (its picture, or its latent decoded under
+//! the GPU lock): embeds it, lets the collapse detector judge it, offers it to the cache; then
+//! it decides the new keyframe. Usually the real source makes it, under the prompt the theme
+//! rotation gives; an injection instead blends a cached frame or a seed picture into the last
+//! keyframe's latent, and tells the source to continue from that blend (so the next img2img
+//! starts from the injected picture). All of it runs on the blocking pool inside the keyframe's
+//! time budget, never on the display's path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use image::RgbImage;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::cache::{CacheConfig, CacheStats, FrameCache, Offer};
+use super::collapse::{CollapseConfig, CollapseDetector, CollapseReport};
+use super::injection::{Decision, InjectionConfig, InjectionKind, InjectionPolicy, Trigger};
+use super::similarity::{Embedding, Similarity};
+use super::themes::{PromptChoice, PromptsConfig, SystemClock, ThemeRotation};
+use crate::engine::{Engine, LockAccount};
+use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
+use crate::latent::{Latent, LatentBatch};
+
+/// The settings the director needs, from `[prompts]`, `[collapse]`, `[cache]`, `[injection]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectionSettings {
+    pub prompts: PromptsConfig,
+    pub collapse: CollapseConfig,
+    pub cache: CacheConfig,
+    pub injection: InjectionConfig,
+    /// `output/cache`.
+    pub cache_dir: PathBuf,
+    /// Seed of the director's random choices.
+    pub seed: u64,
+}
+
+/// What the director shows to status, `/metrics` and SSE.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DirectionSnapshot {
+    /// The theme playing (sources with prompts).
+    pub theme: Option<String>,
+    /// The last prompt, modifier included (sources with prompts).
+    pub prompt: Option<String>,
+    /// What the last keyframe was: `dream`, `injection:cache`, `injection:seed`, or the
+    /// source's name when it has no prompts.
+    pub mode: String,
+    pub collapse: CollapseReport,
+    pub cache_size: usize,
+    pub cache: CacheStats,
+    pub cache_injections: u64,
+    pub seed_injections: u64,
+    /// Keyframes analysed by the detector.
+    pub analysed: u64,
+}
+
+/// A shared, cheap-to-read view of the director.
+pub type DirectionStatus = Arc<Mutex<DirectionSnapshot>>;
+
+/// A keyframe source under creative direction.
+pub struct DirectedSource {
+    inner: Box<dyn KeyframeSource>,
+    engine: Arc<Engine>,
+    lock_timeout: Duration,
+    state: Arc<Mutex<DirectorState>>,
+    status: DirectionStatus,
+    previous: Option<Keyframe>,
+}
+
+struct DirectorState {
+    rotation: ThemeRotation,
+    detector: CollapseDetector,
+    cache: Option<FrameCache>,
+    policy: InjectionPolicy,
+    rng: StdRng,
+    seeds_dir: PathBuf,
+    last_seed: Option<PathBuf>,
+    analysed: u64,
+}
+
+/// An injection prepared on the blocking pool.
+struct Injection {
+    kind: InjectionKind,
+    /// Cache entry id or seed file name.
+    source_id: String,
+    picture: RgbImage,
+    weight: f64,
+    similarity: Option<Similarity>,
+    reason: String,
+}
+
+impl DirectedSource {
+    /// Wraps `inner`. The cache folder is opened (or created) now; a cache that cannot be
+    /// opened is an error naming it. Injections need the engine's encoder: without one they
+    /// are turned off with a warning.
+    pub fn new(
+        inner: Box<dyn KeyframeSource>,
+        engine: Arc<Engine>,
+        settings: DirectionSettings,
+        lock_timeout: Duration,
+    ) -> Result<Self, KeyframeError> {
+        let error = |message: String| KeyframeError::Source {
+            source_name: "direction".into(),
+            message,
+        };
+        let cache = if settings.cache.enabled {
+            Some(FrameCache::open(&settings.cache_dir, settings.cache.clone()).map_err(|e| error(e.to_string()))?)
+        } else {
+            None
+        };
+        let mut injection = settings.injection.clone();
+        if injection.enabled && engine.encoder().is_none() {
+            tracing::warn!(
+                "injections are off: decoder {} has no encoder to bring pictures into latent space",
+                engine.decoder_name()
+            );
+            injection.enabled = false;
+        }
+        let seeds_dir = injection.seeds_dir.clone();
+        let state = DirectorState {
+            rotation: ThemeRotation::new(settings.prompts, Box::new(SystemClock), settings.seed),
+            detector: CollapseDetector::new(settings.collapse),
+            cache,
+            policy: InjectionPolicy::new(injection),
+            rng: StdRng::seed_from_u64(settings.seed ^ 0x5eed),
+            seeds_dir,
+            last_seed: None,
+            analysed: 0,
+        };
+        let status = DirectionStatus::default();
+        status.lock().mode = inner.name().to_string();
+        Ok(Self {
+            inner,
+            engine,
+            lock_timeout,
+            state: Arc::new(Mutex::new(state)),
+            status,
+            previous: None,
+        })
+    }
+
+    /// The shared view for status, metrics and SSE.
+    pub fn status(&self) -> DirectionStatus {
+        Arc::clone(&self.status)
+    }
+
+    /// Applies reloaded `[prompts]`, `[collapse]`, `[cache]` and `[injection]` settings.
+    pub fn reconfigure(&self, settings: DirectionSettings) {
+        let mut state = self.state.lock();
+        state.rotation.reconfigure(settings.prompts);
+        state.detector.reconfigure(settings.collapse);
+        if let Some(cache) = state.cache.as_mut() {
+            if let Err(e) = cache.reconfigure(settings.cache) {
+                tracing::warn!("cache reconfiguration: {e}");
+            }
+        }
+        let mut injection = settings.injection;
+        injection.enabled &= self.engine.encoder().is_some();
+        state.seeds_dir = injection.seeds_dir.clone();
+        state.policy.reconfigure(injection);
+    }
+
+    /// Looks at the keyframe just made, and decides and prepares what comes next. Blocking.
+    fn direct(
+        state: &Mutex<DirectorState>,
+        engine: &Engine,
+        lock_timeout: Duration,
+        previous: Option<&Keyframe>,
+        index: u64,
+        label: &str,
+    ) -> Result<Option<Injection>, String> {
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        let picture = match &previous.image {
+            Some(image) => image.clone(),
+            None => decode_one(engine, &previous.latent, lock_timeout)?,
+        };
+        let embedding = Embedding::of(&picture);
+        let mut guard = state.lock();
+        let st = &mut *guard;
+        if !st.policy.in_warmup(index) {
+            let report = st.detector.analyse(embedding.clone()).clone();
+            st.analysed += 1;
+            st.policy.record_verdict(report.state);
+            crate::events::Collapse::from_report(previous.index, &report).emit();
+        }
+        if let Some(cache) = st.cache.as_mut() {
+            match cache.offer(&picture, embedding.clone(), label) {
+                Ok(Offer::Accepted { id, evicted }) => tracing::debug!(
+                    "cache: keyframe {} accepted as {id} (evicted {evicted:?}, {} entries)",
+                    previous.index,
+                    cache.len()
+                ),
+                Ok(Offer::Redundant { average }) => tracing::debug!(
+                    "cache: keyframe {} redundant (avg colour {:.3}, structure {:.3})",
+                    previous.index,
+                    average.color,
+                    average.structure
+                ),
+                Err(e) => tracing::warn!("cache: {e}"),
+            }
+        }
+        let seeds = list_pictures(&st.seeds_dir);
+        let cache_len = st.cache.as_ref().map_or(0, FrameCache::len);
+        let report = st.detector.last().clone();
+        let decision = st
+            .policy
+            .decide(index, &report, cache_len, !seeds.is_empty(), &mut st.rng);
+        let injection = match decision {
+            Decision::Generate => None,
+            Decision::Seed { reason } => {
+                let choices: Vec<&PathBuf> = seeds
+                    .iter()
+                    .filter(|p| seeds.len() < 2 || Some(*p) != st.last_seed.as_ref())
+                    .collect();
+                let path = choices[st.rng.random_range(0..choices.len())].clone();
+                st.last_seed = Some(path.clone());
+                let picture = read_picture(&path)?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Some(Injection {
+                    kind: InjectionKind::Seed,
+                    source_id: name,
+                    similarity: Some(embedding.similarity(&Embedding::of(&picture))),
+                    picture,
+                    weight: st.policy.config().seed_blend_weight,
+                    reason,
+                })
+            }
+            Decision::Cache { forced, probability } => {
+                let trigger = {
+                    let cfg = st.detector.config();
+                    Trigger::of(&report, cfg.color_converge, cfg.structure_converge)
+                };
+                let cache = st.cache.as_ref().ok_or("cache injection without a cache")?;
+                let candidate = st.policy.choose_cached(
+                    &embedding,
+                    cache.entries().iter().map(|e| (e.id, &e.embedding)),
+                    trigger,
+                    &mut st.rng,
+                );
+                match candidate {
+                    None => {
+                        tracing::info!(
+                            "cache injection for keyframe {index}: no cached frame lies in the dissimilarity windows; generating"
+                        );
+                        None
+                    }
+                    Some(c) => {
+                        let picture = cache.load(c.id).map_err(|e| e.to_string())?;
+                        Some(Injection {
+                            kind: InjectionKind::Cache,
+                            source_id: format!("cache_{:08}", c.id),
+                            picture,
+                            weight: st.policy.config().blend_weight,
+                            similarity: Some(c.similarity),
+                            reason: if forced {
+                                format!("forced by collapse ({})", report.reason)
+                            } else {
+                                format!("chance {:.0} %", probability * 100.0)
+                            },
+                        })
+                    }
+                }
+            }
+        };
+        if let Some(inj) = &injection {
+            if let (InjectionKind::Cache, Some(cache)) = (inj.kind, st.cache.as_mut()) {
+                if let Some(id) = inj.source_id.strip_prefix("cache_").and_then(|s| s.parse().ok()) {
+                    let _ = cache.mark_used(id);
+                }
+            }
+        }
+        Ok(injection)
+    }
+
+    fn publish(&self, mode: String) {
+        let state = self.state.lock();
+        let (cache_injections, seed_injections) = state.policy.counts();
+        let mut s = self.status.lock();
+        s.mode = mode;
+        s.theme = self
+            .inner
+            .uses_prompts()
+            .then(|| state.rotation.current_theme().name.clone());
+        s.prompt = state.rotation.last().map(|p| p.prompt.clone());
+        s.collapse = state.detector.last().clone();
+        s.cache_size = state.cache.as_ref().map_or(0, FrameCache::len);
+        s.cache = state.cache.as_ref().map(FrameCache::stats).unwrap_or_default();
+        s.cache_injections = cache_injections;
+        s.seed_injections = seed_injections;
+        s.analysed = state.analysed;
+    }
+}
+
+/// Decodes one latent to a picture at the engine's output size, under the GPU lock.
+fn decode_one(engine: &Engine, latent: &Latent, lock_timeout: Duration) -> Result<RgbImage, String> {
+    let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
+    batch.push(latent).map_err(|e| e.to_string())?;
+    let account = LockAccount::default();
+    let mut out = engine
+        .decode_batch(&batch, &account, lock_timeout)
+        .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?;
+    out.images.pop().ok_or_else(|| "decoder returned no picture".to_string())
+}
+
+fn read_picture(path: &Path) -> Result<RgbImage, String> {
+    image::open(path)
+        .map(|p| p.to_rgb8())
+        .map_err(|e| format!("cannot read seed picture {}: {e}", path.display()))
+}
+
+/// The PNG, JPEG and WebP pictures in `dir` (re-read each time, so new pictures are used);
+/// empty when `dir` is empty or unreadable.
+fn list_pictures(dir: &Path) -> Vec<PathBuf> {
+    if dir.as_os_str().is_empty() {
+        return Vec::new();
+    }
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = listing
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "webp"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `weight·injected + (1 − weight)·current`, element-wise.
+pub fn blend(injected: &Latent, current: &Latent, weight: f64) -> Result<Latent, crate::latent::LatentError> {
+    if injected.shape() != current.shape() {
+        return Err(crate::latent::LatentError::ShapeMismatch {
+            a: injected.shape(),
+            b: current.shape(),
+        });
+    }
+    let w = weight as f32;
+    let data = injected
+        .data()
+        .iter()
+        .zip(current.data())
+        .map(|(a, b)| w * a + (1.0 - w) * b)
+        .collect();
+    Latent::new(injected.shape(), data)
+}
+
+#[async_trait]
+impl KeyframeSource for DirectedSource {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn theme(&self) -> Option<String> {
+        self.inner
+            .uses_prompts()
+            .then(|| self.state.lock().rotation.current_theme().name.clone())
+    }
+
+    fn has_themes(&self) -> bool {
+        self.inner.uses_prompts()
+    }
+
+    fn next_theme(&mut self) {
+        self.state.lock().rotation.request_next_theme();
+    }
+
+    fn describe(&self) -> String {
+        match self.state.lock().rotation.last() {
+            Some(p) if self.inner.uses_prompts() => p.prompt.clone(),
+            _ => self.inner.describe(),
+        }
+    }
+
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        let (state, engine, timeout) = (
+            Arc::clone(&self.state),
+            Arc::clone(&self.engine),
+            self.lock_timeout,
+        );
+        let previous = self.previous.clone();
+        let label = self.describe();
+        let direct = tokio::task::spawn_blocking(move || {
+            let injection =
+                Self::direct(&state, &engine, timeout, previous.as_ref(), index, &label)?;
+            let Some(injection) = injection else {
+                return Ok(None);
+            };
+            let current = previous.as_ref().ok_or("injection without a keyframe")?;
+            let (w, h) = engine.output_size();
+            let framed = crate::keyframes::images::fit(
+                image::DynamicImage::ImageRgb8(injection.picture.clone()),
+                w,
+                h,
+                crate::config::FitMode::Crop,
+            )
+            .map_err(|e| e.to_string())?;
+            let account = LockAccount::default();
+            let latent = engine
+                .encode_batch(std::slice::from_ref(&framed), &account, timeout)
+                .map_err(|e| format!("encoding the {} injection: {e}", injection.kind.as_str()))?
+                .pop()
+                .ok_or("encoder returned nothing")?;
+            let blended = blend(&latent, &current.latent, injection.weight).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some((injection, blended)))
+        })
+        .await
+        .map_err(|e| KeyframeError::Worker(e.to_string()))?;
+        let keyframe = match direct {
+            Ok(Some((injection, latent))) => {
+                {
+                    let mut state = self.state.lock();
+                    let id = injection
+                        .source_id
+                        .strip_prefix("cache_")
+                        .and_then(|s| s.parse().ok());
+                    state.policy.record(index, Some((injection.kind, id)));
+                    state.detector.reset_after_injection();
+                }
+                crate::events::Injection {
+                    index,
+                    kind: injection.kind.as_str().to_string(),
+                    source_id: injection.source_id.clone(),
+                    weight: injection.weight,
+                    color_similarity: injection.similarity.map(|s| s.color),
+                    structure_similarity: injection.similarity.map(|s| s.structure),
+                    reason: injection.reason.clone(),
+                }
+                .emit();
+                let keyframe = Keyframe {
+                    index,
+                    latent,
+                    image: None,
+                };
+                self.inner.continue_from(&keyframe);
+                self.publish(format!("injection:{}", injection.kind.as_str()));
+                keyframe
+            }
+            Ok(None) => {
+                if self.inner.uses_prompts() {
+                    let choice: PromptChoice = self.state.lock().rotation.next_prompt();
+                    self.inner.set_prompt(&choice);
+                }
+                let keyframe = self.inner.keyframe(index).await?;
+                self.state.lock().policy.record(index, None);
+                let mode = if self.inner.uses_prompts() {
+                    "dream".to_string()
+                } else {
+                    self.inner.name().to_string()
+                };
+                self.publish(mode);
+                keyframe
+            }
+            Err(message) => {
+                // Direction failing must not stop the dream: make the keyframe as usual.
+                tracing::warn!("creative direction for keyframe {index}: {message}");
+                self.state.lock().policy.record(index, None);
+                self.inner.keyframe(index).await?
+            }
+        };
+        self.previous = Some(keyframe.clone());
+        Ok(keyframe)
+    }
+}
