@@ -459,19 +459,18 @@ mod tests {
     use super::*;
 
     fn picture(seed: u32) -> RgbImage {
-        // Distinct pictures: different colours and stripe directions per seed.
+        // Distinct pictures: a hue of their own and a stripe direction of their own.
+        let hues = [[230, 40, 30], [30, 200, 60], [40, 60, 220], [220, 210, 40]];
+        let [r, g, b] = hues[seed as usize % 4];
         RgbImage::from_fn(64, 32, |x, y| {
-            let v = match seed % 4 {
-                0 => x * 4,
-                1 => y * 8,
-                2 => (x + y) * 3,
-                _ => (x * y) % 256,
+            let on = match seed % 4 {
+                0 => (x / 8) % 2 == 0,
+                1 => (y / 4) % 2 == 0,
+                2 => ((x + y) / 6) % 2 == 0,
+                _ => (x / 16 + y / 8) % 2 == 0,
             };
-            image::Rgb([
-                (v + seed * 37) as u8,
-                (v * 2 + seed * 91) as u8,
-                (255 - v + seed * 13) as u8,
-            ])
+            let k = if on { 1.0 } else { 0.35 };
+            image::Rgb([(r as f32 * k) as u8, (g as f32 * k) as u8, (b as f32 * k) as u8])
         })
     }
 
