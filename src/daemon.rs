@@ -20,6 +20,7 @@ use crate::config::live::LiveSettings;
 use crate::config::reload::Reloader;
 use crate::config::{Config, FaultsConfig, FrameFormat};
 use crate::control::Control;
+use crate::direction::director::{DirectionSettings, Director};
 use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
 use crate::faults::{Faults, FaultyDecoder, FaultySource};
@@ -61,6 +62,8 @@ pub struct Shared {
     pub format: FrameFormat,
     pub engine: Arc<Engine>,
     pub control: Arc<Control>,
+    /// Themes, collapse, cache and injections.
+    pub director: Arc<Director>,
     /// The keyframe source's name.
     pub source_name: String,
     /// Target fps, buffer target and the degraded window (they may change on reload).
@@ -73,6 +76,7 @@ pub struct Shared {
 struct Prepared {
     engine: Arc<Engine>,
     source: Box<dyn keyframes::KeyframeSource>,
+    director: Arc<Director>,
     archive: Arc<FrameArchive>,
     first_seq: u64,
     faults: Arc<Faults>,
@@ -101,10 +105,16 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let engine = Engine::from_config(config)?;
     let engine = Arc::new(engine.wrap_decoder(|d| FaultyDecoder::wrap(d, Arc::clone(&faults))));
     let source = keyframes::from_config(config, &engine)?;
-    let source = FaultySource::wrap(source, Arc::clone(&faults));
+    let director = Director::new(
+        Arc::clone(&engine),
+        DirectionSettings::from_config(config),
+        config.timeouts.decode(),
+    )?;
+    let source = director.wrap(FaultySource::wrap(source, Arc::clone(&faults)));
     Ok(Prepared {
         engine,
         source,
+        director,
         archive: Arc::new(archive),
         first_seq,
         faults,
@@ -137,6 +147,7 @@ pub async fn run_observed(
     let Prepared {
         engine,
         source,
+        director,
         archive,
         first_seq,
         faults,
@@ -168,6 +179,7 @@ pub async fn run_observed(
         format: config.output.format,
         engine: Arc::clone(&engine),
         control: Arc::clone(&control),
+        director: Arc::clone(&director),
         source_name: source.name().to_string(),
         live: Arc::clone(&live),
         server_url: server_url.clone(),
@@ -233,6 +245,7 @@ pub async fn run_observed(
             archive,
             faults: Arc::clone(&faults),
             engine: Arc::clone(&engine),
+            director: Arc::clone(&director),
             sources: replace_source,
         };
         tokio::spawn(reloader.watch(status_stop.clone()));

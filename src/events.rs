@@ -412,6 +412,106 @@ impl LogEvent for ConfigReloadEvent {
     }
 }
 
+/// `collapse`: one analysis of the mode-collapse detector (after the warm-up, per keyframe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollapseEvent {
+    /// The keyframe analysed.
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub state: crate::direction::collapse::CollapseState,
+    /// Mean colour similarity of consecutive keyframes in the window (0–3).
+    #[serde(default)]
+    pub color_similarity: f32,
+    /// Mean structure similarity (0–1).
+    #[serde(default)]
+    pub structure_similarity: f32,
+    pub color_delta: Option<f32>,
+    pub structure_delta: Option<f32>,
+    /// Extra injection share, 0–1.
+    #[serde(default)]
+    pub severity: f32,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl CollapseEvent {
+    /// The record of `report` on keyframe `index`.
+    pub fn new(index: u64, report: &crate::direction::collapse::CollapseReport) -> Self {
+        Self {
+            index,
+            state: report.state,
+            color_similarity: report.color_similarity,
+            structure_similarity: report.structure_similarity,
+            color_delta: report.color_delta,
+            structure_delta: report.structure_delta,
+            severity: report.severity,
+            reason: report.reason.clone(),
+        }
+    }
+}
+
+impl LogEvent for CollapseEvent {
+    const NAME: &'static str = "collapse";
+
+    fn level(&self) -> Level {
+        use crate::direction::collapse::CollapseState;
+        match self.state {
+            CollapseState::Ok => Level::DEBUG,
+            CollapseState::Converging => Level::INFO,
+            CollapseState::Collapsed => Level::WARN,
+        }
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "collapse check at keyframe {}: {} ({})",
+            self.index,
+            self.state.as_str(),
+            self.reason
+        )
+    }
+}
+
+/// `injection`: a keyframe made by blending a cached frame or a seed picture into the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectionEvent {
+    /// The keyframe it became.
+    #[serde(default)]
+    pub index: u64,
+    pub kind: crate::direction::injection::InjectionKind,
+    /// The cache entry (`cache_00000012`) or the seed picture's file name.
+    #[serde(default)]
+    pub source_id: String,
+    /// Share of the injected picture's latent.
+    #[serde(default)]
+    pub weight: f64,
+    /// Similarity of the injected picture to the keyframe it replaces.
+    pub color_similarity: Option<f32>,
+    pub structure_similarity: Option<f32>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl LogEvent for InjectionEvent {
+    const NAME: &'static str = "injection";
+
+    fn level(&self) -> Level {
+        Level::INFO
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "keyframe {}: {} injection of {} at {:.0} % ({})",
+            self.index,
+            self.kind.as_str(),
+            self.source_id,
+            self.weight * 100.0,
+            self.reason
+        )
+    }
+}
+
 /// Any event, as read back from a line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyEvent {
@@ -422,6 +522,8 @@ pub enum AnyEvent {
     State(StateEvent),
     DisplayStats(DisplayStatsEvent),
     ConfigReload(ConfigReloadEvent),
+    Collapse(CollapseEvent),
+    Injection(InjectionEvent),
 }
 
 impl AnyEvent {
@@ -436,6 +538,8 @@ impl AnyEvent {
             StateEvent::NAME => AnyEvent::State(serde_json::from_str(line)?),
             DisplayStatsEvent::NAME => AnyEvent::DisplayStats(serde_json::from_str(line)?),
             ConfigReloadEvent::NAME => AnyEvent::ConfigReload(serde_json::from_str(line)?),
+            CollapseEvent::NAME => AnyEvent::Collapse(serde_json::from_str(line)?),
+            InjectionEvent::NAME => AnyEvent::Injection(serde_json::from_str(line)?),
             _ => return Ok(None),
         }))
     }
@@ -450,6 +554,8 @@ impl AnyEvent {
             AnyEvent::State(e) => e.emit(),
             AnyEvent::DisplayStats(e) => e.emit(),
             AnyEvent::ConfigReload(e) => e.emit(),
+            AnyEvent::Collapse(e) => e.emit(),
+            AnyEvent::Injection(e) => e.emit(),
         }
     }
 }

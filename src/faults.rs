@@ -177,6 +177,30 @@ impl KeyframeSource for FaultySource {
         self.inner.theme()
     }
 
+    fn has_themes(&self) -> bool {
+        self.inner.has_themes()
+    }
+
+    fn next_theme(&mut self) {
+        self.inner.next_theme()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn uses_prompts(&self) -> bool {
+        self.inner.uses_prompts()
+    }
+
+    fn set_prompt(&mut self, prompt: &crate::direction::themes::PromptChoice) {
+        self.inner.set_prompt(prompt)
+    }
+
+    fn continue_from(&mut self, keyframe: &Keyframe) {
+        self.inner.continue_from(keyframe)
+    }
+
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
         self.faults.hang(Fault::KeyframeHang).await;
         if self.faults.active(Fault::KeyframeError).is_some() {

@@ -78,7 +78,7 @@ pub struct StatusDocument {
     pub frame_number: u64,
     pub generation_time: f64,
     pub status: &'static str,
-    pub current_mode: &'static str,
+    pub current_mode: String,
     pub current_prompt: String,
     pub cache_size: u64,
     pub uptime_hours: f64,
@@ -109,9 +109,36 @@ pub struct StatusDocument {
     pub gpu_lock: GpuLockSection,
     pub failures: FailureSection,
     pub theme: Option<String>,
+    /// Themes, collapse, cache and injections.
+    pub direction: DirectionSection,
     pub last_error: Option<ErrorSection>,
     /// The HTTP server, when it runs.
     pub server: Option<ServerSection>,
+}
+
+/// `direction`: themes, collapse detection, the cache and injections.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectionSection {
+    /// What the last keyframe was: `dream`, `injection:cache`, `injection:seed`, or the
+    /// source's name.
+    pub mode: String,
+    /// The last prompt (sources with prompts).
+    pub prompt: Option<String>,
+    /// `ok`, `converging` or `collapsed`.
+    pub collapse: &'static str,
+    pub color_similarity: f64,
+    pub structure_similarity: f64,
+    pub color_delta: Option<f64>,
+    pub structure_delta: Option<f64>,
+    /// Extra injection share from convergence, 0–1.
+    pub injection_boost: f64,
+    pub keyframes_analysed: u64,
+    pub cache_size: usize,
+    pub cache_offered: u64,
+    pub cache_accepted: u64,
+    pub cache_acceptance_rate: f64,
+    pub cache_injections: u64,
+    pub seed_injections: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,14 +225,19 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
     let keyframes = t.pipeline.keyframes.load(ORDER);
     let interpolated = t.pipeline.interpolated_frames.load(ORDER);
     let theme = t.pipeline.theme();
+    let direction = shared.director.snapshot();
     let timestamp = humantime::format_rfc3339_millis(now).to_string();
     StatusDocument {
         frame_number: frames_displayed,
         generation_time: round(averages.keyframe_ms.get().unwrap_or(0.0) / 1000.0, 3),
         status: state.legacy_status(),
-        current_mode: "buffered",
-        current_prompt: theme.clone().unwrap_or_default(),
-        cache_size: 0,
+        // Never empty: the Rainmeter skin's regex (`"([^"]+)"`) fails the whole bar on "".
+        current_mode: non_empty(&direction.mode, &shared.source_name),
+        current_prompt: non_empty(
+            direction.prompt.as_deref().unwrap_or(&direction.playing),
+            &shared.source_name,
+        ),
+        cache_size: direction.cache_size as u64,
         uptime_hours: round(uptime / 3600.0, 2),
         daemon_status: match lifecycle {
             Lifecycle::Running => "running",
@@ -276,12 +308,38 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             publish: t.pipeline.failures(Stage::Publish),
         },
         theme,
+        direction: DirectionSection {
+            mode: direction.mode.clone(),
+            prompt: direction.prompt.clone(),
+            collapse: direction.collapse.state.as_str(),
+            color_similarity: round(f64::from(direction.collapse.color_similarity), 4),
+            structure_similarity: round(f64::from(direction.collapse.structure_similarity), 4),
+            color_delta: direction.collapse.color_delta.map(|d| round(f64::from(d), 4)),
+            structure_delta: direction.collapse.structure_delta.map(|d| round(f64::from(d), 4)),
+            injection_boost: round(f64::from(direction.collapse.severity), 3),
+            keyframes_analysed: direction.analysed,
+            cache_size: direction.cache_size,
+            cache_offered: direction.cache.offered,
+            cache_accepted: direction.cache.accepted,
+            cache_acceptance_rate: round(direction.cache.acceptance_rate(), 3),
+            cache_injections: direction.cache_injections,
+            seed_injections: direction.seed_injections,
+        },
         last_error: t.pipeline.last_error().map(|e| ErrorSection {
             stage: e.stage.as_str(),
             message: e.message,
             at: humantime::format_rfc3339_millis(e.at).to_string(),
         }),
         server: shared.server_url.clone().map(|url| ServerSection { url }),
+    }
+}
+
+/// `value`, or `fallback` when it is empty.
+fn non_empty(value: &str, fallback: &str) -> String {
+    if value.trim().is_empty() {
+        fallback.to_string()
+    } else {
+        value.to_string()
     }
 }
 

@@ -129,9 +129,10 @@ pub fn parse_line(line: &str) -> Parsed {
             interval_error_p50_ms: d.interval_error_p50_ms,
             interval_error_p99_ms: d.interval_error_p99_ms,
         }),
-        AnyEvent::Display(DisplayEvent::SkipRequest { .. }) | AnyEvent::ConfigReload(_) => {
-            return Parsed::Ignored
-        }
+        AnyEvent::Display(DisplayEvent::SkipRequest { .. })
+        | AnyEvent::ConfigReload(_)
+        | AnyEvent::Collapse(_)
+        | AnyEvent::Injection(_) => return Parsed::Ignored,
     };
     Parsed::Record(record)
 }
@@ -297,6 +298,25 @@ mod tests {
             AnyEvent::ConfigReload(ConfigReloadEvent::Rejected {
                 error: "bad".to_string(),
             }),
+            AnyEvent::Collapse(crate::events::CollapseEvent {
+                index: 60,
+                state: crate::direction::collapse::CollapseState::Converging,
+                color_similarity: 2.25,
+                structure_similarity: 0.75,
+                color_delta: Some(0.125),
+                structure_delta: Some(0.09375),
+                severity: 0.25,
+                reason: "structure delta 0.094 > 0.080".to_string(),
+            }),
+            AnyEvent::Injection(crate::events::InjectionEvent {
+                index: 61,
+                kind: crate::direction::injection::InjectionKind::Seed,
+                source_id: "seed.png".to_string(),
+                weight: 0.85,
+                color_similarity: Some(1.5),
+                structure_similarity: None,
+                reason: "bootstrap".to_string(),
+            }),
         ]
     }
 
@@ -319,7 +339,7 @@ mod tests {
                 | AnyEvent::State(_)
                 | AnyEvent::DisplayStats(_) => true,
                 AnyEvent::Display(d) => !matches!(d, DisplayEvent::SkipRequest { .. }),
-                AnyEvent::ConfigReload(_) => false,
+                AnyEvent::ConfigReload(_) | AnyEvent::Collapse(_) | AnyEvent::Injection(_) => false,
             };
             match parse_line(line) {
                 Parsed::Record(_) => assert!(used, "{line}"),

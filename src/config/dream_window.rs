@@ -302,3 +302,57 @@ pub fn convert(yaml: &str) -> Result<Converted, ImportError> {
         carried: out.carried,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const ORIGINAL: &str = include_str!("../../tests/fixtures/dream_window_config.yaml");
+
+    #[test]
+    fn the_original_config_converts_to_a_valid_dreamd_config() {
+        let converted = convert(ORIGINAL).unwrap();
+        let config = Config::parse(&converted.toml, "converted").unwrap_or_else(|e| {
+            panic!("{e}\n{}", converted.toml);
+        });
+        assert_eq!(config.display.target_fps, 3.5);
+        assert_eq!(config.buffer.target_seconds, 30.0);
+        assert_eq!(config.generation.frames_per_pair, 10);
+        assert_eq!((config.generation.width, config.generation.height), (512, 256));
+        assert_eq!(config.injection.seeds_dir, std::path::PathBuf::from("./seeds"));
+        assert_eq!(config.injection.color_window, [1.18, 2.05]);
+        assert_eq!(config.cache.color_diversity, 1.92);
+        assert_eq!(config.collapse.structure_force, 0.15);
+        assert_eq!(config.prompts.rotate_every, 20);
+        assert_eq!(config.prompts.themes.len(), 2);
+        assert_eq!(config.prompts.themes[0].negative, "warm colors, text, watermark");
+        assert_eq!(config.logging.level, "info");
+        // Every key of the original is either carried or dropped with a reason.
+        let dropped: Vec<&str> = converted.dropped.iter().map(|(k, _)| k.as_str()).collect();
+        for key in [
+            "game_detection.method",
+            "daemon.pid_file",
+            "system.cache_dir",
+            "generation.flux.steps",
+            "generation.cache.advanced_monitoring.enabled",
+        ] {
+            assert!(dropped.contains(&key), "{key} not listed: {dropped:?}");
+        }
+        assert!(converted
+            .dropped
+            .iter()
+            .all(|(_, why)| !why.is_empty() && why != "dreamd has no such setting"));
+        assert!(converted.toml.contains("# from generation.hybrid.keyframe_denoise"));
+        assert!(converted.toml.contains("#   daemon.pid_file: dreamd is one process"));
+    }
+
+    #[test]
+    fn a_wrong_value_names_the_original_key() {
+        let err = convert("generation:\n  resolution: [512]\n").unwrap_err();
+        assert!(err.to_string().starts_with("generation.resolution:"), "{err}");
+        let err = convert("display:\n  buffer_target_seconds: lots\n").unwrap_err();
+        assert!(err.to_string().starts_with("display.buffer_target_seconds:"), "{err}");
+        assert!(convert("- just\n- a list\n").is_ok_and(|c| c.carried.is_empty()));
+    }
+}

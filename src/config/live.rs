@@ -80,6 +80,8 @@ pub enum Effect {
     Faults,
     /// A new keyframe source, from the next keyframe.
     Keyframes,
+    /// The creative direction (themes, collapse detector, cache, injections), in place.
+    Direction,
     /// Nothing while running: the key needs a restart.
     Restart,
 }
@@ -171,6 +173,34 @@ pub const RELOAD_KEYS: &[ReloadKey] = &[
         effect: Effect::Keyframes,
         note: "a new source takes over from the next keyframe, and the stream morphs into it",
         changed: |a, b| a.keyframes != b.keyframes,
+    },
+    ReloadKey {
+        name: "prompts",
+        doc: "`[prompts]`",
+        effect: Effect::Direction,
+        note: "the playing theme continues when its name is still listed",
+        changed: |a, b| a.prompts != b.prompts,
+    },
+    ReloadKey {
+        name: "collapse",
+        doc: "`[collapse]`",
+        effect: Effect::Direction,
+        note: "the detector keeps its history",
+        changed: |a, b| a.collapse != b.collapse,
+    },
+    ReloadKey {
+        name: "cache",
+        doc: "`[cache]`",
+        effect: Effect::Direction,
+        note: "a smaller `max_size` evicts at once",
+        changed: |a, b| a.cache != b.cache,
+    },
+    ReloadKey {
+        name: "injection",
+        doc: "`[injection]`",
+        effect: Effect::Direction,
+        note: "",
+        changed: |a, b| a.injection != b.injection,
     },
     ReloadKey {
         name: "paths",

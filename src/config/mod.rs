@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod dream_window;
 pub mod live;
 pub mod locate;
 pub mod reload;
@@ -46,6 +47,13 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    /// A value in a list entry (`prompts.themes[2].weight`) is outside what is allowed.
+    #[error("{key} must be {allowed} (got {value})")]
+    InvalidEntry {
+        key: String,
+        value: String,
+        allowed: String,
+    },
 }
 
 /// The whole configuration.
@@ -63,6 +71,14 @@ pub struct Config {
     pub health: HealthConfig,
     pub faults: FaultsConfig,
     pub server: ServerConfig,
+    /// `[prompts]`: themes for sources that dream from prompts.
+    pub prompts: crate::direction::themes::PromptsConfig,
+    /// `[collapse]`: the mode-collapse detector.
+    pub collapse: crate::direction::collapse::CollapseConfig,
+    /// `[cache]`: the diverse-frame cache.
+    pub cache: crate::direction::cache::CacheConfig,
+    /// `[injection]`: cache and seed injections.
+    pub injection: crate::direction::injection::InjectionConfig,
 }
 
 /// `[paths]`: where files go.

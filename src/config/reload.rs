@@ -34,6 +34,9 @@ pub struct Reloader {
     pub archive: Arc<FrameArchive>,
     pub faults: Arc<Faults>,
     pub engine: Arc<Engine>,
+    /// Themes, collapse, cache and injections: reconfigured in place, and wrapped around new
+    /// sources.
+    pub director: Arc<crate::direction::director::Director>,
     /// New keyframe sources go to the pipeline's producer here.
     pub sources: mpsc::Sender<Box<dyn KeyframeSource>>,
 }
@@ -147,6 +150,11 @@ impl Reloader {
                     true
                 }
                 Effect::Keyframes => self.replace_source(&new),
+                Effect::Direction => {
+                    self.director
+                        .reconfigure(crate::direction::director::DirectionSettings::from_config(&new));
+                    true
+                }
                 Effect::Restart => {
                     outcome.needs_restart.push(key.name);
                     false
@@ -165,7 +173,9 @@ impl Reloader {
     fn replace_source(&self, new: &Config) -> bool {
         match keyframes::from_config(new, &self.engine) {
             Ok(source) => {
-                let source = FaultySource::wrap(source, Arc::clone(&self.faults));
+                let source = self
+                    .director
+                    .wrap(FaultySource::wrap(source, Arc::clone(&self.faults)));
                 let taken = self.sources.try_send(source).is_ok();
                 if !taken {
                     tracing::warn!("keyframes not applied: the pipeline is not taking sources");

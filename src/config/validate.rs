@@ -7,6 +7,7 @@ use super::{invalid, parse_device, Config, ConfigError};
 impl Config {
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_direction()?;
         let d = &self.display;
         check_range(
             "display.target_fps",
@@ -195,5 +196,26 @@ fn check_range(
         Ok(())
     } else {
         Err(invalid(key, value, allowed))
+    }
+}
+
+impl Config {
+    /// `[prompts]`, `[collapse]`, `[cache]` and `[injection]`.
+    fn validate_direction(&self) -> Result<(), ConfigError> {
+        self.prompts
+            .validate()
+            .map_err(|e| ConfigError::InvalidEntry {
+                key: e.key,
+                value: e.value,
+                allowed: e.allowed.to_string(),
+            })?;
+        for check in [
+            self.collapse.validate(),
+            self.cache.validate(),
+            self.injection.validate(),
+        ] {
+            check.map_err(|(key, value, allowed)| invalid(key, value, allowed))?;
+        }
+        Ok(())
     }
 }

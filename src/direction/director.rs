@@ -27,6 +27,7 @@ use super::injection::{Decision, InjectionConfig, InjectionKind, InjectionPolicy
 use super::similarity::{Embedding, Similarity};
 use super::themes::{PromptChoice, PromptsConfig, SystemClock, ThemeRotation};
 use crate::engine::{Engine, LockAccount};
+use crate::events::{CollapseEvent, InjectionEvent, LogEvent};
 use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
 use crate::latent::{Latent, LatentBatch};
 
@@ -53,6 +54,9 @@ pub struct DirectionSnapshot {
     /// What the last keyframe was: `dream`, `injection:cache`, `injection:seed`, or the
     /// source's name when it has no prompts.
     pub mode: String,
+    /// What is playing, for people: the prompt, or the source's description
+    /// (`procedural seed 42`, `picture sunset.png`).
+    pub playing: String,
     pub collapse: CollapseReport,
     pub cache_size: usize,
     pub cache: CacheStats,
@@ -60,19 +64,6 @@ pub struct DirectionSnapshot {
     pub seed_injections: u64,
     /// Keyframes analysed by the detector.
     pub analysed: u64,
-}
-
-/// A shared, cheap-to-read view of the director.
-pub type DirectionStatus = Arc<Mutex<DirectionSnapshot>>;
-
-/// A keyframe source under creative direction.
-pub struct DirectedSource {
-    inner: Box<dyn KeyframeSource>,
-    engine: Arc<Engine>,
-    lock_timeout: Duration,
-    state: Arc<Mutex<DirectorState>>,
-    status: DirectionStatus,
-    previous: Option<Keyframe>,
 }
 
 struct DirectorState {
@@ -89,7 +80,7 @@ struct DirectorState {
 /// An injection prepared on the blocking pool.
 struct Injection {
     kind: InjectionKind,
-    /// Cache entry id or seed file name.
+    /// Cache entry name or seed file name.
     source_id: String,
     picture: RgbImage,
     weight: f64,
@@ -97,33 +88,66 @@ struct Injection {
     reason: String,
 }
 
-impl DirectedSource {
-    /// Wraps `inner`. The cache folder is opened (or created) now; a cache that cannot be
-    /// opened is an error naming it. Injections need the engine's encoder: without one they
-    /// are turned off with a warning.
+/// The creative direction of one daemon: theme rotation, detector, cache and injection
+/// bookkeeping, shared by every [`DirectedSource`] it wraps (a reloaded source keeps them).
+pub struct Director {
+    state: Mutex<DirectorState>,
+    status: Mutex<DirectionSnapshot>,
+    engine: Arc<Engine>,
+    lock_timeout: Duration,
+}
+
+/// A keyframe source under creative direction.
+pub struct DirectedSource {
+    inner: Box<dyn KeyframeSource>,
+    director: Arc<Director>,
+    previous: Option<Keyframe>,
+}
+
+impl DirectionSettings {
+    /// The settings in `config`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            prompts: config.prompts.clone(),
+            collapse: config.collapse.clone(),
+            cache: config.cache.clone(),
+            injection: config.injection.clone(),
+            cache_dir: config.paths.output_dir.join("cache"),
+            seed: config.keyframes.seed,
+        }
+    }
+}
+
+impl Director {
+    /// Starts the direction. The cache is opened (or created) when injections are possible:
+    /// they need the engine's encoder, and without one the cache and injections are off (with
+    /// a note in the log). A cache folder that cannot be opened is an error naming it.
     pub fn new(
-        inner: Box<dyn KeyframeSource>,
         engine: Arc<Engine>,
         settings: DirectionSettings,
         lock_timeout: Duration,
-    ) -> Result<Self, KeyframeError> {
-        let error = |message: String| KeyframeError::Source {
-            source_name: "direction".into(),
-            message,
-        };
-        let cache = if settings.cache.enabled {
-            Some(FrameCache::open(&settings.cache_dir, settings.cache.clone()).map_err(|e| error(e.to_string()))?)
+    ) -> Result<Arc<Self>, KeyframeError> {
+        let has_encoder = engine.encoder().is_some();
+        let mut injection = settings.injection.clone();
+        if injection.enabled && !has_encoder {
+            tracing::info!(
+                "cache and injections are off: decoder {} has no encoder to bring pictures into latent space",
+                engine.decoder_name()
+            );
+        }
+        injection.enabled &= has_encoder;
+        let cache = if settings.cache.enabled && injection.enabled {
+            Some(
+                FrameCache::open(&settings.cache_dir, settings.cache.clone()).map_err(|e| {
+                    KeyframeError::Source {
+                        source_name: "direction".into(),
+                        message: e.to_string(),
+                    }
+                })?,
+            )
         } else {
             None
         };
-        let mut injection = settings.injection.clone();
-        if injection.enabled && engine.encoder().is_none() {
-            tracing::warn!(
-                "injections are off: decoder {} has no encoder to bring pictures into latent space",
-                engine.decoder_name()
-            );
-            injection.enabled = false;
-        }
         let seeds_dir = injection.seeds_dir.clone();
         let state = DirectorState {
             rotation: ThemeRotation::new(settings.prompts, Box::new(SystemClock), settings.seed),
@@ -135,21 +159,17 @@ impl DirectedSource {
             last_seed: None,
             analysed: 0,
         };
-        let status = DirectionStatus::default();
-        status.lock().mode = inner.name().to_string();
-        Ok(Self {
-            inner,
+        Ok(Arc::new(Self {
+            state: Mutex::new(state),
+            status: Mutex::new(DirectionSnapshot::default()),
             engine,
             lock_timeout,
-            state: Arc::new(Mutex::new(state)),
-            status,
-            previous: None,
-        })
+        }))
     }
 
-    /// The shared view for status, metrics and SSE.
-    pub fn status(&self) -> DirectionStatus {
-        Arc::clone(&self.status)
+    /// What status, metrics and SSE show.
+    pub fn snapshot(&self) -> DirectionSnapshot {
+        self.status.lock().clone()
     }
 
     /// Applies reloaded `[prompts]`, `[collapse]`, `[cache]` and `[injection]` settings.
@@ -168,15 +188,28 @@ impl DirectedSource {
         state.policy.reconfigure(injection);
     }
 
+    /// Wraps `inner` in this direction.
+    pub fn wrap(self: &Arc<Self>, inner: Box<dyn KeyframeSource>) -> Box<dyn KeyframeSource> {
+        {
+            let mut status = self.status.lock();
+            status.mode = inner.name().to_string();
+            status.playing = inner.describe();
+        }
+        Box::new(DirectedSource {
+            inner,
+            director: Arc::clone(self),
+            previous: None,
+        })
+    }
+
     /// Looks at the keyframe just made, and decides and prepares what comes next. Blocking.
     fn direct(
-        state: &Mutex<DirectorState>,
-        engine: &Engine,
-        lock_timeout: Duration,
+        &self,
         previous: Option<&Keyframe>,
         index: u64,
         label: &str,
     ) -> Result<Option<Injection>, String> {
+        let (state, engine, lock_timeout) = (&self.state, &*self.engine, self.lock_timeout);
         let Some(previous) = previous else {
             return Ok(None);
         };
@@ -191,7 +224,7 @@ impl DirectedSource {
             let report = st.detector.analyse(embedding.clone()).clone();
             st.analysed += 1;
             st.policy.record_verdict(report.state);
-            crate::events::Collapse::from_report(previous.index, &report).emit();
+            CollapseEvent::new(previous.index, &report).emit();
         }
         if let Some(cache) = st.cache.as_mut() {
             match cache.offer(&picture, embedding.clone(), label) {
@@ -285,16 +318,16 @@ impl DirectedSource {
         Ok(injection)
     }
 
-    fn publish(&self, mode: String) {
+    fn publish(&self, mode: String, uses_prompts: bool, playing: String) {
         let state = self.state.lock();
         let (cache_injections, seed_injections) = state.policy.counts();
         let mut s = self.status.lock();
         s.mode = mode;
-        s.theme = self
-            .inner
-            .uses_prompts()
-            .then(|| state.rotation.current_theme().name.clone());
-        s.prompt = state.rotation.last().map(|p| p.prompt.clone());
+        s.playing = playing;
+        s.theme = uses_prompts.then(|| state.rotation.current_theme().name.clone());
+        s.prompt = uses_prompts
+            .then(|| state.rotation.last().map(|p| p.prompt.clone()))
+            .flatten();
         s.collapse = state.detector.last().clone();
         s.cache_size = state.cache.as_ref().map_or(0, FrameCache::len);
         s.cache = state.cache.as_ref().map(FrameCache::stats).unwrap_or_default();
@@ -369,9 +402,10 @@ impl KeyframeSource for DirectedSource {
     }
 
     fn theme(&self) -> Option<String> {
-        self.inner
-            .uses_prompts()
-            .then(|| self.state.lock().rotation.current_theme().name.clone())
+        self.inner.uses_prompts().then(|| {
+            let state = self.director.state.lock();
+            state.rotation.current_theme().name.clone()
+        })
     }
 
     fn has_themes(&self) -> bool {
@@ -379,31 +413,32 @@ impl KeyframeSource for DirectedSource {
     }
 
     fn next_theme(&mut self) {
-        self.state.lock().rotation.request_next_theme();
+        self.director.state.lock().rotation.request_next_theme();
     }
 
     fn describe(&self) -> String {
-        match self.state.lock().rotation.last() {
-            Some(p) if self.inner.uses_prompts() => p.prompt.clone(),
-            _ => self.inner.describe(),
+        if self.inner.uses_prompts() {
+            if let Some(p) = self.director.state.lock().rotation.last() {
+                return p.prompt.clone();
+            }
         }
+        self.inner.describe()
+    }
+
+    fn uses_prompts(&self) -> bool {
+        self.inner.uses_prompts()
     }
 
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
-        let (state, engine, timeout) = (
-            Arc::clone(&self.state),
-            Arc::clone(&self.engine),
-            self.lock_timeout,
-        );
+        let director = Arc::clone(&self.director);
         let previous = self.previous.clone();
         let label = self.describe();
         let direct = tokio::task::spawn_blocking(move || {
-            let injection =
-                Self::direct(&state, &engine, timeout, previous.as_ref(), index, &label)?;
-            let Some(injection) = injection else {
+            let Some(injection) = director.direct(previous.as_ref(), index, &label)? else {
                 return Ok(None);
             };
             let current = previous.as_ref().ok_or("injection without a keyframe")?;
+            let engine = &director.engine;
             let (w, h) = engine.output_size();
             let framed = crate::keyframes::images::fit(
                 image::DynamicImage::ImageRgb8(injection.picture.clone()),
@@ -414,19 +449,21 @@ impl KeyframeSource for DirectedSource {
             .map_err(|e| e.to_string())?;
             let account = LockAccount::default();
             let latent = engine
-                .encode_batch(std::slice::from_ref(&framed), &account, timeout)
+                .encode_batch(std::slice::from_ref(&framed), &account, director.lock_timeout)
                 .map_err(|e| format!("encoding the {} injection: {e}", injection.kind.as_str()))?
                 .pop()
                 .ok_or("encoder returned nothing")?;
-            let blended = blend(&latent, &current.latent, injection.weight).map_err(|e| e.to_string())?;
+            let blended =
+                blend(&latent, &current.latent, injection.weight).map_err(|e| e.to_string())?;
             Ok::<_, String>(Some((injection, blended)))
         })
         .await
         .map_err(|e| KeyframeError::Worker(e.to_string()))?;
+        let uses_prompts = self.inner.uses_prompts();
         let keyframe = match direct {
             Ok(Some((injection, latent))) => {
                 {
-                    let mut state = self.state.lock();
+                    let mut state = self.director.state.lock();
                     let id = injection
                         .source_id
                         .strip_prefix("cache_")
@@ -434,9 +471,9 @@ impl KeyframeSource for DirectedSource {
                     state.policy.record(index, Some((injection.kind, id)));
                     state.detector.reset_after_injection();
                 }
-                crate::events::Injection {
+                InjectionEvent {
                     index,
-                    kind: injection.kind.as_str().to_string(),
+                    kind: injection.kind,
                     source_id: injection.source_id.clone(),
                     weight: injection.weight,
                     color_similarity: injection.similarity.map(|s| s.color),
@@ -450,28 +487,33 @@ impl KeyframeSource for DirectedSource {
                     image: None,
                 };
                 self.inner.continue_from(&keyframe);
-                self.publish(format!("injection:{}", injection.kind.as_str()));
+                let playing = format!("{} injection of {}", injection.kind.as_str(), injection.source_id);
+                self.director.publish(
+                    format!("injection:{}", injection.kind.as_str()),
+                    uses_prompts,
+                    playing,
+                );
                 keyframe
             }
             Ok(None) => {
-                if self.inner.uses_prompts() {
-                    let choice: PromptChoice = self.state.lock().rotation.next_prompt();
+                if uses_prompts {
+                    let choice: PromptChoice = self.director.state.lock().rotation.next_prompt();
                     self.inner.set_prompt(&choice);
                 }
                 let keyframe = self.inner.keyframe(index).await?;
-                self.state.lock().policy.record(index, None);
-                let mode = if self.inner.uses_prompts() {
+                self.director.state.lock().policy.record(index, None);
+                let mode = if uses_prompts {
                     "dream".to_string()
                 } else {
                     self.inner.name().to_string()
                 };
-                self.publish(mode);
+                self.director.publish(mode, uses_prompts, self.describe());
                 keyframe
             }
             Err(message) => {
                 // Direction failing must not stop the dream: make the keyframe as usual.
                 tracing::warn!("creative direction for keyframe {index}: {message}");
-                self.state.lock().policy.record(index, None);
+                self.director.state.lock().policy.record(index, None);
                 self.inner.keyframe(index).await?
             }
         };

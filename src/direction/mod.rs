@@ -9,10 +9,12 @@
 //! - [`similarity`]: the colour (HSV histogram) and structure (pHash) metrics, exactly;
 //! - [`collapse`]: the detector, `ok` / `converging` / `collapsed`;
 //! - [`cache`]: the bounded, persistent diverse-frame cache in `output/cache/`;
-//! - [`injection`]: when to blend a cached frame or a seed picture into the next keyframe.
+//! - [`injection`]: when to blend a cached frame or a seed picture into the next keyframe;
+//! - [`director`]: the wrapper that applies all of it to a keyframe source.
 
 pub mod cache;
 pub mod collapse;
+pub mod director;
 pub mod injection;
 pub mod similarity;
 pub mod themes;
