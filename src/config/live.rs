@@ -302,6 +302,10 @@ mod tests {
         new.logging.level = "debug".to_string();
         new.faults.slow_disk_ms = 1;
         new.keyframes.seed = 1;
+        new.prompts.rotate_every = 3;
+        new.collapse.window = 5;
+        new.cache.max_size = 5;
+        new.injection.probability = 0.5;
         new.paths.log_dir = "elsewhere".into();
         new.server.enabled = false;
         new.generation.width = 256;
