@@ -7,6 +7,7 @@
 //! faster than it plays.
 
 use super::model::{Bottlenecks, Finding, Report};
+use crate::config::DEFAULT_TARGET_FPS;
 
 /// Generation is behind when the mean pair time exceeds this share of the pair budget.
 pub const GENERATION_BUDGET_SHARE: f64 = 1.0;
@@ -64,7 +65,7 @@ pub fn judge(report: &Report) -> Bottlenecks {
     let mut notes = Vec::new();
     let pairs = &report.pairs;
     let display = &report.display;
-    let fps = display.target_fps.unwrap_or(super::aggregate::DEFAULT_FPS);
+    let fps = display.target_fps.unwrap_or(DEFAULT_TARGET_FPS);
     if display.target_fps.is_none() {
         notes.push(format!(
             "target fps not in the logs; {fps} fps assumed for the pair budget"
