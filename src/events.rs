@@ -6,7 +6,7 @@
 //! logged as an ordinary tracing event with target [`TARGET`], its JSON in the field
 //! [`RECORD_FIELD`] and a sentence for people as the message. The JSON-lines layer
 //! ([`crate::logging`]) writes `timestamp`, `level`, the record's fields, `message` and
-//! `target` as one line; the console and `dreamd.log` show the message only. The README's
+//! `target` as one line; the console and `dreamd.log` show the message and the fields. The README's
 //! "dreamd.jsonl events" table lists the fields.
 //!
 //! Reading is lenient, as the analyzer needs for older or partial logs: fields the writer

@@ -5,7 +5,7 @@
 //! the typed records of [`crate::events`]) are tracing events with target [`events::TARGET`]
 //! that carry their JSON record; the JSON-lines layer keeps only those and writes each record
 //! as one line, which is what `dreamd analyze` reads, while the console and `dreamd.log` show
-//! their message without the record. Writers are non-blocking: logging never stalls a stage.
+//! the message followed by the record's fields as `key=value`. Writers are non-blocking: logging never stalls a stage.
 
 use std::fmt;
 use std::io::Write;
@@ -216,30 +216,46 @@ fn json_line(
     line
 }
 
-/// Field formatting of the console and `dreamd.log`: tracing's default, without an event's
-/// JSON record (its message says it for people).
+/// Field formatting of the console and `dreamd.log`: tracing's default, with an event's JSON
+/// record shown as `key=value` fields after its message, as plain tracing fields would be.
 struct HumanFields;
 
 impl<'w> MakeVisitor<Writer<'w>> for HumanFields {
-    type Visitor = WithoutRecord<DefaultVisitor<'w>>;
+    type Visitor = RecordAsFields<DefaultVisitor<'w>>;
 
     fn make_visitor(&self, target: Writer<'w>) -> Self::Visitor {
-        WithoutRecord(DefaultFields::new().make_visitor(target))
+        RecordAsFields(DefaultFields::new().make_visitor(target))
     }
 }
 
-/// A field visitor that passes every field but [`RECORD_FIELD`] on to `V`.
-struct WithoutRecord<V>(V);
+/// A field visitor that passes every field on to `V`, except [`RECORD_FIELD`], whose JSON
+/// members it writes as ` key=value` (strings quoted).
+struct RecordAsFields<V>(V);
 
-impl<V: Visit> Visit for WithoutRecord<V> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() != RECORD_FIELD {
-            self.0.record_debug(field, value);
+impl<V: VisitFmt> RecordAsFields<V> {
+    fn write_record(&mut self, json: &str) {
+        let Ok(Members(members)) = serde_json::from_str::<Members>(json) else {
+            return;
+        };
+        let out = self.0.writer();
+        for (key, value) in members {
+            let _ = match value {
+                serde_json::Value::String(text) => write!(out, " {key}={text:?}"),
+                other => write!(out, " {key}={other}"),
+            };
         }
+    }
+}
+
+impl<V: VisitFmt> Visit for RecordAsFields<V> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.record_debug(field, value);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() != RECORD_FIELD {
+        if field.name() == RECORD_FIELD {
+            self.write_record(value);
+        } else {
             self.0.record_str(field, value);
         }
     }
@@ -265,13 +281,41 @@ impl<V: Visit> Visit for WithoutRecord<V> {
     }
 }
 
-impl<V: VisitOutput<fmt::Result>> VisitOutput<fmt::Result> for WithoutRecord<V> {
+/// A JSON object's members, in their order.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Members;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+impl<V: VisitOutput<fmt::Result> + VisitFmt> VisitOutput<fmt::Result> for RecordAsFields<V> {
     fn finish(self) -> fmt::Result {
         self.0.finish()
     }
 }
 
-impl<V: VisitFmt> VisitFmt for WithoutRecord<V> {
+impl<V: VisitFmt> VisitFmt for RecordAsFields<V> {
     fn writer(&mut self) -> &mut dyn fmt::Write {
         self.0.writer()
     }

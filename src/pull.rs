@@ -318,8 +318,8 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model_files::Family;
-    use crate::engine::weights::Part;
+    use crate::engine::taesd::weights::Part;
+    use crate::engine::taesd::Family;
 
     #[test]
     fn the_official_manifest_pins_every_family_member() {

@@ -85,9 +85,6 @@ pub enum BenchCommand {
     },
     /// Time one batched decode call (warm-up, then the median of several runs).
     Decode {
-        /// Config file to start from (for models_dir and the like).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Decoder.
         #[arg(long, default_value = "auto")]
         decoder: DecoderChoice,
@@ -97,24 +94,11 @@ pub enum BenchCommand {
         /// Latent shape CxHxW (output is 8H x 8W).
         #[arg(long, default_value = "4x32x64")]
         latent: String,
-        /// Device: auto, cpu, cuda, cuda:N.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// CPU arithmetic (default: generation.precision of the config).
-        #[arg(long)]
-        precision: Option<Precision>,
-        /// Timed runs after two warm-up runs.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        codec: CodecArgs,
     },
     /// Time one batched encode call (pictures to latents; warm-up, then the median of several runs).
     Encode {
-        /// Config file to start from (for models_dir and the like).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Model family.
         #[arg(long, default_value = "taesd")]
         decoder: DecoderChoice,
@@ -124,19 +108,29 @@ pub enum BenchCommand {
         /// Picture shape 3xHxW (sides multiples of 8).
         #[arg(long, default_value = "3x256x512")]
         size: String,
-        /// Device: auto, cpu, cuda, cuda:N.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// CPU arithmetic (default: generation.precision of the config).
-        #[arg(long)]
-        precision: Option<Precision>,
-        /// Timed runs after two warm-up runs.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        codec: CodecArgs,
     },
+}
+
+/// The flags `dreamd bench decode` and `encode` share.
+#[derive(clap::Args)]
+pub struct CodecArgs {
+    /// Config file to start from (for models_dir and the like).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// CPU arithmetic (default: generation.precision of the config).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Timed runs after two warm-up runs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 impl BenchCommand {
@@ -184,23 +178,14 @@ impl BenchCommand {
                 super::print_report(json, &report, report.to_text())
             }
             BenchCommand::Decode {
-                config,
                 decoder,
                 batch,
                 latent,
-                device,
-                precision,
-                runs,
-                json,
+                codec,
             } => {
                 let [channels, height, width] = parse_dims(&latent, "--latent")?;
-                ensure_counts(batch, runs)?;
-                let target = Target {
-                    decoder,
-                    device,
-                    precision,
-                };
-                let engine = target.engine(config, width * 8, height * 8)?;
+                ensure_counts(batch, codec.runs)?;
+                let engine = codec.engine(decoder, width * 8, height * 8)?;
                 let shape = engine.latent_shape();
                 anyhow::ensure!(
                     shape.channels == channels,
@@ -208,35 +193,26 @@ impl BenchCommand {
                     engine.decoder_name(),
                     shape.channels,
                 );
-                let report =
-                    codec::decode(&engine, &codec::DecodeOptions::new(batch, shape, runs))?;
-                super::print_report(json, &report, report.to_text())
+                let options = codec::DecodeOptions::new(batch, shape, codec.runs);
+                let report = codec::decode(&engine, &options)?;
+                super::print_report(codec.json, &report, report.to_text())
             }
             BenchCommand::Encode {
-                config,
                 decoder,
                 batch,
                 size,
-                device,
-                precision,
-                runs,
-                json,
+                codec,
             } => {
                 let [channels, height, width] = parse_dims(&size, "--size")?;
                 anyhow::ensure!(
                     channels == 3,
                     "--size must be 3xHxW (RGB pictures), got {size:?}"
                 );
-                ensure_counts(batch, runs)?;
-                let target = Target {
-                    decoder,
-                    device,
-                    precision,
-                };
-                let engine = target.engine(config, width, height)?;
-                let options = codec::DecodeOptions::new(batch, engine.latent_shape(), runs);
+                ensure_counts(batch, codec.runs)?;
+                let engine = codec.engine(decoder, width, height)?;
+                let options = codec::DecodeOptions::new(batch, engine.latent_shape(), codec.runs);
                 let report = codec::encode(&engine, &options)?;
-                super::print_report(json, &report, report.to_text())
+                super::print_report(codec.json, &report, report.to_text())
             }
             BenchCommand::Resolution {
                 config,
@@ -303,30 +279,24 @@ fn parse_dims(text: &str, flag: &str) -> anyhow::Result<[usize; 3]> {
     Ok([dims[0], dims[1], dims[2]])
 }
 
-/// What `dreamd bench decode|encode` runs on.
-struct Target {
-    decoder: DecoderChoice,
-    device: String,
-    precision: Option<Precision>,
-}
-
-impl Target {
+impl CodecArgs {
     /// Builds the engine for `width × height` frames, decoded at full size: the config's
-    /// `[generation]` replaced by the flags (defaults elsewhere, `models_dir` kept).
+    /// `[generation]` replaced by `decoder` and the flags (defaults elsewhere, `models_dir`
+    /// kept).
     fn engine(
-        self,
-        config: Option<PathBuf>,
+        &self,
+        decoder: DecoderChoice,
         width: usize,
         height: usize,
     ) -> anyhow::Result<Engine> {
-        let mut config = locate::load(config.as_deref())?.config;
-        let size = |side: usize| u32::try_from(side).unwrap_or(u32::MAX);
+        let mut config = locate::load(self.config.as_deref())?.config;
+        let side = |pixels: usize| u32::try_from(pixels).unwrap_or(u32::MAX);
         config.generation = GenerationConfig {
-            decoder: self.decoder,
-            device: self.device,
+            decoder,
+            device: self.device.clone(),
             precision: self.precision.unwrap_or(config.generation.precision),
-            width: size(width),
-            height: size(height),
+            width: side(width),
+            height: side(height),
             decode_divisor: Some(1),
             models_dir: config.generation.models_dir.clone(),
             ..GenerationConfig::default()
