@@ -11,6 +11,7 @@ pub mod atomic_file;
 pub mod bench;
 pub mod bench_http;
 pub mod buffer;
+pub mod comfyui;
 pub mod config;
 pub mod control;
 pub mod ctl;
