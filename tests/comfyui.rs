@@ -213,7 +213,11 @@ async fn runtime_error_carries_the_servers_message() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(eventually(Duration::from_secs(2), || server.history_len() == 0).await);
+    assert!(
+        eventually(Duration::from_secs(2), || server.history_len() == 0).await,
+        "{:#?}",
+        server.shared.log.lock()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

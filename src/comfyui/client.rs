@@ -51,6 +51,9 @@ use super::protocol::{
 };
 use super::workflow::{Values, Workflow, WorkflowError};
 
+/// How long a failed prompt's done signal is awaited after its error event.
+const ERROR_GRACE: Duration = Duration::from_secs(1);
+
 /// Upload names per client: more than the prompts one client ever has in flight.
 pub const UPLOAD_SLOTS: u64 = 8;
 
@@ -235,7 +238,7 @@ pub struct Timings {
 }
 
 /// A finished keyframe.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Generated {
     pub prompt_id: String,
     /// The picture's encoded bytes (PNG or JPEG, as the server saved it).
@@ -245,6 +248,18 @@ pub struct Generated {
     /// Whether every node came from the server's cache.
     pub cached: bool,
     pub timings: Timings,
+}
+
+impl fmt::Debug for Generated {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("Generated")
+            .field("prompt_id", &self.prompt_id)
+            .field("image_bytes", &self.image.len())
+            .field("source", &self.source)
+            .field("cached", &self.cached)
+            .field("timings", &self.timings)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -610,22 +625,33 @@ impl ComfyClient {
                 options.safety_poll
             };
         let cached = |cached_nodes: usize, ran_nodes: usize| cached_nodes > 0 && ran_nodes == 0;
+        // An error event comes before the history entry is written: wait briefly for the
+        // done signal so the entry can be deleted, then report the error.
+        let mut failure: Option<ComfyError> = None;
+        let mut grace = deadline;
         loop {
             if overflowed.swap(false, Ordering::Relaxed) {
                 next_check = tokio::time::Instant::now();
             }
             tokio::select! {
+                _ = tokio::time::sleep_until(grace), if failure.is_some() => {
+                    return Err(failure.take().unwrap_or(ComfyError::Shutdown));
+                }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(ComfyError::Deadline { prompt_id: prompt_id.to_string(), after: budget });
+                    return Err(failure.take().unwrap_or(ComfyError::Deadline { prompt_id: prompt_id.to_string(), after: budget }));
                 }
                 _ = inner.shutdown.cancelled() => return Err(ComfyError::Shutdown),
                 event = rx.recv() => {
                     let Some(event) = event else { return Err(ComfyError::Shutdown) };
                     match event {
                         Event::Ws(WsMessage::Executing(e)) => {
-                            match e.node {
-                                None => return Ok((None, executed, ws_images, cached(cached_nodes, ran_nodes))),
-                                Some(_) => ran_nodes += 1,
+                            match (e.node, failure.take()) {
+                                (None, Some(failure)) => return Err(failure),
+                                (None, None) => return Ok((None, executed, ws_images, cached(cached_nodes, ran_nodes))),
+                                (Some(_), f) => {
+                                    failure = f;
+                                    ran_nodes += 1;
+                                }
                             }
                         }
                         Event::Ws(WsMessage::ExecutionCached(e)) => cached_nodes += e.nodes.len(),
@@ -633,14 +659,16 @@ impl ComfyClient {
                             executed.insert(e.node, e.output);
                         }
                         Event::Ws(WsMessage::ExecutionError(e)) => {
-                            return Err(execution_error(prompt_id, &e));
+                            failure = Some(execution_error(prompt_id, &e));
+                            grace = deadline.min(tokio::time::Instant::now() + ERROR_GRACE);
                         }
                         Event::Ws(WsMessage::ExecutionInterrupted(e)) => {
-                            return Err(ComfyError::Interrupted {
+                            failure = Some(ComfyError::Interrupted {
                                 prompt_id: prompt_id.to_string(),
                                 node: e.node_id.unwrap_or_default(),
                                 node_type: e.node_type.unwrap_or_default(),
                             });
+                            grace = deadline.min(tokio::time::Instant::now() + ERROR_GRACE);
                         }
                         Event::Ws(_) => {}
                         Event::Image { node, bytes } => {

@@ -44,7 +44,9 @@ pub type Graph = serde_json::Map<String, Value>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptRequest {
     pub prompt: Graph,
-    /// The WebSocket client that receives this prompt's events (without it none are sent).
+    /// The WebSocket client that receives this prompt's events (without it, empty here, none
+    /// are sent to anyone).
+    #[serde(default)]
     pub client_id: String,
     /// Client-chosen id (accepted since 0.3.44; 0.38 requires a canonical UUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]

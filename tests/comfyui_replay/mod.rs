@@ -1035,14 +1035,16 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
         Scenario::Binary => "ws_image_legacy",
     };
     let recorded = shared.recordings.step(step);
-    // The step's own prompt: the first execution_start's.
-    let main_id = recorded
+    // The step's own prompt: the last one it queued (a step's recording can begin with the
+    // tail of the previous step's prompt).
+    let main_id = shared
+        .recordings
+        .http
         .iter()
-        .filter_map(|r| r.msg.as_ref())
-        .find(|m| m["type"] == "execution_start")
-        .and_then(|m| m["data"]["prompt_id"].as_str())
-        .unwrap_or_default()
-        .to_string();
+        .filter(|r| r.step == step && r.path.as_deref() == Some("/prompt") && r.status == Some(200))
+        .filter_map(|r| r.json.as_ref()?.get("prompt_id")?.as_str().map(str::to_string))
+        .next_back()
+        .unwrap_or_default();
     let rec_out = recorded
         .iter()
         .filter_map(|r| r.msg.as_ref())
