@@ -104,9 +104,15 @@ pub enum ComfyError {
     #[error("ComfyUI prompt {prompt_id} finished without a picture")]
     NoImage { prompt_id: String },
     #[error(transparent)]
-    Workflow(#[from] WorkflowError),
+    Workflow(Box<WorkflowError>),
     #[error("the ComfyUI client is shutting down")]
     Shutdown,
+}
+
+impl From<WorkflowError> for ComfyError {
+    fn from(e: WorkflowError) -> Self {
+        ComfyError::Workflow(Box::new(e))
+    }
 }
 
 impl ComfyError {
@@ -265,7 +271,10 @@ impl fmt::Debug for Generated {
 #[derive(Debug)]
 enum Event {
     Ws(WsMessage),
-    Image { node: Option<String>, bytes: Bytes },
+    Image {
+        node: Option<String>,
+        bytes: Bytes,
+    },
     /// The socket (re)connected: events may have been lost.
     Reconnected,
     Disconnected,
@@ -332,10 +341,11 @@ impl ComfyClient {
             url: url.to_string(),
             message: format!("comfyui.url {message}"),
         })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ComfyError::Unreachable {
-            url: url.to_string(),
-            message: "the ComfyUI client needs a tokio runtime".into(),
-        })?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ComfyError::Unreachable {
+                url: url.to_string(),
+                message: "the ComfyUI client needs a tokio runtime".into(),
+            })?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
@@ -414,7 +424,11 @@ impl ComfyClient {
     pub async fn system_stats(&self) -> Result<SystemStats, ComfyError> {
         let stats: SystemStats = self
             .inner
-            .get_json("/system_stats", "system_stats", self.inner.options.http_timeout)
+            .get_json(
+                "/system_stats",
+                "system_stats",
+                self.inner.options.http_timeout,
+            )
             .await?;
         self.inner.health.mark_connected();
         self.inner
@@ -737,8 +751,15 @@ impl ComfyClient {
             what: "reconcile".into(),
             after: inner.options.http_timeout,
         };
-        if let Some(entry) = bounded(inner.history(prompt_id)).await.map_err(|_| timeout())?? {
-            if entry.status.as_ref().is_none_or(|s| s.completed || !s.status_str.is_empty()) {
+        if let Some(entry) = bounded(inner.history(prompt_id))
+            .await
+            .map_err(|_| timeout())??
+        {
+            if entry
+                .status
+                .as_ref()
+                .is_none_or(|s| s.completed || !s.status_str.is_empty())
+            {
                 return Ok(Some(entry));
             }
         }
@@ -973,11 +994,21 @@ impl Inner {
             url: self.base.http(path),
             what: what.into(),
             status: status.as_u16(),
-            body: text.chars().take(300).collect::<String>().trim().to_string(),
+            body: text
+                .chars()
+                .take(300)
+                .collect::<String>()
+                .trim()
+                .to_string(),
         }
     }
 
-    fn parse<T: DeserializeOwned>(&self, path: &str, what: &str, body: &[u8]) -> Result<T, ComfyError> {
+    fn parse<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        body: &[u8],
+    ) -> Result<T, ComfyError> {
         serde_json::from_slice(body).map_err(|e| ComfyError::BadReply {
             url: self.base.http(path),
             what: what.into(),
@@ -1067,7 +1098,11 @@ impl Inner {
         self.parse(path, "upload", &reply)
     }
 
-    async fn queue_prompt(&self, graph: &Graph, prompt_id: &str) -> Result<PromptResponse, ComfyError> {
+    async fn queue_prompt(
+        &self,
+        graph: &Graph,
+        prompt_id: &str,
+    ) -> Result<PromptResponse, ComfyError> {
         let request = PromptRequest {
             prompt: graph.clone(),
             client_id: self.client_id.clone(),
@@ -1136,7 +1171,10 @@ impl Inner {
         }
         if self.jobs_api.load(Ordering::Relaxed) != JOBS_NO {
             let path = format!("/api/jobs/{prompt_id}/cancel");
-            match self.post_json(&path, "job cancel", &serde_json::json!({})).await {
+            match self
+                .post_json(&path, "job cancel", &serde_json::json!({}))
+                .await
+            {
                 Ok((status, body)) if status.is_success() => {
                     self.jobs_api.store(JOBS_YES, Ordering::Relaxed);
                     let cancelled = serde_json::from_slice::<JobCancelReply>(&body)
@@ -1257,9 +1295,11 @@ impl Inner {
                 let running = self.running.lock().clone();
                 (running.0, running.1, data.len() - image.len())
             }
-            Ok(BinaryFrame::PreviewImageWithMetadata { metadata, image }) => {
-                (metadata.prompt_id, metadata.node_id, data.len() - image.len())
-            }
+            Ok(BinaryFrame::PreviewImageWithMetadata { metadata, image }) => (
+                metadata.prompt_id,
+                metadata.node_id,
+                data.len() - image.len(),
+            ),
             Ok(BinaryFrame::Other { .. }) => return,
             Err(e) => {
                 self.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -1430,7 +1470,13 @@ mod tests {
 
     #[test]
     fn unreachable_kinds() {
-        assert!(ComfyError::Lost { prompt_id: "p".into() }.is_unreachable());
-        assert!(!ComfyError::NoImage { prompt_id: "p".into() }.is_unreachable());
+        assert!(ComfyError::Lost {
+            prompt_id: "p".into()
+        }
+        .is_unreachable());
+        assert!(!ComfyError::NoImage {
+            prompt_id: "p".into()
+        }
+        .is_unreachable());
     }
 }

@@ -190,7 +190,10 @@ impl ComfyUiConfig {
             ));
         }
         if !(self.cfg.is_finite() && self.cfg > 0.0 && self.cfg <= 100.0) {
-            bad(format!("comfyui.cfg must be in (0, 100] (got {})", self.cfg));
+            bad(format!(
+                "comfyui.cfg must be in (0, 100] (got {})",
+                self.cfg
+            ));
         }
         if self.sampler.trim().is_empty() {
             bad("comfyui.sampler must not be empty".into());
@@ -252,7 +255,10 @@ mod tests {
         assert_eq!(c.seed, SeedChoice::Fixed(7));
         assert_eq!(c.fallback, FallbackChoice::Images);
         assert_eq!(parse("seed = \"random\"").unwrap().seed, SeedChoice::Random);
-        assert_eq!(parse("fallback = \"none\"").unwrap().fallback, FallbackChoice::None);
+        assert_eq!(
+            parse("fallback = \"none\"").unwrap().fallback,
+            FallbackChoice::None
+        );
     }
 
     #[test]
@@ -275,10 +281,18 @@ mod tests {
             errors.contains(&"comfyui.denoise must be in (0, 1] (got 1.5)".to_string()),
             "{errors:?}"
         );
-        assert!(errors.iter().any(|e| e.starts_with("comfyui.steps")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("comfyui.url")), "{errors:?}");
         assert!(
-            errors.iter().any(|e| e.starts_with("comfyui.timeout_seconds")),
+            errors.iter().any(|e| e.starts_with("comfyui.steps")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("comfyui.url")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("comfyui.timeout_seconds")),
             "{errors:?}"
         );
     }

@@ -46,11 +46,7 @@ impl FallbackSource {
         &mut self.primary
     }
 
-    async fn from_fallback(
-        &mut self,
-        index: u64,
-        why: String,
-    ) -> Result<Keyframe, KeyframeError> {
+    async fn play_fallback(&mut self, index: u64, why: String) -> Result<Keyframe, KeyframeError> {
         let Some(fallback) = self.fallback.as_mut() else {
             return Err(KeyframeError::Source {
                 source_name: "comfyui".into(),
@@ -90,7 +86,7 @@ impl KeyframeSource for FallbackSource {
                 self.last_origin = Some(KeyframeOrigin::ComfyUi);
                 Ok(keyframe)
             }
-            Err(e) if e.is_unreachable() => self.from_fallback(index, e.to_string()).await,
+            Err(e) if e.is_unreachable() => self.play_fallback(index, e.to_string()).await,
             Err(e) => Err(e.into()),
         }
     }

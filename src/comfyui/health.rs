@@ -149,7 +149,10 @@ impl ComfyUiHealth {
         if s.status != status {
             if status == ComfyUiStatus::Unreachable {
                 s.counters.outages += 1;
-                tracing::warn!(reason = reason.as_deref().unwrap_or(""), "ComfyUI unreachable");
+                tracing::warn!(
+                    reason = reason.as_deref().unwrap_or(""),
+                    "ComfyUI unreachable"
+                );
             } else if s.status == ComfyUiStatus::Unreachable {
                 tracing::info!("ComfyUI reachable again");
             }
@@ -228,7 +231,11 @@ mod tests {
         assert_eq!(h.status(), ComfyUiStatus::Connected);
         h.mark_generating();
         h.mark_connected();
-        assert_eq!(h.status(), ComfyUiStatus::Generating, "a WS reconnect keeps generating");
+        assert_eq!(
+            h.status(),
+            ComfyUiStatus::Generating,
+            "a WS reconnect keeps generating"
+        );
         h.mark_idle();
         assert_eq!(h.status().as_str(), "connected");
         h.mark_unreachable("connection refused");

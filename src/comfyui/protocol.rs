@@ -27,7 +27,9 @@ pub enum ProtocolError {
     },
     #[error("binary WebSocket frame of {len} bytes is too short for its header")]
     ShortBinary { len: usize },
-    #[error("binary WebSocket frame type 4 announces {announced} bytes of metadata but has {available}")]
+    #[error(
+        "binary WebSocket frame type 4 announces {announced} bytes of metadata but has {available}"
+    )]
     MetadataLength { announced: usize, available: usize },
     #[error("binary WebSocket frame type 4 has unreadable metadata: {0}")]
     Metadata(serde_json::Error),
@@ -497,7 +499,10 @@ pub enum WsMessage {
     ExecutionInterrupted(ExecutionInterrupted),
     FeatureFlags(FeatureFlags),
     /// A type this client does not know (newer servers add some): kept, never an error.
-    Unknown { kind: String, data: Value },
+    Unknown {
+        kind: String,
+        data: Value,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -695,8 +700,8 @@ impl<'a> BinaryFrame<'a> {
                         available,
                     });
                 }
-                let metadata = serde_json::from_slice(&bytes[8..8 + len])
-                    .map_err(ProtocolError::Metadata)?;
+                let metadata =
+                    serde_json::from_slice(&bytes[8..8 + len]).map_err(ProtocolError::Metadata)?;
                 Ok(BinaryFrame::PreviewImageWithMetadata {
                     metadata,
                     image: &bytes[8 + len..],
@@ -901,7 +906,10 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(no_prompt_executing, 1, "the reconnect step's bare executing");
+        assert_eq!(
+            no_prompt_executing, 1,
+            "the reconnect step's bare executing"
+        );
         assert!(done_signals >= 7);
     }
 
@@ -928,9 +936,15 @@ mod tests {
             };
             match (method, route, status, json) {
                 ("POST", "/prompt", 200, Some(j)) => {
-                    parse("prompt reply", serde_json::from_value::<PromptResponse>(j).map(drop));
+                    parse(
+                        "prompt reply",
+                        serde_json::from_value::<PromptResponse>(j).map(drop),
+                    );
                     let req = rec.req.clone().unwrap();
-                    parse("prompt request", serde_json::from_value::<PromptRequest>(req).map(drop));
+                    parse(
+                        "prompt request",
+                        serde_json::from_value::<PromptRequest>(req).map(drop),
+                    );
                     *checked.entry("prompt").or_default() += 1;
                 }
                 ("POST", "/prompt", 400, Some(j)) => {
@@ -1007,7 +1021,9 @@ mod tests {
             ]}
         }))
         .unwrap();
-        assert!(matches!(entry.outcome(), HistoryOutcome::Interrupted(i) if i.node_id.as_deref() == Some("2")));
+        assert!(
+            matches!(entry.outcome(), HistoryOutcome::Interrupted(i) if i.node_id.as_deref() == Some("2"))
+        );
         let ok: HistoryEntry = serde_json::from_value(serde_json::json!({
             "outputs": {"9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}},
             "status": {"status_str": "success", "completed": true, "messages": []}
@@ -1027,8 +1043,14 @@ mod tests {
             }}
         }))
         .unwrap();
-        assert_eq!(info.combo_options("ckpt_name").unwrap(), ["a.safetensors", "b.ckpt"]);
-        assert_eq!(info.combo_options("sampler_name").unwrap(), ["euler", "dpmpp_2m"]);
+        assert_eq!(
+            info.combo_options("ckpt_name").unwrap(),
+            ["a.safetensors", "b.ckpt"]
+        );
+        assert_eq!(
+            info.combo_options("sampler_name").unwrap(),
+            ["euler", "dpmpp_2m"]
+        );
         assert_eq!(info.combo_options("steps"), None);
         assert_eq!(info.combo_options("missing"), None);
     }

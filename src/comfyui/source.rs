@@ -252,9 +252,9 @@ impl ComfyUiSource {
         }
         for workflow in workflows {
             let graph = workflow.fill(&values).map_err(ComfyError::from)?;
-            workflow
-                .validate(&graph, &info)
-                .map_err(|e| SourceError::Invalid(format!("ComfyUI at {}: {e}", self.config.url)))?;
+            workflow.validate(&graph, &info).map_err(|e| {
+                SourceError::Invalid(format!("ComfyUI at {}: {e}", self.config.url))
+            })?;
         }
         self.validated = true;
         tracing::info!(version = %stats.system.comfyui_version, nodes = info.len(), "ComfyUI server checked");
@@ -385,7 +385,9 @@ impl ComfyUiSource {
                     tokio::task::spawn_blocking(move || {
                         let picture = match previous {
                             Previous::Picture(p) => p,
-                            Previous::Latent(latent) => decode_latent(&engine, &latent, lock_timeout)?,
+                            Previous::Latent(latent) => {
+                                decode_latent(&engine, &latent, lock_timeout)?
+                            }
                         };
                         let picture = if picture.dimensions() == (w, h) {
                             picture
@@ -410,8 +412,11 @@ impl ComfyUiSource {
         };
         let generated: Generated = self.client.generate(request).await?;
 
-        let (engine, fit_mode, lock_timeout) =
-            (Arc::clone(&self.engine), self.options.fit, self.options.lock_timeout);
+        let (engine, fit_mode, lock_timeout) = (
+            Arc::clone(&self.engine),
+            self.options.fit,
+            self.options.lock_timeout,
+        );
         let bytes = generated.image.clone();
         let (latent, picture) = tokio::task::spawn_blocking(move || {
             let decoded = image::load_from_memory(&bytes)
@@ -419,7 +424,11 @@ impl ComfyUiSource {
             let (w, h) = engine.output_size();
             let framed = fit(decoded, w, h, fit_mode).map_err(|e| e.to_string())?;
             let mut latents = engine
-                .encode_batch(std::slice::from_ref(&framed), &LockAccount::default(), lock_timeout)
+                .encode_batch(
+                    std::slice::from_ref(&framed),
+                    &LockAccount::default(),
+                    lock_timeout,
+                )
                 .map_err(|e| format!("cannot encode ComfyUI's picture: {e}"))?;
             let latent = latents.pop().ok_or("the encoder returned nothing")?;
             Ok::<_, String>((latent, framed))
@@ -460,7 +469,11 @@ impl ComfyUiSource {
     }
 }
 
-fn decode_latent(engine: &Engine, latent: &Latent, lock_timeout: Duration) -> Result<RgbImage, String> {
+fn decode_latent(
+    engine: &Engine,
+    latent: &Latent,
+    lock_timeout: Duration,
+) -> Result<RgbImage, String> {
     let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
     batch.push(latent).map_err(|e| e.to_string())?;
     engine

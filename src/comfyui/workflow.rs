@@ -36,7 +36,9 @@ pub enum WorkflowError {
     Read { path: PathBuf, message: String },
     #[error("comfyui.workflow {path} is not an API-format workflow: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("workflow {workflow}: unknown placeholder {{{{{name}}}}} in node {node} (known: {known})")]
+    #[error(
+        "workflow {workflow}: unknown placeholder {{{{{name}}}}} in node {node} (known: {known})"
+    )]
     UnknownPlaceholder {
         workflow: String,
         node: String,
@@ -53,15 +55,13 @@ pub enum WorkflowError {
         class_type: String,
     },
     #[error(
-        "workflow {workflow}: node {node} ({class_type}) asks for {input} = {value:?}, which the \
-         ComfyUI server does not have (it offers: {offered})"
+        "workflow {workflow}: {wanted}, which the ComfyUI server does not have (it offers: \
+         {offered})"
     )]
     MissingOption {
         workflow: String,
-        node: String,
-        class_type: String,
-        input: String,
-        value: String,
+        /// `node 1 (CheckpointLoaderSimple) asks for ckpt_name = "…"`.
+        wanted: String,
         offered: String,
     },
 }
@@ -336,10 +336,7 @@ impl Workflow {
                     }
                     return Err(WorkflowError::MissingOption {
                         workflow: self.name.clone(),
-                        node: id.clone(),
-                        class_type: class.to_string(),
-                        input: input.clone(),
-                        value: value.to_string(),
+                        wanted: format!("node {id} ({class}) asks for {input} = {value:?}"),
                         offered: if offered.is_empty() {
                             "nothing".into()
                         } else {
@@ -384,7 +381,12 @@ fn fill_value(
     }
 }
 
-fn fill_string(s: &str, values: &Values, workflow: &str, node: &str) -> Result<Value, WorkflowError> {
+fn fill_string(
+    s: &str,
+    values: &Values,
+    workflow: &str,
+    node: &str,
+) -> Result<Value, WorkflowError> {
     if !s.contains("{{") {
         return Ok(Value::String(s.to_string()));
     }
@@ -479,7 +481,10 @@ mod tests {
         assert_eq!(k["sampler_name"], json!("euler_ancestral"));
         assert_eq!(g["2"]["inputs"]["image"], json!("dreamd-abc-3.png"));
         assert_eq!(g["4"]["inputs"]["text"], json!("a glowing forest"));
-        assert_eq!(g["1"]["inputs"]["ckpt_name"], json!("v1-5-pruned-emaonly.safetensors"));
+        assert_eq!(
+            g["1"]["inputs"]["ckpt_name"],
+            json!("v1-5-pruned-emaonly.safetensors")
+        );
         assert!(!serde_json::to_string(&g).unwrap().contains("{{"));
     }
 
@@ -521,16 +526,28 @@ mod tests {
 
     #[test]
     fn bad_user_workflows_are_named() {
-        let err = Workflow::parse(r#"{"1": {"class_type": "X", "inputs": {"a": "{{colour}}"}}}"#, "w.json")
+        let err = Workflow::parse(
+            r#"{"1": {"class_type": "X", "inputs": {"a": "{{colour}}"}}}"#,
+            "w.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("{{colour}}") && err.contains("node 1") && err.contains("w.json"),
+            "{err}"
+        );
+        let err = Workflow::parse(r#"{"nodes": [], "links": []}"#, "ui.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("{{colour}}") && err.contains("node 1") && err.contains("w.json"), "{err}");
-        let err = Workflow::parse(r#"{"nodes": [], "links": []}"#, "ui.json").unwrap_err().to_string();
         assert!(err.contains("API Format"), "{err}");
-        let err = Workflow::parse(r#"{"1": {"inputs": {}}}"#, "w.json").unwrap_err().to_string();
+        let err = Workflow::parse(r#"{"1": {"inputs": {}}}"#, "w.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node 1"), "{err}");
         assert!(Workflow::parse("[1]", "w.json").is_err());
-        let err = Workflow::load(Path::new("/nonexistent/flow.json")).unwrap_err().to_string();
+        let err = Workflow::load(Path::new("/nonexistent/flow.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/flow.json"), "{err}");
         let wrapped = Workflow::parse(
             r#"{"prompt": {"1": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}}}"#,
@@ -557,7 +574,8 @@ mod tests {
         }
         info.insert(
             "CheckpointLoaderSimple".into(),
-            serde_json::from_value(json!({"input": {"required": {"ckpt_name": [ckpts, {}]}}})).unwrap(),
+            serde_json::from_value(json!({"input": {"required": {"ckpt_name": [ckpts, {}]}}}))
+                .unwrap(),
         );
         info.insert(
             "KSampler".into(),
@@ -574,14 +592,25 @@ mod tests {
     fn validation_names_the_missing_class_or_checkpoint() {
         let wf = Workflow::img2img();
         let g = wf.fill(&values()).unwrap();
-        wf.validate(&g, &object_info(&["v1-5-pruned-emaonly.safetensors"])).unwrap();
-        let err = wf.validate(&g, &object_info(&["other.safetensors"])).unwrap_err().to_string();
-        assert!(err.contains("\"v1-5-pruned-emaonly.safetensors\"") && err.contains("other.safetensors"), "{err}");
+        wf.validate(&g, &object_info(&["v1-5-pruned-emaonly.safetensors"]))
+            .unwrap();
+        let err = wf
+            .validate(&g, &object_info(&["other.safetensors"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"v1-5-pruned-emaonly.safetensors\"")
+                && err.contains("other.safetensors"),
+            "{err}"
+        );
         assert!(err.contains("ckpt_name"), "{err}");
         let mut info = object_info(&["v1-5-pruned-emaonly.safetensors"]);
         info.remove("VAEEncode");
         let err = wf.validate(&g, &info).unwrap_err().to_string();
-        assert!(err.contains("\"VAEEncode\"") && err.contains("node 3"), "{err}");
+        assert!(
+            err.contains("\"VAEEncode\"") && err.contains("node 3"),
+            "{err}"
+        );
         let mut v = values();
         v.sampler = "fsampler".into();
         let g = wf.fill(&v).unwrap();
@@ -589,6 +618,9 @@ mod tests {
             .validate(&g, &object_info(&["v1-5-pruned-emaonly.safetensors"]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("sampler_name") && err.contains("fsampler"), "{err}");
+        assert!(
+            err.contains("sampler_name") && err.contains("fsampler"),
+            "{err}"
+        );
     }
 }

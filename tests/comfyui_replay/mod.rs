@@ -144,9 +144,7 @@ impl Recordings {
     fn http(&self, step: &str, path: &str, status: u16) -> Value {
         self.http
             .iter()
-            .find(|r| {
-                r.step == step && r.path.as_deref() == Some(path) && r.status == Some(status)
-            })
+            .find(|r| r.step == step && r.path.as_deref() == Some(path) && r.status == Some(status))
             .and_then(|r| r.json.clone())
             .unwrap_or_else(|| panic!("no recorded {path} {status} in step {step}"))
     }
@@ -165,7 +163,7 @@ pub struct Shared {
     queue: Mutex<Vec<Job>>,
     queue_changed: Notify,
     uploads: Mutex<HashMap<String, Vec<u8>>>,
-    outputs: Mutex<HashMap<String, Vec<u8>>>,
+    pub outputs: Mutex<HashMap<String, Vec<u8>>>,
     sockets: Mutex<HashMap<String, mpsc::Sender<Message>>>,
     /// Clients whose next connection gets the recorded bare `executing` (after a drop).
     reconnect_greeting: Mutex<Vec<String>>,
@@ -177,6 +175,8 @@ pub struct Shared {
     pub feature_flags_seen: AtomicU64,
     /// Prompts that ran to an end (any outcome).
     pub finished: AtomicU64,
+    /// Time spent making pictures (the server's own work), in µs.
+    pub busy_us: AtomicU64,
 }
 
 /// The running server.
@@ -206,6 +206,7 @@ impl Replay {
             ws_connections: AtomicU64::new(0),
             feature_flags_seen: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
         });
         let listener = bind("127.0.0.1:0".parse().unwrap()).await;
         let addr = listener.local_addr().unwrap();
@@ -297,7 +298,12 @@ impl Replay {
 
     /// Ids in the queue (running or pending).
     pub fn queued_ids(&self) -> Vec<String> {
-        self.shared.queue.lock().iter().map(|j| j.id.clone()).collect()
+        self.shared
+            .queue
+            .lock()
+            .iter()
+            .map(|j| j.id.clone())
+            .collect()
     }
 
     /// Whether the foreign job of [`Scenario::BehindOther`] is still running.
@@ -378,7 +384,9 @@ async fn log_request(
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let text = if parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -398,7 +406,8 @@ async fn log_request(
             .unwrap_or_default(),
         body: text,
     });
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
@@ -419,11 +428,11 @@ async fn system_stats(State(shared): State<Arc<Shared>>) -> Response {
 fn object_info_map(shared: &Shared) -> ObjectInfo {
     let mut info = ObjectInfo::new();
     for class in ["LoadImage", "SaveImage"] {
-        let recorded: ObjectInfo = serde_json::from_value(
-            shared
-                .recordings
-                .http("probe", &format!("/object_info/{class}"), 200),
-        )
+        let recorded: ObjectInfo = serde_json::from_value(shared.recordings.http(
+            "probe",
+            &format!("/object_info/{class}"),
+            200,
+        ))
         .unwrap();
         info.extend(recorded);
     }
@@ -431,8 +440,10 @@ fn object_info_map(shared: &Shared) -> ObjectInfo {
     let checkpoints = shared.options.lock().checkpoints.clone();
     info.insert(
         "CheckpointLoaderSimple".into(),
-        node(json!({"input": {"required": {"ckpt_name": [checkpoints, {}]}},
-                    "output": ["MODEL", "CLIP", "VAE"], "name": "CheckpointLoaderSimple"})),
+        node(
+            json!({"input": {"required": {"ckpt_name": [checkpoints, {}]}},
+                    "output": ["MODEL", "CLIP", "VAE"], "name": "CheckpointLoaderSimple"}),
+        ),
     );
     info.insert(
         "KSampler".into(),
@@ -535,12 +546,9 @@ async fn prompt(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let request: PromptRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(_) => {
-            let e: PromptErrorResponse = serde_json::from_value(shared.recordings.http(
-                "validation_error",
-                "/prompt",
-                400,
-            ))
-            .unwrap();
+            let e: PromptErrorResponse =
+                serde_json::from_value(shared.recordings.http("validation_error", "/prompt", 400))
+                    .unwrap();
             return json_reply(StatusCode::BAD_REQUEST, &e);
         }
     };
@@ -643,10 +651,7 @@ async fn queue_post(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     if value.get("clear").is_some() {
         // Never expected from dreamd: it would drop other users' prompts.
         shared.bare_interrupts.fetch_add(1, Ordering::Relaxed);
-        shared
-            .queue
-            .lock()
-            .retain(|j| j.state == JobState::Running);
+        shared.queue.lock().retain(|j| j.state == JobState::Running);
     }
     if let Ok(d) = serde_json::from_value::<QueueDelete>(value) {
         shared
@@ -761,7 +766,9 @@ async fn ws(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let life = shared.life.lock().clone();
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             Role::Server,
@@ -986,7 +993,13 @@ enum Outcome {
 }
 
 /// Rewrites a recorded message for the live job: prompt ids, output node, file name.
-fn rewrite(msg: &Value, recorded_ids: &[String], job: &RunJob, rec_out: &str, file: &str) -> WsMessage {
+fn rewrite(
+    msg: &Value,
+    recorded_ids: &[String],
+    job: &RunJob,
+    rec_out: &str,
+    file: &str,
+) -> WsMessage {
     let mut text = msg.to_string();
     for rid in recorded_ids {
         text = text.replace(rid, &job.id);
@@ -1042,7 +1055,13 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
         .http
         .iter()
         .filter(|r| r.step == step && r.path.as_deref() == Some("/prompt") && r.status == Some(200))
-        .filter_map(|r| r.json.as_ref()?.get("prompt_id")?.as_str().map(str::to_string))
+        .filter_map(|r| {
+            r.json
+                .as_ref()?
+                .get("prompt_id")?
+                .as_str()
+                .map(str::to_string)
+        })
         .next_back()
         .unwrap_or_default();
     let rec_out = recorded
@@ -1055,13 +1074,21 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
     let (out_node, ws_output) = job.output_node();
     let n = shared.counter.fetch_add(1, Ordering::Relaxed);
     let file = format!("dreamd_{n:05}_.png");
+    let started = std::time::Instant::now();
     let picture = make_picture(shared, job);
+    shared
+        .busy_us
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     shared.outputs.lock().insert(file.clone(), picture.clone());
     let ids = vec![main_id.clone()];
     let mut messages: Vec<(String, Value)> = Vec::new();
     let send_text = |m: &WsMessage| send_to(shared, &job.client_id, Message::text(m.to_text()));
     let send_binary = |f: BinaryFrame| {
-        send_to(shared, &job.client_id, Message::binary(Bytes::from(f.encode())))
+        send_to(
+            shared,
+            &job.client_id,
+            Message::binary(Bytes::from(f.encode())),
+        )
     };
     let type4 = |picture: &[u8]| {
         BinaryFrame::PreviewImageWithMetadata {
@@ -1099,7 +1126,11 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
             if scenario == Scenario::Binary {
                 send_to(shared, &job.client_id, Message::binary(Bytes::from(frame)));
                 // And a type-4 frame after `progress` as well.
-                send_to(shared, &job.client_id, Message::binary(Bytes::from(type4(&picture))));
+                send_to(
+                    shared,
+                    &job.client_id,
+                    Message::binary(Bytes::from(type4(&picture))),
+                );
             }
             continue;
         }
@@ -1134,7 +1165,9 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
         }
         if let WsMessage::Executing(Executing { node: None, .. }) = &m {
             // The history entry is written before the done signal.
-            write_history(shared, job, &out_node, ws_output, &file, &outcome, &messages);
+            write_history(
+                shared, job, &out_node, ws_output, &file, &outcome, &messages,
+            );
         }
         if scenario == Scenario::Binary && matches!(m, WsMessage::Progress(_)) {
             // Both kinds before `progress`; the recording has a type-1 after it.
@@ -1142,14 +1175,26 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
                 format: ImageFormat::Png,
                 image: &picture,
             });
-            send_to(shared, &job.client_id, Message::binary(Bytes::from(type4(&picture))));
+            send_to(
+                shared,
+                &job.client_id,
+                Message::binary(Bytes::from(type4(&picture))),
+            );
             send_to(
                 shared,
                 &job.client_id,
                 Message::text(r#"{"type":"crystools.monitor","data":{"cpu_utilization":3.0}}"#),
             );
-            send_to(shared, &job.client_id, Message::text(r#"{"type":"executing","data":7}"#));
-            send_to(shared, &job.client_id, Message::binary(Bytes::from_static(&[0, 0])));
+            send_to(
+                shared,
+                &job.client_id,
+                Message::text(r#"{"type":"executing","data":7}"#),
+            );
+            send_to(
+                shared,
+                &job.client_id,
+                Message::binary(Bytes::from_static(&[0, 0])),
+            );
         }
         if !dropped {
             send_text(&m);
