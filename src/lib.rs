@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod atomic_file;
 pub mod bench;
 pub mod buffer;
+pub mod comfyui;
 pub mod config;
 pub mod control;
 pub mod ctl;
