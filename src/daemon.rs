@@ -19,6 +19,7 @@ use crate::buffer::FrameBuffer;
 use crate::config::live::LiveSettings;
 use crate::config::reload::Reloader;
 use crate::config::{Config, FaultsConfig, FrameFormat};
+use crate::comfyui::ComfyUiHealth;
 use crate::control::Control;
 use crate::direction::director::{DirectionSettings, Director};
 use crate::display::{Display, DisplaySettings};
@@ -64,6 +65,9 @@ pub struct Shared {
     pub control: Arc<Control>,
     /// Themes, collapse, cache and injections.
     pub director: Arc<Director>,
+    /// The ComfyUI source's health (`disabled` for other sources); a reload that replaces the
+    /// source replaces the handle.
+    pub comfyui: Arc<parking_lot::Mutex<ComfyUiHealth>>,
     /// The keyframe source's name.
     pub source_name: String,
     /// Target fps, buffer target and the degraded window (they may change on reload).
@@ -77,6 +81,7 @@ struct Prepared {
     engine: Arc<Engine>,
     source: Box<dyn keyframes::KeyframeSource>,
     director: Arc<Director>,
+    comfyui: ComfyUiHealth,
     archive: Arc<FrameArchive>,
     first_seq: u64,
     faults: Arc<Faults>,
@@ -104,7 +109,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let archive = archive.with_faults(Arc::clone(&faults));
     let engine = Engine::from_config(config)?;
     let engine = Arc::new(engine.wrap_decoder(|d| FaultyDecoder::wrap(d, Arc::clone(&faults))));
-    let source = keyframes::from_config(config, &engine)?;
+    let keyframes::BuiltSource { source, comfyui } = keyframes::from_config(config, &engine)?;
     let director = Director::new(
         Arc::clone(&engine),
         DirectionSettings::from_config(config),
@@ -115,6 +120,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         engine,
         source,
         director,
+        comfyui,
         archive: Arc::new(archive),
         first_seq,
         faults,
@@ -148,6 +154,7 @@ pub async fn run_observed(
         engine,
         source,
         director,
+        comfyui,
         archive,
         first_seq,
         faults,
@@ -180,6 +187,7 @@ pub async fn run_observed(
         engine: Arc::clone(&engine),
         control: Arc::clone(&control),
         director: Arc::clone(&director),
+        comfyui: Arc::new(parking_lot::Mutex::new(comfyui)),
         source_name: source.name().to_string(),
         live: Arc::clone(&live),
         server_url: server_url.clone(),
@@ -246,6 +254,7 @@ pub async fn run_observed(
             faults: Arc::clone(&faults),
             engine: Arc::clone(&engine),
             director: Arc::clone(&director),
+            comfyui: Arc::clone(&shared.comfyui),
             sources: replace_source,
         };
         tokio::spawn(reloader.watch(status_stop.clone()));
@@ -321,7 +330,7 @@ pub async fn run_observed(
 /// writing anything, and says what it found: `dreamd run --check`.
 pub fn check(config: &Config) -> anyhow::Result<String> {
     let engine = Arc::new(Engine::from_config(config)?);
-    let source = keyframes::from_config(config, &engine)?;
+    let source = keyframes::from_config(config, &engine)?.source;
     Ok(format!(
         "ok: decoder {} on {} (latents {}, decoded at 1/{}), keyframes from {}, output {}",
         engine.decoder_name(),

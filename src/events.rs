@@ -191,6 +191,28 @@ pub enum KeyframeOutcome {
     Ok,
 }
 
+/// How a keyframe was made, as its source tells ([`crate::keyframes::KeyframeSource::detail`]);
+/// every field is optional and only written when known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyframeDetail {
+    /// The theme it was made under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub theme: Option<String>,
+    /// The prompt, modifier included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// ComfyUI's prompt id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<f64>,
+    /// `comfyui` or `fallback` for the ComfyUI source; `cache`/`seed` for an injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
 /// `keyframe`: one keyframe attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyframeEvent {
@@ -207,6 +229,9 @@ pub struct KeyframeEvent {
     pub outcome: KeyframeOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How it was made, when the source says (prompt, theme, ComfyUI's prompt id, …).
+    #[serde(flatten)]
+    pub detail: KeyframeDetail,
 }
 
 impl LogEvent for KeyframeEvent {

@@ -201,6 +201,10 @@ impl KeyframeSource for FaultySource {
         self.inner.continue_from(keyframe)
     }
 
+    fn detail(&self) -> Option<crate::events::KeyframeDetail> {
+        self.inner.detail()
+    }
+
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
         self.faults.hang(Fault::KeyframeHang).await;
         if self.faults.active(Fault::KeyframeError).is_some() {

@@ -8,6 +8,7 @@
 //! flat keys (the Rainmeter skin's keys first, in the order its regex expects), pretty-printed
 //! with `"key": value` as the original wrote them, followed by dreamd's own sections.
 
+use crate::comfyui::ComfyUiStatus;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -109,11 +110,32 @@ pub struct StatusDocument {
     pub gpu_lock: GpuLockSection,
     pub failures: FailureSection,
     pub theme: Option<String>,
+    /// The ComfyUI source (absent for other sources).
+    pub comfyui: Option<ComfyUiSection>,
     /// Themes, collapse, cache and injections.
     pub direction: DirectionSection,
     pub last_error: Option<ErrorSection>,
     /// The HTTP server, when it runs.
     pub server: Option<ServerSection>,
+}
+
+/// `comfyui`: the ComfyUI source's health and counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComfyUiSection {
+    /// `connected`, `generating` or `unreachable`.
+    pub status: &'static str,
+    /// Why it is unreachable, or the last keyframe error.
+    pub reason: Option<String>,
+    pub server_version: Option<String>,
+    pub keyframes_ok: u64,
+    pub keyframes_failed: u64,
+    /// Keyframes the fallback source made while ComfyUI was away.
+    pub keyframes_fallback: u64,
+    /// Mean ComfyUI time of a keyframe, ms.
+    pub mean_ms: Option<f64>,
+    /// Times it became unreachable.
+    pub outages: u64,
+    pub last_prompt_id: Option<String>,
 }
 
 /// `direction`: themes, collapse detection, the cache and injections.
@@ -226,6 +248,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
     let interpolated = t.pipeline.interpolated_frames.load(ORDER);
     let theme = t.pipeline.theme();
     let direction = shared.director.snapshot();
+    let comfyui = shared.comfyui.lock().snapshot();
     let timestamp = humantime::format_rfc3339_millis(now).to_string();
     StatusDocument {
         frame_number: frames_displayed,
@@ -244,7 +267,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             Lifecycle::Stopping => "stopping",
             Lifecycle::Stopped => "stopped",
         },
-        comfyui_status: "disabled",
+        comfyui_status: comfyui.status.as_str(),
         controller_status: state.controller_status(),
         is_buffering: matches!(state, DaemonState::Starting | DaemonState::Buffering),
         buffer_filled: counts.ready,
@@ -308,6 +331,19 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             publish: t.pipeline.failures(Stage::Publish),
         },
         theme,
+        comfyui: (comfyui.status != ComfyUiStatus::Disabled).then(|| ComfyUiSection {
+            status: comfyui.status.as_str(),
+            reason: comfyui.reason.clone(),
+            server_version: comfyui.server_version.clone(),
+            keyframes_ok: comfyui.counters.ok,
+            keyframes_failed: comfyui.counters.failed,
+            keyframes_fallback: comfyui.counters.fallback,
+            mean_ms: (comfyui.counters.ok > 0).then(|| {
+                round(comfyui.counters.latency_ms_sum as f64 / comfyui.counters.ok as f64, 1)
+            }),
+            outages: comfyui.counters.outages,
+            last_prompt_id: comfyui.last.as_ref().map(|l| l.prompt_id.clone()),
+        }),
         direction: DirectionSection {
             mode: direction.mode.clone(),
             prompt: direction.prompt.clone(),
@@ -359,6 +395,8 @@ pub fn state(shared: &Shared, lifecycle: Lifecycle) -> DaemonState {
         .pipeline
         .last_error()
         .is_some_and(|e| e.instant.elapsed() < shared.live.get().degraded_window);
+    let comfyui_down = shared.comfyui.lock().status() == ComfyUiStatus::Unreachable;
+    let recent_failure = recent_failure || comfyui_down;
     match shared.telemetry.display.phase() {
         DisplayPhase::Starting => DaemonState::Starting,
         _ if recent_failure => DaemonState::Degraded,

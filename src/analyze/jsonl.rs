@@ -249,6 +249,14 @@ mod tests {
             ms: Some(2.5),
             outcome: KeyframeOutcome::Ok,
             error: None,
+            detail: crate::events::KeyframeDetail {
+                theme: Some("nebula".to_string()),
+                prompt: Some("a nebula, dawn light".to_string()),
+                prompt_id: Some("5f0c…".to_string()),
+                seed: Some(7),
+                denoise: Some(0.2),
+                origin: Some("comfyui".to_string()),
+            },
         };
         let keyframe_failed = KeyframeEvent {
             outcome: KeyframeOutcome::Failed,

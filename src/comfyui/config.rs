@@ -121,12 +121,6 @@ pub struct ComfyUiConfig {
     /// cancelled. Keep it below `timeouts.keyframe_seconds`.
     pub timeout_seconds: f64,
     pub fallback: FallbackChoice,
-    /// Prompts, moved through one after another (`next-theme` moves on at once).
-    pub prompts: Vec<String>,
-    /// Negative prompt for every keyframe.
-    pub negative: String,
-    /// Keyframes per prompt before moving to the next (the original: 20).
-    pub prompt_every: u32,
 }
 
 impl Default for ComfyUiConfig {
@@ -143,16 +137,6 @@ impl Default for ComfyUiConfig {
             seed: SeedChoice::Random,
             timeout_seconds: 25.0,
             fallback: FallbackChoice::Procedural,
-            prompts: vec![
-                "ethereal digital angel, dissolving into light particles, flowing data streams, \
-                 technical wireframe overlay, cyberpunk aesthetic, ethereal glow"
-                    .into(),
-                "abstract dreamscape, liquid colours, soft flowing shapes, surreal, \
-                 highly detailed, luminous"
-                    .into(),
-            ],
-            negative: "blurry, low quality, text, watermark, signature".into(),
-            prompt_every: 20,
         }
     }
 }
@@ -215,12 +199,6 @@ impl ComfyUiConfig {
                 "comfyui.timeout_seconds must be in [1, 3600] (got {})",
                 self.timeout_seconds
             ));
-        }
-        if self.prompts.is_empty() || self.prompts.iter().any(|p| p.trim().is_empty()) {
-            bad("comfyui.prompts must hold at least one non-empty prompt".into());
-        }
-        if self.prompt_every == 0 {
-            bad("comfyui.prompt_every must be >= 1 (got 0)".into());
         }
         errors
     }

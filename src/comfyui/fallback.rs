@@ -68,16 +68,35 @@ impl KeyframeSource for FallbackSource {
         "comfyui"
     }
 
-    fn theme(&self) -> Option<String> {
-        self.primary.theme()
+    fn describe(&self) -> String {
+        match (self.last_origin, &self.fallback) {
+            (Some(KeyframeOrigin::Fallback), Some(fallback)) => {
+                format!("{} (ComfyUI unreachable)", fallback.describe())
+            }
+            _ => self.primary.describe(),
+        }
     }
 
-    fn has_themes(&self) -> bool {
-        self.primary.has_themes()
+    fn uses_prompts(&self) -> bool {
+        true
     }
 
-    fn next_theme(&mut self) {
-        self.primary.next_theme();
+    fn set_prompt(&mut self, prompt: &crate::direction::themes::PromptChoice) {
+        self.primary.set_prompt(prompt);
+    }
+
+    fn continue_from(&mut self, keyframe: &Keyframe) {
+        self.primary.continue_from(keyframe);
+    }
+
+    fn detail(&self) -> Option<crate::events::KeyframeDetail> {
+        match self.last_origin {
+            Some(KeyframeOrigin::Fallback) => Some(crate::events::KeyframeDetail {
+                origin: Some("fallback".into()),
+                ..Default::default()
+            }),
+            _ => self.primary.detail(),
+        }
     }
 
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {

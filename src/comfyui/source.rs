@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::direction::themes::PromptChoice;
 use image::RgbImage;
 use parking_lot::Mutex;
 
@@ -153,8 +155,8 @@ pub struct ComfyUiSource {
     feedback: FeedbackHandle,
     health: ComfyUiHealth,
     validated: bool,
-    prompt_index: usize,
-    on_prompt: u32,
+    /// The prompt of the next keyframe, from the creative direction.
+    prompt: PromptChoice,
     next_probe: Option<Instant>,
     probe_delay: Duration,
     seed_state: u64,
@@ -217,8 +219,7 @@ impl ComfyUiSource {
             feedback: FeedbackHandle::default(),
             health,
             validated: false,
-            prompt_index: 0,
-            on_prompt: 0,
+            prompt: super::workflow::default_prompt(),
             next_probe: None,
             seed_state,
         })
@@ -267,15 +268,6 @@ impl ComfyUiSource {
     /// Whether a request would go out now (false while waiting for the next probe).
     pub fn probe_due(&self) -> bool {
         self.next_probe.is_none_or(|t| Instant::now() >= t)
-    }
-
-    /// The prompt for the next keyframe.
-    fn current_prompt(&self) -> String {
-        let prompts = &self.config.prompts;
-        prompts
-            .get(self.prompt_index % prompts.len().max(1))
-            .cloned()
-            .unwrap_or_default()
     }
 
     fn next_seed(&mut self) -> u64 {
@@ -353,7 +345,8 @@ impl ComfyUiSource {
         let started = Instant::now();
         let (width, height) = self.generation_size();
         let mut values = Values::from_config(&self.config, width, height);
-        values.prompt = self.current_prompt();
+        values.prompt = self.prompt.prompt.clone();
+        values.negative = self.prompt.negative.clone();
         values.seed = self.next_seed();
 
         // What to start from, as PNG bytes (encoded off the runtime).
@@ -438,10 +431,6 @@ impl ComfyUiSource {
         .map_err(SourceError::Local)?;
 
         self.feedback.set_picture(picture.clone());
-        self.on_prompt += 1;
-        if self.on_prompt >= self.config.prompt_every {
-            self.next_theme();
-        }
         let ms = started.elapsed().as_millis() as u64;
         self.health.record_success(KeyframeReport {
             index,
@@ -527,17 +516,31 @@ impl KeyframeSource for ComfyUiSource {
         "comfyui"
     }
 
-    fn theme(&self) -> Option<String> {
-        Some(self.current_prompt())
+    fn describe(&self) -> String {
+        self.prompt.prompt.clone()
     }
 
-    fn has_themes(&self) -> bool {
-        self.config.prompts.len() > 1
+    fn uses_prompts(&self) -> bool {
+        true
     }
 
-    fn next_theme(&mut self) {
-        self.prompt_index = (self.prompt_index + 1) % self.config.prompts.len().max(1);
-        self.on_prompt = 0;
+    fn set_prompt(&mut self, prompt: &PromptChoice) {
+        self.prompt = prompt.clone();
+    }
+
+    fn continue_from(&mut self, keyframe: &Keyframe) {
+        self.feedback.set_keyframe(keyframe);
+    }
+
+    fn detail(&self) -> Option<crate::events::KeyframeDetail> {
+        let last = self.health.snapshot().last?;
+        Some(crate::events::KeyframeDetail {
+            prompt_id: Some(last.prompt_id),
+            seed: Some(last.seed),
+            denoise: Some(last.denoise),
+            origin: Some("comfyui".into()),
+            ..Default::default()
+        })
     }
 
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {

@@ -103,8 +103,8 @@ impl Values {
     pub fn from_config(config: &ComfyUiConfig, width: u32, height: u32) -> Values {
         Values {
             image: "dreamd-check.png".into(),
-            prompt: config.prompts.first().cloned().unwrap_or_default(),
-            negative: config.negative.clone(),
+            prompt: default_prompt().prompt,
+            negative: default_prompt().negative,
             seed: 0,
             denoise: config.denoise,
             width,
@@ -622,5 +622,16 @@ mod tests {
             err.contains("sampler_name") && err.contains("fsampler"),
             "{err}"
         );
+    }
+}
+
+/// The first default theme's prompt: what a source uses before the director gives it one.
+pub fn default_prompt() -> crate::direction::themes::PromptChoice {
+    let prompts = crate::direction::themes::PromptsConfig::default();
+    let theme = &prompts.themes[0];
+    crate::direction::themes::PromptChoice {
+        theme: theme.name.clone(),
+        prompt: theme.prompt.as_slice()[0].clone(),
+        negative: theme.negative.clone(),
     }
 }

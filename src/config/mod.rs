@@ -47,6 +47,9 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    /// A value is outside what is allowed; the message names the key.
+    #[error("{0}")]
+    Message(String),
     /// A value in a list entry (`prompts.themes[2].weight`) is outside what is allowed.
     #[error("{key} must be {allowed} (got {value})")]
     InvalidEntry {
@@ -71,6 +74,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub faults: FaultsConfig,
     pub server: ServerConfig,
+    /// `[comfyui]`: the ComfyUI server for `keyframes.source = "comfyui"`.
+    pub comfyui: crate::comfyui::ComfyUiConfig,
     /// `[prompts]`: themes for sources that dream from prompts.
     pub prompts: crate::direction::themes::PromptsConfig,
     /// `[collapse]`: the mode-collapse detector.
@@ -212,6 +217,8 @@ pub enum SourceKind {
     Procedural,
     /// Pictures from a folder, encoded with the TAESD encoder.
     Images,
+    /// img2img of the previous keyframe through a ComfyUI server (`[comfyui]`).
+    Comfyui,
 }
 
 impl fmt::Display for SourceKind {
@@ -219,6 +226,7 @@ impl fmt::Display for SourceKind {
         match self {
             SourceKind::Procedural => f.write_str("procedural"),
             SourceKind::Images => f.write_str("images"),
+            SourceKind::Comfyui => f.write_str("comfyui"),
         }
     }
 }

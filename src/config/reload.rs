@@ -37,6 +37,8 @@ pub struct Reloader {
     /// Themes, collapse, cache and injections: reconfigured in place, and wrapped around new
     /// sources.
     pub director: Arc<crate::direction::director::Director>,
+    /// Where status reads the ComfyUI health; a new source brings a new handle.
+    pub comfyui: Arc<parking_lot::Mutex<crate::comfyui::ComfyUiHealth>>,
     /// New keyframe sources go to the pipeline's producer here.
     pub sources: mpsc::Sender<Box<dyn KeyframeSource>>,
 }
@@ -172,7 +174,8 @@ impl Reloader {
     /// cannot be built or taken.
     fn replace_source(&self, new: &Config) -> bool {
         match keyframes::from_config(new, &self.engine) {
-            Ok(source) => {
+            Ok(keyframes::BuiltSource { source, comfyui }) => {
+                *self.comfyui.lock() = comfyui;
                 let source = self
                     .director
                     .wrap(FaultySource::wrap(source, Arc::clone(&self.faults)));

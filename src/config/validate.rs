@@ -202,6 +202,9 @@ fn check_range(
 impl Config {
     /// `[prompts]`, `[collapse]`, `[cache]` and `[injection]`.
     fn validate_direction(&self) -> Result<(), ConfigError> {
+        if let Some(problem) = self.comfyui.validate().into_iter().next() {
+            return Err(ConfigError::Message(problem.to_string()));
+        }
         self.prompts
             .validate()
             .map_err(|e| ConfigError::InvalidEntry {

@@ -429,6 +429,22 @@ impl KeyframeSource for DirectedSource {
         self.inner.uses_prompts()
     }
 
+    fn detail(&self) -> Option<crate::events::KeyframeDetail> {
+        let mut detail = self.inner.detail().unwrap_or_default();
+        let status = self.director.status.lock();
+        if let Some(kind) = status.mode.strip_prefix("injection:") {
+            // This keyframe is a blend: the source's detail belongs to an earlier one.
+            detail = crate::events::KeyframeDetail {
+                origin: Some(kind.to_string()),
+                ..Default::default()
+            };
+        } else if self.inner.uses_prompts() {
+            detail.theme = status.theme.clone();
+            detail.prompt = status.prompt.clone();
+        }
+        (detail != crate::events::KeyframeDetail::default()).then_some(detail)
+    }
+
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
         let director = Arc::clone(&self.director);
         let previous = self.previous.clone();

@@ -9,6 +9,7 @@ pub mod procedural;
 use async_trait::async_trait;
 use image::RgbImage;
 
+use crate::comfyui::{ComfyUiHealth, ComfyUiSource, FallbackChoice, FallbackSource, SourceOptions};
 use crate::config::{Config, SourceKind};
 use std::sync::Arc;
 
@@ -75,29 +76,80 @@ pub trait KeyframeSource: Send {
     /// The keyframe just played was made elsewhere (an injection): continue from it.
     fn continue_from(&mut self, _keyframe: &Keyframe) {}
 
+    /// How the last keyframe was made, for its `keyframe` event (prompt, ComfyUI prompt id, …).
+    fn detail(&self) -> Option<crate::events::KeyframeDetail> {
+        None
+    }
+
     /// Makes keyframe `index`. Blocking work inside must go to the blocking pool.
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError>;
 }
 
-/// Builds the source that `config` names, making latents for `engine`.
-pub fn from_config(
-    config: &Config,
-    engine: &Arc<Engine>,
-) -> Result<Box<dyn KeyframeSource>, KeyframeError> {
+/// A source built from the config, with the ComfyUI health handle (`disabled` unless the
+/// source is `comfyui`) for status.json and `/metrics`.
+pub struct BuiltSource {
+    pub source: Box<dyn KeyframeSource>,
+    pub comfyui: ComfyUiHealth,
+}
+
+/// Builds the source that `config` names, making latents for `engine`. The `comfyui` source
+/// needs a tokio runtime (its WebSocket connects in the background).
+pub fn from_config(config: &Config, engine: &Arc<Engine>) -> Result<BuiltSource, KeyframeError> {
     let k = &config.keyframes;
-    match k.source {
-        SourceKind::Procedural => Ok(Box::new(procedural::ProceduralSource::new(
+    let procedural = || -> Box<dyn KeyframeSource> {
+        Box::new(procedural::ProceduralSource::new(
             k.seed,
             k.drift,
             engine.latent_shape(),
-        ))),
-        SourceKind::Images => Ok(Box::new(images::ImageSource::new(
+        ))
+    };
+    let pictures = || -> Result<Box<dyn KeyframeSource>, KeyframeError> {
+        Ok(Box::new(images::ImageSource::new(
             &k.images_dir,
             k.order,
             k.fit,
             k.seed,
             Arc::clone(engine),
             config.timeouts.keyframe(),
-        )?)),
+        )?))
+    };
+    let plain = |source| BuiltSource {
+        source,
+        comfyui: ComfyUiHealth::disabled(),
+    };
+    match k.source {
+        SourceKind::Procedural => Ok(plain(procedural())),
+        SourceKind::Images => Ok(plain(pictures()?)),
+        SourceKind::Comfyui => {
+            let options = SourceOptions {
+                fit: k.fit,
+                lock_timeout: config.timeouts.decode(),
+                initial_picture: first_picture(&k.images_dir),
+                ..SourceOptions::default()
+            };
+            let source = ComfyUiSource::new(config.comfyui.clone(), Arc::clone(engine), options)?;
+            let comfyui = source.health();
+            let fallback = match config.comfyui.fallback {
+                FallbackChoice::Procedural => Some(procedural()),
+                FallbackChoice::Images => Some(pictures()?),
+                FallbackChoice::None => None,
+            };
+            Ok(BuiltSource {
+                source: Box::new(FallbackSource::new(source, fallback)),
+                comfyui,
+            })
+        }
     }
+}
+
+/// The first picture of `dir` (by name) that reads, if any: where a ComfyUI dream starts.
+fn first_picture(dir: &std::path::Path) -> Option<image::RgbImage> {
+    let files = images::list_images(dir).ok()?;
+    files.iter().find_map(|path| match image::open(path) {
+        Ok(picture) => Some(picture.to_rgb8()),
+        Err(e) => {
+            tracing::warn!("skipping picture {}: {e}", path.display());
+            None
+        }
+    })
 }

@@ -458,14 +458,15 @@ const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
 fn keyframe_event(
     index: u64,
     seq: u64,
-    source: &str,
+    source: &dyn KeyframeSource,
     elapsed: Duration,
     error: Option<&String>,
 ) -> KeyframeEvent {
     KeyframeEvent {
         index,
         seq,
-        source: source.to_string(),
+        source: source.name().to_string(),
+        detail: source.detail().unwrap_or_default(),
         ms: Some(ms(elapsed)),
         outcome: match error {
             Some(_) => KeyframeOutcome::Failed,
@@ -520,11 +521,11 @@ async fn produce_keyframes(
                 pipeline.keyframes.fetch_add(1, ORDER);
                 pipeline.record_keyframe_ms(ms(elapsed));
                 pipeline.set_theme(source.theme());
-                keyframe_event(index, seq, source.name(), elapsed, None).emit();
+                keyframe_event(index, seq, source.as_ref(), elapsed, None).emit();
             }
             Err(reason) => {
                 pipeline.record_failure(Stage::Keyframe, reason.clone());
-                keyframe_event(index, seq, source.name(), elapsed, Some(reason)).emit();
+                keyframe_event(index, seq, source.as_ref(), elapsed, Some(reason)).emit();
             }
         }
         let failed = result.is_err();
