@@ -277,6 +277,8 @@ pub fn render(app: &App) -> String {
         );
     }
 
+    render_dream(&mut out, shared);
+
     // HTTP.
     let sse_clients = app.max_sse_clients - app.sse_slots.available_permits();
     out.family(
@@ -296,6 +298,123 @@ pub fn render(app: &App) -> String {
         app.sse_rejected.load(Ordering::Relaxed) as f64,
     );
     out.text
+}
+
+/// The dream: ComfyUI keyframes by outcome and their latency, the theme, collapse, the cache
+/// and injections.
+fn render_dream(out: &mut Exposition, shared: &crate::daemon::Shared) {
+    let comfyui = shared.comfyui.lock().snapshot();
+    out.family(
+        "dreamd_comfyui_up",
+        "gauge",
+        "1 while the ComfyUI server answers (connected or generating), 0 while unreachable; absent when the source is not comfyui.",
+    );
+    if comfyui.status != crate::comfyui::ComfyUiStatus::Disabled {
+        let up = comfyui.status != crate::comfyui::ComfyUiStatus::Unreachable;
+        out.sample("dreamd_comfyui_up", &[], f64::from(u8::from(up)));
+        out.family(
+            "dreamd_comfyui_keyframes_total",
+            "counter",
+            "Keyframes of the comfyui source, by outcome (ok, failed, fallback).",
+        );
+        let c = comfyui.counters;
+        for (outcome, n) in [("ok", c.ok), ("failed", c.failed), ("fallback", c.fallback)] {
+            out.sample(
+                "dreamd_comfyui_keyframes_total",
+                &[("outcome", outcome)],
+                n as f64,
+            );
+        }
+        out.family(
+            "dreamd_comfyui_latency_seconds_sum",
+            "counter",
+            "Total ComfyUI time of successful keyframes (divide by the ok count for the mean).",
+        );
+        out.sample(
+            "dreamd_comfyui_latency_seconds_sum",
+            &[],
+            c.latency_ms_sum as f64 / 1000.0,
+        );
+        out.family(
+            "dreamd_comfyui_outages_total",
+            "counter",
+            "Times the ComfyUI server became unreachable.",
+        );
+        out.sample("dreamd_comfyui_outages_total", &[], c.outages as f64);
+    }
+    let d = shared.director.snapshot();
+    out.family(
+        "dreamd_theme_info",
+        "gauge",
+        "The theme playing (sources with prompts); always 1.",
+    );
+    if let Some(theme) = &d.theme {
+        out.sample("dreamd_theme_info", &[("theme", theme)], 1.0);
+    }
+    out.family(
+        "dreamd_collapse_state",
+        "gauge",
+        "The collapse detector's verdict: 1 for the current state.",
+    );
+    for state in ["ok", "converging", "collapsed"] {
+        let on = d.collapse.state.as_str() == state;
+        out.sample(
+            "dreamd_collapse_state",
+            &[("state", state)],
+            f64::from(u8::from(on)),
+        );
+    }
+    for (name, help, value) in [
+        (
+            "dreamd_collapse_color_delta",
+            "Colour similarity delta, recent minus early (0 until enough history).",
+            d.collapse.color_delta.unwrap_or(0.0),
+        ),
+        (
+            "dreamd_collapse_structure_delta",
+            "Structure similarity delta, recent minus early (0 until enough history).",
+            d.collapse.structure_delta.unwrap_or(0.0),
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], f64::from(value));
+    }
+    out.family(
+        "dreamd_cache_frames",
+        "gauge",
+        "Frames in the diverse-frame cache.",
+    );
+    out.sample("dreamd_cache_frames", &[], d.cache_size as f64);
+    out.family(
+        "dreamd_cache_offers_total",
+        "counter",
+        "Keyframes offered to the cache, by result (accepted, redundant).",
+    );
+    out.sample(
+        "dreamd_cache_offers_total",
+        &[("result", "accepted")],
+        d.cache.accepted as f64,
+    );
+    out.sample(
+        "dreamd_cache_offers_total",
+        &[("result", "redundant")],
+        d.cache.offered.saturating_sub(d.cache.accepted) as f64,
+    );
+    out.family(
+        "dreamd_injections_total",
+        "counter",
+        "Keyframes made by injection, by kind (cache, seed).",
+    );
+    out.sample(
+        "dreamd_injections_total",
+        &[("kind", "cache")],
+        d.cache_injections as f64,
+    );
+    out.sample(
+        "dreamd_injections_total",
+        &[("kind", "seed")],
+        d.seed_injections as f64,
+    );
 }
 
 fn count(value: &std::sync::atomic::AtomicU64) -> f64 {
