@@ -498,6 +498,41 @@ impl LogEvent for CollapseEvent {
     }
 }
 
+/// `cache`: a keyframe offered to the diverse-frame cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    /// The keyframe offered.
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub accepted: bool,
+    /// Entries after the offer.
+    #[serde(default)]
+    pub size: u64,
+    /// Its average similarity to the cache before the offer (absent when the cache was empty
+    /// or takes every frame).
+    pub color_similarity: Option<f32>,
+    pub structure_similarity: Option<f32>,
+    /// The entry evicted to make room.
+    pub evicted: Option<u64>,
+}
+
+impl LogEvent for CacheEvent {
+    const NAME: &'static str = "cache";
+
+    fn level(&self) -> Level {
+        Level::DEBUG
+    }
+
+    fn message(&self) -> String {
+        let verdict = if self.accepted { "accepted" } else { "redundant" };
+        format!(
+            "cache: keyframe {} {verdict} ({} entries)",
+            self.index, self.size
+        )
+    }
+}
+
 /// `injection`: a keyframe made by blending a cached frame or a seed picture into the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InjectionEvent {
@@ -548,6 +583,7 @@ pub enum AnyEvent {
     DisplayStats(DisplayStatsEvent),
     ConfigReload(ConfigReloadEvent),
     Collapse(CollapseEvent),
+    Cache(CacheEvent),
     Injection(InjectionEvent),
 }
 
@@ -564,6 +600,7 @@ impl AnyEvent {
             DisplayStatsEvent::NAME => AnyEvent::DisplayStats(serde_json::from_str(line)?),
             ConfigReloadEvent::NAME => AnyEvent::ConfigReload(serde_json::from_str(line)?),
             CollapseEvent::NAME => AnyEvent::Collapse(serde_json::from_str(line)?),
+            CacheEvent::NAME => AnyEvent::Cache(serde_json::from_str(line)?),
             InjectionEvent::NAME => AnyEvent::Injection(serde_json::from_str(line)?),
             _ => return Ok(None),
         }))
@@ -580,6 +617,7 @@ impl AnyEvent {
             AnyEvent::DisplayStats(e) => e.emit(),
             AnyEvent::ConfigReload(e) => e.emit(),
             AnyEvent::Collapse(e) => e.emit(),
+            AnyEvent::Cache(e) => e.emit(),
             AnyEvent::Injection(e) => e.emit(),
         }
     }

@@ -132,6 +132,7 @@ pub fn parse_line(line: &str) -> Parsed {
         AnyEvent::Display(DisplayEvent::SkipRequest { .. })
         | AnyEvent::ConfigReload(_)
         | AnyEvent::Collapse(_)
+        | AnyEvent::Cache(_)
         | AnyEvent::Injection(_) => return Parsed::Ignored,
     };
     Parsed::Record(record)
@@ -316,6 +317,14 @@ mod tests {
                 severity: 0.25,
                 reason: "structure delta 0.094 > 0.080".to_string(),
             }),
+            AnyEvent::Cache(crate::events::CacheEvent {
+                index: 60,
+                accepted: true,
+                size: 12,
+                color_similarity: Some(1.25),
+                structure_similarity: Some(0.5),
+                evicted: None,
+            }),
             AnyEvent::Injection(crate::events::InjectionEvent {
                 index: 61,
                 kind: crate::direction::injection::InjectionKind::Seed,
@@ -347,7 +356,10 @@ mod tests {
                 | AnyEvent::State(_)
                 | AnyEvent::DisplayStats(_) => true,
                 AnyEvent::Display(d) => !matches!(d, DisplayEvent::SkipRequest { .. }),
-                AnyEvent::ConfigReload(_) | AnyEvent::Collapse(_) | AnyEvent::Injection(_) => false,
+                AnyEvent::ConfigReload(_)
+                | AnyEvent::Collapse(_)
+                | AnyEvent::Cache(_)
+                | AnyEvent::Injection(_) => false,
             };
             match parse_line(line) {
                 Parsed::Record(_) => assert!(used, "{line}"),

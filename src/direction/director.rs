@@ -27,7 +27,7 @@ use super::injection::{Decision, InjectionConfig, InjectionKind, InjectionPolicy
 use super::similarity::{Embedding, Similarity};
 use super::themes::{PromptChoice, PromptsConfig, SystemClock, ThemeRotation};
 use crate::engine::{Engine, LockAccount};
-use crate::events::{CollapseEvent, InjectionEvent, LogEvent};
+use crate::events::{CacheEvent, CollapseEvent, InjectionEvent, LogEvent};
 use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
 use crate::latent::{Latent, LatentBatch};
 
@@ -227,18 +227,23 @@ impl Director {
             CollapseEvent::new(previous.index, &report).emit();
         }
         if let Some(cache) = st.cache.as_mut() {
+            let average = cache.average_similarity(&embedding);
             match cache.offer(&picture, embedding.clone(), label) {
-                Ok(Offer::Accepted { id, evicted }) => tracing::debug!(
-                    "cache: keyframe {} accepted as {id} (evicted {evicted:?}, {} entries)",
-                    previous.index,
-                    cache.len()
-                ),
-                Ok(Offer::Redundant { average }) => tracing::debug!(
-                    "cache: keyframe {} redundant (avg colour {:.3}, structure {:.3})",
-                    previous.index,
-                    average.color,
-                    average.structure
-                ),
+                Ok(offer) => {
+                    let (accepted, evicted) = match offer {
+                        Offer::Accepted { evicted, .. } => (true, evicted),
+                        Offer::Redundant { .. } => (false, None),
+                    };
+                    CacheEvent {
+                        index: previous.index,
+                        accepted,
+                        size: cache.len() as u64,
+                        color_similarity: average.map(|a| a.color),
+                        structure_similarity: average.map(|a| a.structure),
+                        evicted,
+                    }
+                    .emit();
+                }
                 Err(e) => tracing::warn!("cache: {e}"),
             }
         }

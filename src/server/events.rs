@@ -39,6 +39,8 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// One client's stream.
 struct Follower {
     frames: CurrentFrame,
+    /// Themes and prompts, for keyframe events.
+    director: Arc<crate::direction::director::Director>,
     health: watch::Receiver<Health>,
     shutdown: CancellationToken,
     interval_ms: f64,
@@ -68,6 +70,7 @@ pub async fn events(State(app): State<App>) -> Response {
     health.mark_changed();
     let follower = Follower {
         frames,
+        director: Arc::clone(&app.shared.director),
         health,
         shutdown: app.shutdown.clone(),
         interval_ms: app.shared.live.get().frame_interval.as_secs_f64() * 1000.0,
@@ -108,13 +111,19 @@ impl Follower {
                     let frame = self.frames.borrow_and_update().clone();
                     // None only before the first frame; wait for one.
                     if let Some(frame) = frame {
+                        let keyframe = matches!(frame.kind, FrameKind::Keyframe { .. });
+                        let mut data = json!({ "seq": frame.seq, "keyframe": keyframe });
+                        if keyframe {
+                            // What the dream is making now (generation runs a buffer ahead).
+                            let d = self.director.snapshot();
+                            data["mode"] = json!(d.mode);
+                            data["theme"] = json!(d.theme);
+                            data["prompt"] = json!(d.prompt.unwrap_or(d.playing));
+                        }
                         return Event::default()
                             .event("frame")
                             .id(frame.seq.to_string())
-                            .json_data(json!({
-                                "seq": frame.seq,
-                                "keyframe": matches!(frame.kind, FrameKind::Keyframe { .. }),
-                            }))
+                            .json_data(data)
                             .ok();
                     }
                 }
