@@ -525,7 +525,11 @@ impl LogEvent for CacheEvent {
     }
 
     fn message(&self) -> String {
-        let verdict = if self.accepted { "accepted" } else { "redundant" };
+        let verdict = if self.accepted {
+            "accepted"
+        } else {
+            "redundant"
+        };
         format!(
             "cache: keyframe {} {verdict} ({} entries)",
             self.index, self.size

@@ -339,7 +339,10 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             keyframes_failed: comfyui.counters.failed,
             keyframes_fallback: comfyui.counters.fallback,
             mean_ms: (comfyui.counters.ok > 0).then(|| {
-                round(comfyui.counters.latency_ms_sum as f64 / comfyui.counters.ok as f64, 1)
+                round(
+                    comfyui.counters.latency_ms_sum as f64 / comfyui.counters.ok as f64,
+                    1,
+                )
             }),
             outages: comfyui.counters.outages,
             last_prompt_id: comfyui.last.as_ref().map(|l| l.prompt_id.clone()),
@@ -350,8 +353,14 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             collapse: direction.collapse.state.as_str(),
             color_similarity: round(f64::from(direction.collapse.color_similarity), 4),
             structure_similarity: round(f64::from(direction.collapse.structure_similarity), 4),
-            color_delta: direction.collapse.color_delta.map(|d| round(f64::from(d), 4)),
-            structure_delta: direction.collapse.structure_delta.map(|d| round(f64::from(d), 4)),
+            color_delta: direction
+                .collapse
+                .color_delta
+                .map(|d| round(f64::from(d), 4)),
+            structure_delta: direction
+                .collapse
+                .structure_delta
+                .map(|d| round(f64::from(d), 4)),
             injection_boost: round(f64::from(direction.collapse.severity), 3),
             keyframes_analysed: direction.analysed,
             cache_size: direction.cache_size,

@@ -19,7 +19,12 @@ fn models() -> PathBuf {
 }
 
 /// Waits (up to `limit`) until `check` holds for status.json; panics with the last one.
-fn wait_for(daemon: &Daemon, limit: Duration, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_for(
+    daemon: &Daemon,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let until = Instant::now() + limit;
     loop {
         let status = daemon.status();
@@ -28,7 +33,11 @@ fn wait_for(daemon: &Daemon, limit: Duration, what: &str, check: impl Fn(&serde_
                 return status.unwrap();
             }
         }
-        assert!(Instant::now() < until, "{what} within {limit:?}: {status:?}\n{}", daemon.log());
+        assert!(
+            Instant::now() < until,
+            "{what} within {limit:?}: {status:?}\n{}",
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -49,9 +58,12 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
         server.url,
     );
     let daemon = Daemon::start(&extra);
-    let status = wait_for(&daemon, Duration::from_secs(60), "three ComfyUI keyframes", |s| {
-        s["comfyui"]["keyframes_ok"].as_u64().unwrap_or(0) >= 3
-    });
+    let status = wait_for(
+        &daemon,
+        Duration::from_secs(60),
+        "three ComfyUI keyframes",
+        |s| s["comfyui"]["keyframes_ok"].as_u64().unwrap_or(0) >= 3,
+    );
     assert!(
         ["connected", "generating"].contains(&status["comfyui_status"].as_str().unwrap()),
         "{status}"
@@ -59,7 +71,10 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
     assert_eq!(status["generation"]["source"], "comfyui");
     // The prompt comes from the first default theme; the skin sees it.
     assert_eq!(status["theme"], "deep sea");
-    assert!(status["current_prompt"].as_str().unwrap().starts_with("bioluminescent"));
+    assert!(status["current_prompt"]
+        .as_str()
+        .unwrap()
+        .starts_with("bioluminescent"));
     // Every img2img after the first uploads the keyframe before it.
     assert!(!server.requests("POST", "/upload/image").is_empty());
     let events = daemon.events();
@@ -69,7 +84,10 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
         .collect();
     assert!(made.len() >= 2, "{events:?}");
     for e in &made {
-        assert!(e["prompt_id"].as_str().is_some_and(|id| id.len() == 36), "{e}");
+        assert!(
+            e["prompt_id"].as_str().is_some_and(|id| id.len() == 36),
+            "{e}"
+        );
         assert_eq!(e["theme"], "deep sea");
         // Keyframe 0 is txt2img (denoise 1); every later one img2img of the one before.
         let denoise = if e["index"] == 0 { 1.0 } else { 0.2 };
@@ -80,13 +98,17 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
     server.kill();
     let shown = status["display"]["frames_displayed"].as_u64().unwrap();
     let down = wait_for(&daemon, Duration::from_secs(30), "unreachable", |s| {
-        s["comfyui_status"] == "unreachable" && s["comfyui"]["keyframes_fallback"].as_u64().unwrap_or(0) >= 1
+        s["comfyui_status"] == "unreachable"
+            && s["comfyui"]["keyframes_fallback"].as_u64().unwrap_or(0) >= 1
     });
     assert_eq!(down["state"], "degraded", "{down}");
     assert!(down["comfyui"]["reason"].as_str().is_some());
-    wait_for(&daemon, Duration::from_secs(20), "frames through the outage", |s| {
-        s["display"]["frames_displayed"].as_u64().unwrap_or(0) > shown + 8
-    });
+    wait_for(
+        &daemon,
+        Duration::from_secs(20),
+        "frames through the outage",
+        |s| s["display"]["frames_displayed"].as_u64().unwrap_or(0) > shown + 8,
+    );
 
     // It comes back: dreaming resumes.
     runtime.block_on(server.restart());

@@ -96,15 +96,21 @@ fn seed_injections_on_the_picture_source() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let events = daemon.events();
-    let injections: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["event"] == "injection").collect();
+    let injections: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "injection")
+        .collect();
     assert!(!injections.is_empty(), "no injection events");
     for e in &injections {
         assert_eq!(e["kind"], "seed");
         assert!(e["source_id"].as_str().is_some_and(|s| s.ends_with(".png")));
         assert_eq!(e["weight"], 0.85);
     }
-    assert!(daemon.log().contains("seed injection of"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("seed injection of"),
+        "{}",
+        daemon.log()
+    );
     // The cache is on for the picture source (it has an encoder) and persists in output/cache.
     assert!(status["cache_size"].as_u64().unwrap() >= 1, "{status}");
     assert!(daemon.path("output/cache/index.json").is_file());

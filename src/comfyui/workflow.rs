@@ -425,6 +425,17 @@ fn fill_string(
     Ok(Value::String(out))
 }
 
+/// The first default theme's prompt: what a source uses before the director gives it one.
+pub fn default_prompt() -> crate::direction::themes::PromptChoice {
+    let prompts = crate::direction::themes::PromptsConfig::default();
+    let theme = &prompts.themes[0];
+    crate::direction::themes::PromptChoice {
+        theme: theme.name.clone(),
+        prompt: theme.prompt.as_slice()[0].clone(),
+        negative: theme.negative.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,16 +633,5 @@ mod tests {
             err.contains("sampler_name") && err.contains("fsampler"),
             "{err}"
         );
-    }
-}
-
-/// The first default theme's prompt: what a source uses before the director gives it one.
-pub fn default_prompt() -> crate::direction::themes::PromptChoice {
-    let prompts = crate::direction::themes::PromptsConfig::default();
-    let theme = &prompts.themes[0];
-    crate::direction::themes::PromptChoice {
-        theme: theme.name.clone(),
-        prompt: theme.prompt.as_slice()[0].clone(),
-        negative: theme.negative.clone(),
     }
 }

@@ -153,8 +153,9 @@ impl Reloader {
                 }
                 Effect::Keyframes => self.replace_source(&new),
                 Effect::Direction => {
-                    self.director
-                        .reconfigure(crate::direction::director::DirectionSettings::from_config(&new));
+                    self.director.reconfigure(
+                        crate::direction::director::DirectionSettings::from_config(&new),
+                    );
                     true
                 }
                 Effect::Restart => {

@@ -233,7 +233,10 @@ impl FrameCache {
         for entry in loaded {
             let picture = images.join(format!("{}.png", entry.name()));
             if !entry.embedding.is_well_formed() {
-                tracing::warn!("cache entry {} has a malformed embedding; skipped", entry.name());
+                tracing::warn!(
+                    "cache entry {} has a malformed embedding; skipped",
+                    entry.name()
+                );
             } else if !picture.is_file() {
                 tracing::warn!(
                     "cache entry {} has no picture at {}; skipped",
@@ -309,9 +312,7 @@ impl FrameCache {
     }
 
     fn picture_path(&self, id: u64) -> PathBuf {
-        self.dir
-            .join("images")
-            .join(format!("cache_{id:08}.png"))
+        self.dir.join("images").join(format!("cache_{id:08}.png"))
     }
 
     /// Average similarity of `embedding` to every entry (`None` when empty).
@@ -398,7 +399,11 @@ impl FrameCache {
                         .iter()
                         .enumerate()
                         .filter(|(j, _)| *j != i)
-                        .map(|(_, e)| e.embedding.similarity(&self.entries[i].embedding).combined())
+                        .map(|(_, e)| {
+                            e.embedding
+                                .similarity(&self.entries[i].embedding)
+                                .combined()
+                        })
                         .fold(0f32, f32::max)
                 };
                 (0..self.entries.len())
@@ -470,7 +475,11 @@ mod tests {
                 _ => (x / 16 + y / 8) % 2 == 0,
             };
             let k = if on { 1.0 } else { 0.35 };
-            image::Rgb([(r as f32 * k) as u8, (g as f32 * k) as u8, (b as f32 * k) as u8])
+            image::Rgb([
+                (r as f32 * k) as u8,
+                (g as f32 * k) as u8,
+                (b as f32 * k) as u8,
+            ])
         })
     }
 
@@ -531,7 +540,9 @@ mod tests {
         assert_eq!(id, 3, "ids continue after a restart");
         assert!(evicted.is_some());
         // Exactly one picture per entry is left on disk.
-        let files = std::fs::read_dir(dir.path().join("images")).unwrap().count();
+        let files = std::fs::read_dir(dir.path().join("images"))
+            .unwrap()
+            .count();
         assert_eq!(files, 2);
         let ids: Vec<u64> = cache.entries().iter().map(|e| e.id).collect();
         for id in ids {
@@ -557,7 +568,10 @@ mod tests {
             cache.offer(img, Embedding::of(img), label).unwrap();
         }
         let labels: Vec<&str> = cache.entries().iter().map(|e| e.label.as_str()).collect();
-        assert!(labels.contains(&"a"), "the oldest, unique frame stays: {labels:?}");
+        assert!(
+            labels.contains(&"a"),
+            "the oldest, unique frame stays: {labels:?}"
+        );
         assert!(labels.contains(&"c"));
         assert_eq!(labels.len(), 3);
         assert!(!(labels.contains(&"b") && labels.contains(&"b2")));

@@ -477,11 +477,15 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         assert_eq!(CollapseConfig::default().validate(), Ok(()));
-        let mut c = CollapseConfig::default();
-        c.color_force = 0.1;
+        let c = CollapseConfig {
+            color_force: 0.1,
+            ..CollapseConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "collapse.color_force");
-        let mut c = CollapseConfig::default();
-        c.min_history = 10;
+        let c = CollapseConfig {
+            min_history: 10,
+            ..CollapseConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "collapse.min_history");
     }
 }

@@ -276,7 +276,10 @@ impl Director {
                     reason,
                 })
             }
-            Decision::Cache { forced, probability } => {
+            Decision::Cache {
+                forced,
+                probability,
+            } => {
                 let trigger = {
                     let cfg = st.detector.config();
                     Trigger::of(&report, cfg.color_converge, cfg.structure_converge)
@@ -315,7 +318,11 @@ impl Director {
         };
         if let Some(inj) = &injection {
             if let (InjectionKind::Cache, Some(cache)) = (inj.kind, st.cache.as_mut()) {
-                if let Some(id) = inj.source_id.strip_prefix("cache_").and_then(|s| s.parse().ok()) {
+                if let Some(id) = inj
+                    .source_id
+                    .strip_prefix("cache_")
+                    .and_then(|s| s.parse().ok())
+                {
                     let _ = cache.mark_used(id);
                 }
             }
@@ -335,7 +342,11 @@ impl Director {
             .flatten();
         s.collapse = state.detector.last().clone();
         s.cache_size = state.cache.as_ref().map_or(0, FrameCache::len);
-        s.cache = state.cache.as_ref().map(FrameCache::stats).unwrap_or_default();
+        s.cache = state
+            .cache
+            .as_ref()
+            .map(FrameCache::stats)
+            .unwrap_or_default();
         s.cache_injections = cache_injections;
         s.seed_injections = seed_injections;
         s.analysed = state.analysed;
@@ -343,14 +354,20 @@ impl Director {
 }
 
 /// Decodes one latent to a picture at the engine's output size, under the GPU lock.
-fn decode_one(engine: &Engine, latent: &Latent, lock_timeout: Duration) -> Result<RgbImage, String> {
+fn decode_one(
+    engine: &Engine,
+    latent: &Latent,
+    lock_timeout: Duration,
+) -> Result<RgbImage, String> {
     let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
     batch.push(latent).map_err(|e| e.to_string())?;
     let account = LockAccount::default();
     let mut out = engine
         .decode_batch(&batch, &account, lock_timeout)
         .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?;
-    out.images.pop().ok_or_else(|| "decoder returned no picture".to_string())
+    out.images
+        .pop()
+        .ok_or_else(|| "decoder returned no picture".to_string())
 }
 
 fn read_picture(path: &Path) -> Result<RgbImage, String> {
@@ -373,9 +390,12 @@ fn list_pictures(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "webp"))
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "webp"
+                    )
+                })
         })
         .collect();
     files.sort();
@@ -383,7 +403,11 @@ fn list_pictures(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// `weight·injected + (1 − weight)·current`, element-wise.
-pub fn blend(injected: &Latent, current: &Latent, weight: f64) -> Result<Latent, crate::latent::LatentError> {
+pub fn blend(
+    injected: &Latent,
+    current: &Latent,
+    weight: f64,
+) -> Result<Latent, crate::latent::LatentError> {
     if injected.shape() != current.shape() {
         return Err(crate::latent::LatentError::ShapeMismatch {
             a: injected.shape(),
@@ -470,7 +494,11 @@ impl KeyframeSource for DirectedSource {
             .map_err(|e| e.to_string())?;
             let account = LockAccount::default();
             let latent = engine
-                .encode_batch(std::slice::from_ref(&framed), &account, director.lock_timeout)
+                .encode_batch(
+                    std::slice::from_ref(&framed),
+                    &account,
+                    director.lock_timeout,
+                )
                 .map_err(|e| format!("encoding the {} injection: {e}", injection.kind.as_str()))?
                 .pop()
                 .ok_or("encoder returned nothing")?;
@@ -508,7 +536,11 @@ impl KeyframeSource for DirectedSource {
                     image: None,
                 };
                 self.inner.continue_from(&keyframe);
-                let playing = format!("{} injection of {}", injection.kind.as_str(), injection.source_id);
+                let playing = format!(
+                    "{} injection of {}",
+                    injection.kind.as_str(),
+                    injection.source_id
+                );
                 self.director.publish(
                     format!("injection:{}", injection.kind.as_str()),
                     uses_prompts,

@@ -95,8 +95,14 @@ impl InjectionConfig {
             ("injection.seed_blend_weight", self.seed_blend_weight),
             ("injection.seed_floor", self.seed_floor),
             ("injection.seed_max", self.seed_max),
-            ("injection.seed_boost_probability", self.seed_boost_probability),
-            ("injection.force_seed_cache_share", self.force_seed_cache_share),
+            (
+                "injection.seed_boost_probability",
+                self.seed_boost_probability,
+            ),
+            (
+                "injection.force_seed_cache_share",
+                self.force_seed_cache_share,
+            ),
             (
                 "injection.force_seed_collapse_share",
                 self.force_seed_collapse_share,
@@ -451,7 +457,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let collapsed = report(CollapseState::Collapsed, 1.0);
         for n in 1..=3 {
-            assert_eq!(p.decide(n, &collapsed, 5, true, &mut rng), Decision::Generate);
+            assert_eq!(
+                p.decide(n, &collapsed, 5, true, &mut rng),
+                Decision::Generate
+            );
         }
         assert!(matches!(
             p.decide(4, &collapsed, 5, false, &mut rng),
@@ -472,7 +481,10 @@ mod tests {
             Decision::Cache { forced: true, .. }
         ));
         // An empty cache cannot be injected from.
-        assert_eq!(p.decide(11, &collapsed, 0, false, &mut rng), Decision::Generate);
+        assert_eq!(
+            p.decide(11, &collapsed, 0, false, &mut rng),
+            Decision::Generate
+        );
     }
 
     #[test]
@@ -563,7 +575,10 @@ mod tests {
         });
         let mut rng = StdRng::seed_from_u64(1);
         let ok = report(CollapseState::Ok, 0.0);
-        assert!(matches!(p.decide(20, &ok, 3, true, &mut rng), Decision::Seed { .. }));
+        assert!(matches!(
+            p.decide(20, &ok, 3, true, &mut rng),
+            Decision::Seed { .. }
+        ));
         assert_eq!(p.decide(20, &ok, 10, true, &mut rng), Decision::Generate);
     }
 
@@ -603,15 +618,13 @@ mod tests {
             picks[c.id as usize] += 1;
         }
         assert_eq!(picks[1] + picks[4], 0, "outside the windows: {picks:?}");
-        assert!(picks[3] > picks[2], "the more dissimilar wins more often: {picks:?}");
+        assert!(
+            picks[3] > picks[2],
+            "the more dissimilar wins more often: {picks:?}"
+        );
         // None qualify: no candidate.
         assert!(p
-            .choose_cached(
-                &current,
-                [(1u64, &entries[0].1)],
-                None,
-                &mut rng
-            )
+            .choose_cached(&current, [(1u64, &entries[0].1)], None, &mut rng)
             .is_none());
     }
 
@@ -625,10 +638,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let ones = (0..2000)
             .filter(|_| {
-                p.choose_cached(&current, entries.iter().map(|(id, e)| (*id, e)), None, &mut rng)
-                    .unwrap()
-                    .id
-                    == 1
+                p.choose_cached(
+                    &current,
+                    entries.iter().map(|(id, e)| (*id, e)),
+                    None,
+                    &mut rng,
+                )
+                .unwrap()
+                .id == 1
             })
             .count();
         // Weight 0.1 against 1: about 9 %.

@@ -317,7 +317,9 @@ mod tests {
 
     #[test]
     fn histogram_sums_to_one_per_channel_and_identical_pictures_score_three() {
-        let image = RgbImage::from_fn(64, 32, |x, y| image::Rgb([(x * 4) as u8, (y * 8) as u8, 90]));
+        let image = RgbImage::from_fn(64, 32, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 8) as u8, 90])
+        });
         let h = color_histogram(&image);
         for c in 0..3 {
             let sum: f32 = h[c * 32..(c + 1) * 32].iter().sum();
@@ -335,7 +337,11 @@ mod tests {
     fn phash_of_a_synthetic_picture_matches_imagehash() {
         // imagehash.phash of this 100×60 picture (tools/similarity_ref.py's recipe).
         let image = RgbImage::from_fn(100, 60, |x, y| {
-            image::Rgb([((x * 5 + y) % 256) as u8, ((y * 4) % 256) as u8, ((x * y) % 256) as u8])
+            image::Rgb([
+                ((x * 5 + y) % 256) as u8,
+                ((y * 4) % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
         });
         assert_eq!(format!("{:016x}", phash(&image)), SYNTHETIC_PHASH);
     }
@@ -349,7 +355,9 @@ mod tests {
 
     #[test]
     fn embedding_round_trips_through_json_with_a_hex_phash() {
-        let image = RgbImage::from_fn(33, 17, |x, y| image::Rgb([(x * 7) as u8, (y * 13) as u8, 3]));
+        let image = RgbImage::from_fn(33, 17, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 13) as u8, 3])
+        });
         let e = Embedding::of(&image);
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.contains(&format!("\"{:016x}\"", e.phash)));
@@ -363,7 +371,9 @@ mod tests {
     #[test]
     fn shared_pictures_match_the_reference_script() {
         let Some(dir) = shared_images() else {
-            eprintln!("SKIP shared_pictures_match_the_reference_script: ../shared/images not found");
+            eprintln!(
+                "SKIP shared_pictures_match_the_reference_script: ../shared/images not found"
+            );
             return;
         };
         let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -388,7 +398,11 @@ mod tests {
                 .find(|(n, _)| n == name)
                 .unwrap_or_else(|| panic!("{name} missing from the shared pictures"));
             let bits = (e.phash ^ u64::from_str_radix(hash, 16).unwrap()).count_ones();
-            assert!(bits <= 1, "{name}: pHash {:016x} vs {hash} ({bits} bits differ)", e.phash);
+            assert!(
+                bits <= 1,
+                "{name}: pHash {:016x} vs {hash} ({bits} bits differ)",
+                e.phash
+            );
             let c = embeddings[0].1.color_similarity(e);
             assert!(
                 (c - color_to_first).abs() < 2e-3,

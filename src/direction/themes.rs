@@ -536,7 +536,10 @@ mod tests {
         let (mut r, hour) = rotation(c, 6);
         assert_eq!(r.next_prompt().prompt, "p0, dawn light, morning atmosphere");
         hour.store(8, Ordering::Relaxed);
-        assert_eq!(r.next_prompt().prompt, "p0, bright daylight, clear atmosphere");
+        assert_eq!(
+            r.next_prompt().prompt,
+            "p0, bright daylight, clear atmosphere"
+        );
         hour.store(23, Ordering::Relaxed);
         assert_eq!(r.next_prompt().prompt, "p0, late");
         hour.store(1, Ordering::Relaxed);
@@ -576,10 +579,12 @@ mod tests {
         let mut c = PromptsConfig::default();
         c.themes[0].prompt = OneOrMany::Many(vec![]);
         assert_eq!(c.validate().unwrap_err().key, "prompts.themes[0].prompt");
-        let mut c = PromptsConfig::default();
-        c.rotate_every = 0;
+        let c = PromptsConfig {
+            rotate_every: 0,
+            ..PromptsConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "prompts.rotate_every");
-        c = PromptsConfig::default();
+        let mut c = PromptsConfig::default();
         c.themes.clear();
         assert_eq!(c.validate().unwrap_err().key, "prompts.themes");
     }

@@ -212,7 +212,7 @@ impl KeyframeSource for ImageSource {
                         index,
                         latent,
                         image: Some(image),
-                    })
+                    });
                 }
                 Err(message) => {
                     tracing::warn!("skipping picture: {message}");
