@@ -213,6 +213,14 @@ impl Director {
         let Some(previous) = previous else {
             return Ok(None);
         };
+        {
+            // Without injections (no encoder) there is nothing to steer with: no measuring,
+            // and no decode under the GPU lock on the keyframe's path.
+            let st = state.lock();
+            if !st.policy.config().enabled && st.cache.is_none() {
+                return Ok(None);
+            }
+        }
         let picture = match &previous.image {
             Some(image) => image.clone(),
             None => decode_one(engine, &previous.latent, lock_timeout)?,
