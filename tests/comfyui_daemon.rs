@@ -94,6 +94,23 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
         assert_eq!(e["denoise"], denoise, "{e}");
     }
 
+    // `next-theme` moves on from the next keyframe: the second default theme.
+    let answer = support::post(&daemon.url, "/control/next-theme");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let ok_now = status["comfyui"]["keyframes_ok"].as_u64().unwrap();
+    let moved = wait_for(&daemon, Duration::from_secs(30), "the next theme", |s| {
+        s["theme"] == "cloud cities" && s["comfyui"]["keyframes_ok"].as_u64().unwrap_or(0) > ok_now
+    });
+    assert!(
+        moved["current_prompt"].as_str().unwrap().contains("cities")
+            || moved["current_prompt"]
+                .as_str()
+                .unwrap()
+                .contains("sky islands"),
+        "{moved}"
+    );
+    let status = moved;
+
     // The server goes away: the daemon keeps playing from the fallback, degraded, and says so.
     server.kill();
     let shown = status["display"]["frames_displayed"].as_u64().unwrap();
