@@ -31,7 +31,7 @@ use crate::config::FitMode;
 use crate::engine::{Engine, LockAccount};
 use crate::keyframes::images::fit;
 use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
-use crate::latent::{Latent, LatentBatch};
+use crate::latent::Latent;
 
 /// What the next img2img starts from.
 #[derive(Debug, Clone)]
@@ -378,9 +378,9 @@ impl ComfyUiSource {
                     tokio::task::spawn_blocking(move || {
                         let picture = match previous {
                             Previous::Picture(p) => p,
-                            Previous::Latent(latent) => {
-                                decode_latent(&engine, &latent, lock_timeout)?
-                            }
+                            Previous::Latent(latent) => engine
+                                .decode_one(&latent, lock_timeout)
+                                .map_err(|e| format!("cannot decode the previous keyframe: {e}"))?,
                         };
                         let picture = if picture.dimensions() == (w, h) {
                             picture
@@ -456,21 +456,6 @@ impl ComfyUiSource {
             image: Some(picture),
         })
     }
-}
-
-fn decode_latent(
-    engine: &Engine,
-    latent: &Latent,
-    lock_timeout: Duration,
-) -> Result<RgbImage, String> {
-    let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
-    batch.push(latent).map_err(|e| e.to_string())?;
-    engine
-        .decode_batch(&batch, &LockAccount::default(), lock_timeout)
-        .map_err(|e| format!("cannot decode the previous keyframe: {e}"))?
-        .images
-        .pop()
-        .ok_or_else(|| "the decoder returned nothing".to_string())
 }
 
 fn encode_png(picture: &RgbImage) -> Result<Vec<u8>, String> {

@@ -29,7 +29,7 @@ use super::themes::{PromptChoice, PromptsConfig, SystemClock, ThemeRotation};
 use crate::engine::{Engine, LockAccount};
 use crate::events::{CacheEvent, CollapseEvent, InjectionEvent, LogEvent};
 use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
-use crate::latent::{Latent, LatentBatch};
+use crate::latent::Latent;
 
 /// The settings the director needs, from `[prompts]`, `[collapse]`, `[cache]`, `[injection]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,7 +223,9 @@ impl Director {
         }
         let picture = match &previous.image {
             Some(image) => image.clone(),
-            None => decode_one(engine, &previous.latent, lock_timeout)?,
+            None => engine
+                .decode_one(&previous.latent, lock_timeout)
+                .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?,
         };
         let embedding = Embedding::of(&picture);
         let mut guard = state.lock();
@@ -359,23 +361,6 @@ impl Director {
         s.seed_injections = seed_injections;
         s.analysed = state.analysed;
     }
-}
-
-/// Decodes one latent to a picture at the engine's output size, under the GPU lock.
-fn decode_one(
-    engine: &Engine,
-    latent: &Latent,
-    lock_timeout: Duration,
-) -> Result<RgbImage, String> {
-    let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
-    batch.push(latent).map_err(|e| e.to_string())?;
-    let account = LockAccount::default();
-    let mut out = engine
-        .decode_batch(&batch, &account, lock_timeout)
-        .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?;
-    out.images
-        .pop()
-        .ok_or_else(|| "decoder returned no picture".to_string())
 }
 
 fn read_picture(path: &Path) -> Result<RgbImage, String> {

@@ -280,6 +280,22 @@ impl Engine {
         &self.lock
     }
 
+    /// Decodes one latent to a picture at the output size (one GPU-lock acquisition), as the
+    /// sources and the director need for a keyframe that has no picture. Blocking.
+    pub fn decode_one(
+        &self,
+        latent: &crate::latent::Latent,
+        lock_timeout: Duration,
+    ) -> Result<RgbImage, String> {
+        let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
+        batch.push(latent).map_err(|e| e.to_string())?;
+        self.decode_batch(&batch, &LockAccount::default(), lock_timeout)
+            .map_err(|e| e.to_string())?
+            .images
+            .pop()
+            .ok_or_else(|| format!("decoder {} returned no picture", self.decoder_name()))
+    }
+
     /// Decodes `batch` under one acquisition of the GPU lock, with one decoder call, then
     /// resamples each picture to the output size outside the lock. Blocking: call it from a
     /// worker thread, never from the async runtime.
