@@ -34,7 +34,9 @@ use super::contrast::{self, ChannelStats};
 use super::{slerp_batch, Latent, LatentBatch, LatentError};
 
 /// The curve the in-betweens follow (`generation.path`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum PathKind {
     /// Spherical interpolation inside each pair; the direction of motion jumps at keyframes.
     Slerp,
@@ -181,7 +183,11 @@ impl Segment {
         };
         let (before, after) = (before.and_then(unit), after.and_then(unit));
         let (u_from, u_to) = (scale(&from, 1.0 / r_from), scale(&to, 1.0 / r_to));
-        let v_from = sphere_tangent(before.as_ref().map(|b| b.0.as_slice()), &u_from, Some(&u_to));
+        let v_from = sphere_tangent(
+            before.as_ref().map(|b| b.0.as_slice()),
+            &u_from,
+            Some(&u_to),
+        );
         let v_to = sphere_tangent(Some(&u_from), &u_to, after.as_ref().map(|a| a.0.as_slice()));
         let b1 = exp(&u_from, &scale(&v_from, 1.0 / 3.0));
         let b2 = exp(&u_to, &scale(&v_to, -1.0 / 3.0));
@@ -203,7 +209,11 @@ impl Segment {
             Segment::Sphere { control, magnitude } => {
                 // de Casteljau with geodesics: three levels of interpolation at the same t.
                 let [b0, b1, b2, b3] = control;
-                let (p01, p12, p23) = (geodesic(b0, b1, t), geodesic(b1, b2, t), geodesic(b2, b3, t));
+                let (p01, p12, p23) = (
+                    geodesic(b0, b1, t),
+                    geodesic(b1, b2, t),
+                    geodesic(b2, b3, t),
+                );
                 let (q0, q1) = (geodesic(&p01, &p12, t), geodesic(&p12, &p23, t));
                 let direction = geodesic(&q0, &q1, t);
                 let r = magnitude.at(t).max(0.0);

@@ -163,7 +163,10 @@ fn parallel_keyframes_keep_their_direction() {
     let batch = inbetweens(w, &inbetween_factors(4), SPLINE).unwrap();
     for i in 0..4 {
         let item = batch.item(i);
-        assert!((item[0] - item[1]).abs() < 1e-5 && item[2].abs() < 1e-6, "{item:?}");
+        assert!(
+            (item[0] - item[1]).abs() < 1e-5 && item[2].abs() < 1e-6,
+            "{item:?}"
+        );
         assert!(item[0] > 1.0 && item[0] < 3.0, "{item:?}");
     }
 }
