@@ -274,7 +274,8 @@ pub fn measure(
         let typical = median(interior.to_vec());
         seams.push(ratio(sizes[0], typical));
         seams.push(ratio(sizes[n], typical));
-        for w in steps[..n].windows(2) {
+        // Pivots at the in-betweens 1 ..= N.
+        for w in steps.windows(2) {
             inside.push(cosine(&w[0], &w[1]));
         }
         // The middle in-between (t = ½ for odd N; the two around it for even N).
