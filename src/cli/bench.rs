@@ -1,4 +1,5 @@
-//! `dreamd bench pacing|http|decode|encode|resolution`: measurements, printed as text or JSON.
+//! `dreamd bench pacing|http|motion|decode|encode|resolution`: measurements, printed as text or
+//! JSON.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use dreamd::bench::{self, codec};
-use dreamd::config::{locate, Config, DecoderChoice, GenerationConfig, Precision};
+use dreamd::config::{
+    locate, Config, DecoderChoice, GenerationConfig, KeyframeImage, PathKind, Precision, SourceKind,
+};
 use dreamd::engine::Engine;
 use dreamd::logging::{self, LogGuards};
 
@@ -79,6 +82,59 @@ pub enum BenchCommand {
         /// Target fps (overrides display.target_fps).
         #[arg(long)]
         fps: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the real daemon for a number of keyframe pairs and measure how its frames move
+    /// (step evenness, seams, keyframe sharpness, direction through keyframes, contrast).
+    Motion {
+        /// Config file to start from (gate, output and log folders, buffer and retention are
+        /// overridden).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Keyframe pairs to make and measure (at least 2).
+        #[arg(long, default_value_t = 6)]
+        pairs: usize,
+        /// Keyframe source (overrides keyframes.source).
+        #[arg(long)]
+        source: Option<SourceKind>,
+        /// Folder of pictures for the image source (overrides keyframes.images_dir).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Path of the in-betweens (overrides generation.path).
+        #[arg(long)]
+        path: Option<PathKind>,
+        /// true or false (overrides generation.keep_contrast).
+        #[arg(long, action = clap::ArgAction::Set)]
+        keep_contrast: Option<bool>,
+        /// What keyframe frames show (overrides generation.keyframe_image).
+        #[arg(long)]
+        keyframe_image: Option<KeyframeImage>,
+        /// In-betweens per pair (overrides generation.frames_per_pair).
+        #[arg(long)]
+        frames_per_pair: Option<u32>,
+        /// Extra frames each keyframe is held (overrides generation.keyframe_dwell_frames).
+        #[arg(long)]
+        dwell: Option<u32>,
+        /// Decoder (overrides generation.decoder).
+        #[arg(long)]
+        decoder: Option<DecoderChoice>,
+        /// Decode at 1/N of the frame size (overrides generation.decode_divisor).
+        #[arg(long)]
+        decode_divisor: Option<u32>,
+        /// Frame width (overrides generation.width).
+        #[arg(long)]
+        width: Option<u32>,
+        /// Frame height (overrides generation.height).
+        #[arg(long)]
+        height: Option<u32>,
+        /// Folder searched first for model files (overrides generation.models_dir).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Stop waiting for the pairs after this long and measure what is there.
+        #[arg(long, default_value_t = 600.0)]
+        max_seconds: f64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -177,6 +233,49 @@ impl BenchCommand {
                     .block_on_with_signals(|_| bench::http::run(config, options))?;
                 super::print_report(json, &report, report.to_text())
             }
+            BenchCommand::Motion {
+                config,
+                pairs,
+                source,
+                images,
+                path,
+                keep_contrast,
+                keyframe_image,
+                frames_per_pair,
+                dwell,
+                decoder,
+                decode_divisor,
+                width,
+                height,
+                models_dir,
+                max_seconds,
+                json,
+            } => {
+                let (mut config, _logs) = daemon_config(config, None, max_seconds)?;
+                let k = &mut config.keyframes;
+                set(&mut k.source, source);
+                set(&mut k.images_dir, images);
+                let g = &mut config.generation;
+                set(&mut g.path, path);
+                set(&mut g.keep_contrast, keep_contrast);
+                set(&mut g.keyframe_image, keyframe_image);
+                set(&mut g.frames_per_pair, frames_per_pair);
+                set(&mut g.keyframe_dwell_frames, dwell);
+                set(&mut g.decoder, decoder);
+                set(&mut g.width, width);
+                set(&mut g.height, height);
+                if decode_divisor.is_some() {
+                    g.decode_divisor = decode_divisor;
+                }
+                if models_dir.is_some() {
+                    g.models_dir = models_dir;
+                }
+                config.validate()?;
+                let options = bench::motion::MotionOptions { pairs, max_seconds };
+                let report = super::runtime()?
+                    .block_on_with_signals(|_| bench::motion::run(config, options))?;
+                super::print_report(json, &report, report.to_text())
+            }
             BenchCommand::Decode {
                 decoder,
                 batch,
@@ -257,6 +356,13 @@ fn daemon_config(
         &std::env::temp_dir().join("dreamd-bench-logs"),
     )?;
     Ok((config, logs))
+}
+
+/// Replaces `value` with the flag's, when given.
+fn set<T>(value: &mut T, flag: Option<T>) {
+    if let Some(flag) = flag {
+        *value = flag;
+    }
 }
 
 fn ensure_counts(batch: usize, runs: usize) -> anyhow::Result<()> {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::latent::path::PathKind;
+
 pub mod dream_window;
 pub mod live;
 pub mod locate;
@@ -191,6 +193,14 @@ pub struct GenerationConfig {
     pub decode_divisor: Option<u32>,
     /// Folder searched first for model files.
     pub models_dir: Option<PathBuf>,
+    /// The curve the in-betweens follow through the keyframes.
+    pub path: PathKind,
+    /// Keep each latent channel's mean and spread through the blend (contrast kept mid-pair).
+    pub keep_contrast: bool,
+    /// What a keyframe's own frame shows.
+    pub keyframe_image: KeyframeImage,
+    /// Extra frames each keyframe is held for (a gallery's dwell); 0 = none.
+    pub keyframe_dwell_frames: u32,
 }
 
 impl Default for GenerationConfig {
@@ -204,8 +214,24 @@ impl Default for GenerationConfig {
             precision: Precision::default(),
             decode_divisor: None,
             models_dir: None,
+            path: PathKind::Spline,
+            keep_contrast: true,
+            keyframe_image: KeyframeImage::Decoded,
+            keyframe_dwell_frames: 0,
         }
     }
+}
+
+/// What a keyframe's own frame shows (`generation.keyframe_image`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
+pub enum KeyframeImage {
+    /// The keyframe latent through the same decoder, at the same size, as its in-betweens.
+    Decoded,
+    /// The source's own picture where it has one (crisper, but it pops against its decoded
+    /// neighbours); latent-only keyframes are decoded.
+    Picture,
 }
 
 /// Where keyframes come from.

@@ -49,6 +49,13 @@ impl Config {
                 "between 1 and 240",
             ));
         }
+        if g.keyframe_dwell_frames > 240 {
+            return Err(invalid(
+                "generation.keyframe_dwell_frames",
+                g.keyframe_dwell_frames,
+                "between 0 and 240",
+            ));
+        }
         for (key, value) in [
             ("generation.width", g.width),
             ("generation.height", g.height),

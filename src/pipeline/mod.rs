@@ -2,12 +2,18 @@
 //! frames in the buffer.
 //!
 //! For every keyframe `k` the coordinator registers the sequence numbers of the pair
-//! `(k−1, k)` up front (in-betweens at `base + (k−1)(N+1) + i`, keyframe `k` at
-//! `base + k(N+1)`), then runs the three [`stages`] on the blocking pool, each under its own
-//! timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
+//! `(k−1, k)` up front (with N in-betweens and D dwell frames, a stride of S = N+1+D: keyframe
+//! `k` at `base + kS`, its dwell frames after it, and the in-betweens towards `k+1` at
+//! `base + kS + D + i`), then runs the three [`stages`] on the blocking pool, each under its
+//! own timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
 //! pair overlaps stages 1–2 of the next. A failed or late stage marks its frames failed and
 //! is logged; the coordinator moves on to the next pair. Generation pauses while the buffer
 //! holds its target, and while an operator has paused it ([`Control`]).
+//!
+//! The spline path needs one keyframe of look-ahead: pair `(k−1, k)` waits, its slots
+//! registered, until keyframe `k+1` has arrived (its tangent at `k` depends on it). When the
+//! keyframe after it fails instead, the waiting pair is made at once with a one-sided tangent;
+//! at shutdown it is abandoned like any pair in flight.
 
 pub mod stages;
 
@@ -20,12 +26,13 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::live::LiveSettings;
-use crate::config::{Config, FrameFormat};
+use crate::config::{Config, FrameFormat, KeyframeImage};
 use crate::control::Control;
 use crate::engine::{Engine, LockAccount};
 use crate::events::{KeyframeEvent, KeyframeOutcome, LogEvent, PairEvent, PairOutcome};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
+use crate::latent::path::{PathKind, PathOptions, Window};
 use crate::stats::{millis as ms, Stage, Telemetry};
 use stages::{PendingFrame, SaveReport};
 
@@ -39,6 +46,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub frames_per_pair: usize,
+    /// The path in-betweens follow and whether it keeps contrast.
+    pub path: PathOptions,
+    /// What a keyframe's own frame shows.
+    pub keyframe_image: KeyframeImage,
+    /// Extra frames each keyframe is held for.
+    pub dwell_frames: usize,
     pub format: FrameFormat,
     pub jpeg_quality: u8,
     /// Sequence number of keyframe 0.
@@ -51,6 +64,12 @@ impl PipelineSettings {
     pub fn from_config(config: &Config, first_seq: u64, live: Arc<LiveSettings>) -> Self {
         Self {
             frames_per_pair: config.generation.frames_per_pair as usize,
+            path: PathOptions {
+                kind: config.generation.path,
+                keep_contrast: config.generation.keep_contrast,
+            },
+            keyframe_image: config.generation.keyframe_image,
+            dwell_frames: config.generation.keyframe_dwell_frames as usize,
             format: config.output.format,
             jpeg_quality: config.output.jpeg_quality,
             first_seq,
@@ -58,9 +77,14 @@ impl PipelineSettings {
         }
     }
 
-    /// Sequence number of keyframe `k`.
+    /// Frames from one keyframe to the next: S = N + 1 + D.
+    pub fn stride(&self) -> u64 {
+        (self.frames_per_pair + 1 + self.dwell_frames) as u64
+    }
+
+    /// Sequence number of keyframe `k` (its first frame, when it dwells).
     pub fn keyframe_seq(&self, k: u64) -> u64 {
-        self.first_seq + k * (self.frames_per_pair as u64 + 1)
+        self.first_seq + k * self.stride()
     }
 }
 
@@ -100,7 +124,10 @@ impl Pipeline {
             shutdown.clone(),
         ));
         let saves = Arc::new(Semaphore::new(SAVES_IN_FLIGHT));
-        let mut previous: Option<Keyframe> = None;
+        let lookahead = self.settings.path.kind == PathKind::Spline;
+        // The last two good keyframes, and the pair waiting for the keyframe after it.
+        let (mut before, mut previous): (Option<Keyframe>, Option<Keyframe>) = (None, None);
+        let mut waiting: Option<PairJob> = None;
         loop {
             if !self.control.wait_while_paused(&shutdown).await
                 || !self.wait_for_room(&shutdown).await
@@ -119,27 +146,45 @@ impl Pipeline {
             };
             match result {
                 Ok(keyframe) => {
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        permit = Arc::clone(&saves).acquire_owned() => permit,
-                    };
-                    let Ok(permit) = permit else { break };
-                    let pair = PairJob {
-                        from: previous.take(),
+                    if let Some(mut job) = waiting.take() {
+                        job.after = Some(keyframe.clone());
+                        if !self.start_pair(job, &saves, &shutdown).await {
+                            break;
+                        }
+                    }
+                    let job = PairJob {
+                        before: before.take(),
+                        from: previous.clone(),
                         to: keyframe.clone(),
+                        after: None,
                         first_seq,
                     };
-                    self.run_pair(pair, permit, &shutdown).await;
-                    previous = Some(keyframe);
+                    before = previous.replace(keyframe);
+                    // A pair with no keyframe to start from has no path, so nothing to wait for.
+                    if lookahead && job.from.is_some() {
+                        waiting = Some(job);
+                    } else if !self.start_pair(job, &saves, &shutdown).await {
+                        break;
+                    }
                 }
                 Err(reason) => {
+                    // The waiting pair goes ahead with a one-sided tangent at its end.
+                    if let Some(job) = waiting.take() {
+                        if !self.start_pair(job, &saves, &shutdown).await {
+                            break;
+                        }
+                    }
                     // Keep the last good keyframe; the next pair interpolates from it.
-                    let last = self.settings.keyframe_seq(index);
+                    let last =
+                        self.settings.keyframe_seq(index) + self.settings.dwell_frames as u64;
                     self.buffer.fail_range(first_seq..=last);
                     PairEvent::failed(index, first_seq, last, Stage::Keyframe.as_str(), &reason)
                         .emit();
                 }
             }
+        }
+        if let Some(job) = waiting.take() {
+            self.abandon(&job, job.last_seq(&self.settings));
         }
         shutdown.cancel();
         let _ = producer.await;
@@ -165,14 +210,15 @@ impl Pipeline {
         }
     }
 
-    /// Registers the slots that keyframe `index` completes: the in-betweens before it and the
-    /// keyframe itself. Returns the first registered sequence number.
+    /// Registers the slots that keyframe `index` completes: the in-betweens before it, the
+    /// keyframe itself and its dwell frames. Returns the first registered sequence number.
     fn register(&self, index: u64) -> Option<u64> {
-        let last = self.settings.keyframe_seq(index);
+        let keyframe = self.settings.keyframe_seq(index);
+        let last = keyframe + self.settings.dwell_frames as u64;
         let first = if index == 0 {
-            last
+            keyframe
         } else {
-            last - self.settings.frames_per_pair as u64
+            keyframe - self.settings.frames_per_pair as u64
         };
         match self.buffer.register(first, (last - first + 1) as usize) {
             Ok(()) => Some(first),
@@ -182,6 +228,22 @@ impl Pipeline {
                 None
             }
         }
+    }
+
+    /// Waits for a save permit, then runs the pair; false on shutdown.
+    async fn start_pair(
+        &self,
+        job: PairJob,
+        saves: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            permit = Arc::clone(saves).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { return false };
+        self.run_pair(job, permit, shutdown).await;
+        true
     }
 
     /// Stages 1 and 2 here; stage 3 in a task that holds `permit` until the frames are saved.
@@ -194,14 +256,16 @@ impl Pipeline {
         let started = Instant::now();
         let timeouts = &self.settings.live.get().timeouts;
         let n = self.settings.frames_per_pair;
+        let (path, keyframe_image) = (self.settings.path, self.settings.keyframe_image);
         let job = Arc::new(job);
-        let last_seq = job.first_seq + job.slot_count(n) as u64 - 1;
+        let last_seq = job.last_seq(&self.settings);
 
         let batch = {
             let work = Arc::clone(&job);
             let stage = tokio::task::spawn_blocking(move || {
                 let start = Instant::now();
-                stages::slerp_stage(work.from.as_ref(), &work.to, n).map(|b| (b, start.elapsed()))
+                stages::path_stage(work.window(), &work.to, n, path, keyframe_image)
+                    .map(|b| (b, start.elapsed()))
             });
             let outcome = run_stage(stage, timeouts.slerp(), shutdown).await;
             match self.settle(outcome, &job, last_seq, Stage::Slerp) {
@@ -221,7 +285,14 @@ impl Pipeline {
             );
             let lock_timeout = timeouts.decode();
             let stage = tokio::task::spawn_blocking(move || {
-                stages::decode_stage(&engine, &batch, &work.to, &account, lock_timeout)
+                stages::decode_stage(
+                    &engine,
+                    &batch,
+                    &work.to,
+                    keyframe_image,
+                    &account,
+                    lock_timeout,
+                )
             });
             let outcome = run_stage(stage, timeouts.decode(), shutdown).await;
             match self.settle(outcome, &job, last_seq, Stage::Decode) {
@@ -230,7 +301,7 @@ impl Pipeline {
             }
         };
 
-        let frames = job.frames(decoded.images, n);
+        let frames = job.frames(decoded.images, &self.settings);
         let frames_made = frames.len();
         let save = {
             let (buffer, archive) = (Arc::clone(&self.buffer), Arc::clone(&self.archive));
@@ -247,6 +318,8 @@ impl Pipeline {
             resize: decoded.resize,
             batch_size,
             frames: frames_made,
+            slots: job.slot_count(&self.settings),
+            keyframe_frames: 1 + self.settings.dwell_frames,
             account,
         };
         let (buffer, telemetry) = (Arc::clone(&self.buffer), Arc::clone(&self.telemetry));
@@ -255,7 +328,7 @@ impl Pipeline {
         tokio::spawn(async move {
             let outcome = run_stage(save, save_timeout, &shutdown).await;
             drop(permit);
-            finish_pair(&job, last_seq, n, outcome, timing, &buffer, &telemetry);
+            finish_pair(&job, last_seq, outcome, timing, &buffer, &telemetry);
         });
     }
 
@@ -299,54 +372,85 @@ impl Pipeline {
     }
 }
 
-/// A pair to interpolate: from the last good keyframe (none at start) to `to`.
+/// A pair to interpolate: from the last good keyframe (none at start) to `to`, with the good
+/// keyframes either side of it when known (they shape the spline).
 struct PairJob {
+    before: Option<Keyframe>,
     from: Option<Keyframe>,
     to: Keyframe,
+    after: Option<Keyframe>,
     first_seq: u64,
 }
 
 impl PairJob {
-    /// Registered slots: N in-betweens and the keyframe, or the keyframe alone for keyframe 0.
-    fn slot_count(&self, frames_per_pair: usize) -> usize {
+    /// Registered slots: N in-betweens, the keyframe and its D dwell frames, or the keyframe and
+    /// its dwell frames alone for keyframe 0.
+    fn slot_count(&self, settings: &PipelineSettings) -> usize {
+        let keyframe = 1 + settings.dwell_frames;
         if self.to.index == 0 {
-            1
+            keyframe
         } else {
-            frames_per_pair + 1
+            settings.frames_per_pair + keyframe
         }
     }
 
-    /// Matches decoded pictures to sequence numbers. Without a `from` keyframe (keyframe 0, or
-    /// after a failed keyframe at the start) only the keyframe itself is drawn; its in-between
-    /// slots are failed by the caller.
-    fn frames(&self, images: Vec<image::RgbImage>, frames_per_pair: usize) -> Vec<PendingFrame> {
-        let to = self.to.index;
-        let keyframe_seq = self.first_seq + self.slot_count(frames_per_pair) as u64 - 1;
+    fn last_seq(&self, settings: &PipelineSettings) -> u64 {
+        self.first_seq + self.slot_count(settings) as u64 - 1
+    }
+
+    /// The keyframes the path runs through, or None without a keyframe to start from.
+    fn window(&self) -> Option<Window<'_>> {
+        self.from.as_ref().map(|from| Window {
+            before: self.before.as_ref().map(|k| &k.latent),
+            from: &from.latent,
+            to: &self.to.latent,
+            after: self.after.as_ref().map(|k| &k.latent),
+        })
+    }
+
+    /// Matches decoded pictures to sequence numbers: the in-betweens, then the keyframe (last
+    /// picture) repeated over its dwell frames. Without a `from` keyframe (keyframe 0, or after
+    /// a failed keyframe at the start) only the keyframe itself is drawn; its in-between slots
+    /// are failed by the caller.
+    fn frames(
+        &self,
+        images: Vec<image::RgbImage>,
+        settings: &PipelineSettings,
+    ) -> Vec<PendingFrame> {
+        let (to, frames_per_pair) = (self.to.index, settings.frames_per_pair);
+        let keyframe_seq = self.last_seq(settings) - settings.dwell_frames as u64;
         let inbetweens = images.len().saturating_sub(1);
-        images
-            .into_iter()
-            .enumerate()
-            .map(|(i, image)| {
-                if i == inbetweens {
-                    PendingFrame {
-                        seq: keyframe_seq,
-                        kind: FrameKind::Keyframe { index: to },
-                        image,
-                    }
-                } else {
-                    let step = i as u32 + 1;
-                    PendingFrame {
-                        seq: self.first_seq + i as u64,
-                        kind: FrameKind::Inbetween {
-                            from: to - 1,
-                            step,
-                            t: step as f32 / (frames_per_pair + 1) as f32,
-                        },
-                        image,
-                    }
-                }
-            })
-            .collect()
+        let mut frames = Vec::with_capacity(images.len() + settings.dwell_frames);
+        for (i, image) in images.into_iter().enumerate() {
+            if i == inbetweens {
+                let kind = FrameKind::Keyframe { index: to };
+                let dwell: Vec<PendingFrame> = (1..=settings.dwell_frames as u64)
+                    .map(|d| PendingFrame {
+                        seq: keyframe_seq + d,
+                        kind,
+                        image: image.clone(),
+                    })
+                    .collect();
+                frames.push(PendingFrame {
+                    seq: keyframe_seq,
+                    kind,
+                    image,
+                });
+                frames.extend(dwell);
+            } else {
+                let step = i as u32 + 1;
+                frames.push(PendingFrame {
+                    seq: self.first_seq + i as u64,
+                    kind: FrameKind::Inbetween {
+                        from: to - 1,
+                        step,
+                        t: step as f32 / (frames_per_pair + 1) as f32,
+                    },
+                    image,
+                });
+            }
+        }
+        frames
     }
 }
 
@@ -358,6 +462,9 @@ struct PairTiming {
     resize: Duration,
     batch_size: usize,
     frames: usize,
+    /// Slots the pair registered, and how many of them show its keyframe.
+    slots: usize,
+    keyframe_frames: usize,
     account: Arc<LockAccount>,
 }
 
@@ -388,7 +495,6 @@ async fn run_stage<T>(
 fn finish_pair(
     job: &PairJob,
     last_seq: u64,
-    frames_per_pair: usize,
     outcome: StageOutcome<SaveReport>,
     timing: PairTiming,
     buffer: &FrameBuffer,
@@ -405,14 +511,14 @@ fn finish_pair(
     // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
     buffer.fail_range(job.first_seq..=last_seq);
     let pipeline = &telemetry.pipeline;
-    let ok = report.first_error.is_none() && report.ready == job.slot_count(frames_per_pair);
+    let ok = report.first_error.is_none() && report.ready == timing.slots;
     if let Some(error) = &report.first_error {
         pipeline.record_failure(Stage::Save, error.clone());
     }
     let total = timing.started.elapsed();
     let decode_ms = ms(timing.decode);
     pipeline.pairs.fetch_add(1, ORDER);
-    let inbetweens_ready = report.ready.saturating_sub(1) as u64;
+    let inbetweens_ready = report.ready.saturating_sub(timing.keyframe_frames) as u64;
     pipeline
         .interpolated_frames
         .fetch_add(inbetweens_ready, ORDER);

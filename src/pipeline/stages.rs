@@ -1,6 +1,7 @@
 //! The three stages of a pair, each a blocking function run on the blocking pool:
-//! slerp the in-between latents (no lock), decode the batch (one GPU-lock acquisition, one
-//! decoder call), encode and save the frames (atomic writes, filling the buffer as each is done).
+//! make the in-between latents along the path (no lock), decode them and the keyframe's latent
+//! as one batch (one GPU-lock acquisition, one decoder call), encode and save the frames (atomic
+//! writes, filling the buffer as each is done).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,39 +11,46 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
-use crate::config::FrameFormat;
+use crate::config::{FrameFormat, KeyframeImage};
 use crate::engine::{DecodeOutput, Engine, EngineError, LockAccount};
 use crate::frame::{encode, EncodedFrame, FrameKind};
 use crate::keyframes::Keyframe;
-use crate::latent::{inbetween_factors, slerp_batch, LatentBatch, LatentError};
+use crate::latent::path::{self, PathOptions, Window};
+use crate::latent::{inbetween_factors, LatentBatch, LatentError};
 
-/// Stage 1: the latents to decode for a pair ending at `to`: the N in-betweens from `from`
-/// (none when there is no `from`), then `to` itself unless it already has a picture.
-pub fn slerp_stage(
-    from: Option<&Keyframe>,
+/// Whether keyframe `to`'s frame is its source's own picture rather than its decoded latent.
+pub fn shows_picture(to: &Keyframe, keyframe_image: KeyframeImage) -> bool {
+    keyframe_image == KeyframeImage::Picture && to.image.is_some()
+}
+
+/// Stage 1: the latents to decode for a pair ending at `to`: the N in-betweens along the path
+/// through `window` (none when there is no window: no keyframe to start from), then `to`'s own
+/// latent, so the keyframe comes through the same decoder as its neighbours (unless it shows
+/// its picture).
+pub fn path_stage(
+    window: Option<Window<'_>>,
     to: &Keyframe,
     frames_per_pair: usize,
+    options: PathOptions,
+    keyframe_image: KeyframeImage,
 ) -> Result<LatentBatch, LatentError> {
-    let mut batch = match from {
-        Some(from) => slerp_batch(
-            &from.latent,
-            &to.latent,
-            &inbetween_factors(frames_per_pair),
-        )?,
+    let mut batch = match window {
+        Some(window) => path::inbetweens(window, &inbetween_factors(frames_per_pair), options)?,
         None => LatentBatch::with_capacity(to.latent.shape(), 1),
     };
-    if to.image.is_none() {
+    if !shows_picture(to, keyframe_image) {
         batch.push(&to.latent)?;
     }
     Ok(batch)
 }
 
 /// Stage 2: decodes the batch under one lock acquisition; appends `to`'s own picture, resized,
-/// when it has one.
+/// when it [`shows_picture`].
 pub fn decode_stage(
     engine: &Engine,
     batch: &LatentBatch,
     to: &Keyframe,
+    keyframe_image: KeyframeImage,
     account: &LockAccount,
     lock_timeout: Duration,
 ) -> Result<DecodeOutput, EngineError> {
@@ -55,7 +63,7 @@ pub fn decode_stage(
     } else {
         engine.decode_batch(batch, account, lock_timeout)?
     };
-    if let Some(image) = &to.image {
+    if let (true, Some(image)) = (shows_picture(to, keyframe_image), &to.image) {
         let (w, h) = engine.output_size();
         output
             .images

@@ -14,6 +14,8 @@ use std::sync::atomic::AtomicUsize;
 /// The preview decoder, failing or hanging on chosen calls (1-based).
 struct FaultyDecoder {
     calls: AtomicUsize,
+    /// The batch size of every call.
+    sizes: Arc<parking_lot::Mutex<Vec<usize>>>,
     fail_on: Option<usize>,
     hang_on: Option<(usize, Duration)>,
 }
@@ -27,6 +29,7 @@ impl Decoder for FaultyDecoder {
     }
     fn decode(&self, batch: &LatentBatch) -> Result<Vec<image::RgbImage>, EngineError> {
         let call = self.calls.fetch_add(1, ORDER) + 1;
+        self.sizes.lock().push(batch.len());
         if self.fail_on == Some(call) {
             return Err(EngineError::Device(
                 "test".into(),
@@ -78,6 +81,18 @@ async fn run_until_settled(
     decode_timeout: f64,
     last: u64,
 ) -> (String, Arc<Telemetry>) {
+    let (states, telemetry, _) = run_with(decoder, source, decode_timeout, last, |_| {}).await;
+    (states, telemetry)
+}
+
+/// [`run_until_settled`] with changed settings; also returns the buffer.
+async fn run_with(
+    decoder: FaultyDecoder,
+    source: Box<dyn KeyframeSource>,
+    decode_timeout: f64,
+    last: u64,
+    change: impl FnOnce(&mut PipelineSettings),
+) -> (String, Arc<Telemetry>, Arc<FrameBuffer>) {
     let dir = tempfile::tempdir().unwrap();
     let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
     let buffer = Arc::new(FrameBuffer::new(first_seq));
@@ -85,7 +100,7 @@ async fn run_until_settled(
     let mut config = Config::default();
     config.timeouts.decode_seconds = decode_timeout;
     config.buffer.target_seconds = 250.0; // 1000 frames at 4 fps
-    let pipeline = Pipeline {
+    let mut pipeline = Pipeline {
         engine: Arc::new(Engine::new(Box::new(decoder), Device::Cpu, 64, 32)),
         buffer: Arc::clone(&buffer),
         archive: Arc::new(archive),
@@ -93,12 +108,16 @@ async fn run_until_settled(
         control: Arc::new(Control::new("test", false)),
         settings: PipelineSettings {
             frames_per_pair: N,
+            path: crate::latent::path::PathOptions::default(),
+            keyframe_image: crate::config::KeyframeImage::Decoded,
+            dwell_frames: 0,
             format: FrameFormat::Png,
             jpeg_quality: 90,
             first_seq,
             live: Arc::new(LiveSettings::new(&config)),
         },
     };
+    change(&mut pipeline.settings);
     let shutdown = CancellationToken::new();
     let (_replace, replacements) = mpsc::channel(1);
     let task = tokio::spawn(pipeline.run(source, replacements, shutdown.clone()));
@@ -119,12 +138,13 @@ async fn run_until_settled(
     };
     shutdown.cancel();
     task.await.unwrap();
-    (states, telemetry)
+    (states, telemetry, buffer)
 }
 
 fn decoder(fail_on: Option<usize>, hang_on: Option<(usize, Duration)>) -> FaultyDecoder {
     FaultyDecoder {
         calls: AtomicUsize::new(0),
+        sizes: Arc::default(),
         fail_on,
         hang_on,
     }
@@ -185,4 +205,78 @@ async fn hung_decode_times_out_and_generation_recovers() {
         error.contains("timed out") || error.contains("GPU lock"),
         "{error}"
     );
+}
+
+/// The procedural source with a picture on every keyframe, like the image source.
+struct PictureSource(ProceduralSource);
+
+#[async_trait]
+impl KeyframeSource for PictureSource {
+    fn name(&self) -> &str {
+        "pictures"
+    }
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        let mut keyframe = self.0.keyframe(index).await?;
+        keyframe.image = Some(image::RgbImage::from_pixel(8, 8, image::Rgb([255, 0, 0])));
+        Ok(keyframe)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picture_keyframes_are_decoded_in_the_same_batch_as_their_inbetweens() {
+    let decoder = decoder(None, None);
+    let sizes = Arc::clone(&decoder.sizes);
+    let source = Box::new(PictureSource(procedural()));
+    let (states, _, _) = run_with(decoder, source, 5.0, 12, |_| {}).await;
+    assert_eq!(states, "RRRRRRRRRRRRR");
+    // Keyframe 0 alone, then each pair's N in-betweens and its keyframe: one call per pair.
+    let sizes = sizes.lock().clone();
+    assert_eq!(&sizes[..4], &[1, N + 1, N + 1, N + 1], "{sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_image_picture_shows_the_sources_picture_undecoded() {
+    let decoder = decoder(None, None);
+    let sizes = Arc::clone(&decoder.sizes);
+    let source = Box::new(PictureSource(procedural()));
+    let (states, _, _) = run_with(decoder, source, 5.0, 12, |s| {
+        s.keyframe_image = crate::config::KeyframeImage::Picture;
+    })
+    .await;
+    assert_eq!(states, "RRRRRRRRRRRRR");
+    let sizes = sizes.lock().clone();
+    assert!(sizes.iter().all(|&n| n == N), "{sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dwell_frames_hold_each_keyframe() {
+    // N = 3, D = 2: keyframe k at 6k, held at 6k+1 and 6k+2, in-betweens at 6k+3 ..= 6k+5.
+    for kind in [PathKind::Slerp, PathKind::Spline] {
+        let (states, _, buffer) =
+            run_with(decoder(None, None), Box::new(procedural()), 5.0, 17, |s| {
+                s.dwell_frames = 2;
+                s.path.kind = kind;
+            })
+            .await;
+        assert_eq!(states, "RRRRRRRRRRRRRRRRRR", "{kind:?}");
+        let kind_of = |seq| match buffer.slot(seq) {
+            Some(Slot::Ready(frame)) => frame.kind,
+            other => panic!("slot {seq}: {other:?}"),
+        };
+        for seq in [6, 7, 8, 12, 13, 14] {
+            assert_eq!(
+                kind_of(seq),
+                FrameKind::Keyframe { index: seq / 6 },
+                "{kind:?}"
+            );
+        }
+        assert!(matches!(
+            kind_of(9),
+            FrameKind::Inbetween {
+                from: 1,
+                step: 1,
+                ..
+            }
+        ));
+    }
 }

@@ -1,11 +1,16 @@
-//! Latents and the batched spherical interpolation between two of them.
+//! Latents, and the paths the in-betweens follow between keyframes.
 //!
 //! A latent follows the SD convention `[C, H/8, W/8]` in the decoder's scaled space, stored as
 //! f32. [`slerp_batch`] makes every in-between latent of a keyframe pair in one call: each output
 //! is a linear combination `α·a + β·b`, so the whole batch costs one pass over the inputs per
-//! frame, with the angle, norms and coefficients computed once per pair.
+//! frame, with the angle, norms and coefficients computed once per pair. [`path`] holds the
+//! choice the pipeline makes (per-pair slerp, or a spline through the keyframes) and
+//! [`contrast`] the per-channel rescale that keeps a blend's contrast.
 
 use std::fmt;
+
+pub mod contrast;
+pub mod path;
 
 /// Shape of one latent: channels × height × width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
