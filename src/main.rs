@@ -683,8 +683,12 @@ fn models(what: ModelsCommand) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 struct PullArgs {
-    /// Families to fetch (taesd, taesdxl, taesd3, taef1; default taesd).
+    /// Families to fetch (taesd, taesdxl, taesd3, taef1, taef2; default taesd).
     families: Vec<String>,
+    /// Where to fetch from: `github` (upstream .pth files, verified by git blob id) or `hf`
+    /// (Hugging Face diffusers folders).
+    #[arg(long, value_name = "SOURCE", default_value = dreamd::pull::DEFAULT_SOURCE)]
+    from: String,
     /// Fetch every family in the manifest.
     #[arg(long, conflicts_with = "families")]
     all: bool,
@@ -708,7 +712,7 @@ struct PullArgs {
 
 /// `dreamd models pull`.
 fn pull(args: PullArgs) -> anyhow::Result<()> {
-    use dreamd::pull::{Manifest, Pulled, Puller, BASE_URL_ENV};
+    use dreamd::pull::{Manifest, Puller, BASE_URL_ENV};
     use std::io::IsTerminal;
     let manifest = match &args.manifest {
         Some(path) => Manifest::load(path)?,
@@ -719,7 +723,7 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         (false, true) => vec!["taesd".to_string()],
         (false, false) => args.families,
     };
-    let files = manifest.select(&families)?;
+    let files = manifest.select(&families, &args.from)?;
     let dest = match args.dir {
         Some(dir) => dir,
         None => {
@@ -730,10 +734,11 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from("models"))
         }
     };
+    let source_base = manifest.source(&args.from)?.base_url.clone();
     let base_url = args
         .base_url
         .or_else(|| std::env::var(BASE_URL_ENV).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| manifest.base_url.clone());
+        .unwrap_or(source_base);
     println!(
         "pulling {} files from {base_url} into {}",
         files.len(),
@@ -743,22 +748,10 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for file in files {
         match puller.pull(&manifest, file) {
-            Ok(Pulled::AlreadyPresent) => {
-                println!("ok    {:32} already present, sha256 matches", file.name)
-            }
-            Ok(Pulled::Downloaded { replaced }) => println!(
-                "ok    {:32} downloaded {:.2} MB, sha256 verified{}",
-                file.name,
-                file.bytes as f64 / 1e6,
-                if replaced {
-                    " (replaced a file with another hash)"
-                } else {
-                    ""
-                }
-            ),
+            Ok(pulled) => println!("ok    {:32} {}", file.display_name(), pulled.summary(file)),
             Err(e) => {
-                println!("FAIL  {:32} {e}", file.name);
-                failed.push(file.name.clone());
+                println!("FAIL  {:32} {e}", file.display_name());
+                failed.push(file.display_name());
             }
         }
     }

@@ -7,9 +7,11 @@
 
 pub mod conv;
 pub mod gpu_lock;
+pub mod model_search;
 pub mod models;
 pub mod pool;
 pub mod preview;
+pub mod pth;
 pub mod resize;
 pub mod taesd;
 pub mod taesd_cpu;
