@@ -974,8 +974,7 @@ fn pairs(items: Vec<Obj>, at: usize) -> Result<Vec<(Obj, Obj)>, String> {
 fn persistent_load(pid: &Obj) -> Result<Obj, String> {
     let items = pid.tuple("persistent id")?;
     match &*items {
-        [tag, class, key, _location, elements] if matches!(tag, Obj::Str(t) if &**t == "storage") =>
-        {
+        [Obj::Str(tag), class, key, _location, elements] if &**tag == "storage" => {
             let class = match class {
                 Obj::Global(_, name) => name.to_string(),
                 other => other.kind(),
@@ -1563,6 +1562,51 @@ mod tests {
             .to_string();
         assert!(
             err.contains("bad.pth") && err.contains("not a zip archive"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upstream_taef2_decoder_matches_golden() {
+        let (Some(pth), Some(input), Some(golden)) = (
+            test_file("taesd-pth/taef2_decoder.pth"),
+            test_file("golden/taef2_dec_in_32x8x8_f32le.bin"),
+            test_file("golden/taef2_dec_out_3x64x64_f32le.bin"),
+        ) else {
+            return;
+        };
+        let shape = LatentShape::new(32, 8, 8);
+        let mut batch = LatentBatch::with_capacity(shape, 1);
+        batch
+            .push(&Latent::new(shape, f32_file(&input)).unwrap())
+            .unwrap();
+        let decoder = TaesdDecoderModel::load(&pth, "taef2", crate::engine::Device::Cpu).unwrap();
+        assert_eq!(crate::engine::Decoder::latent_channels(&decoder), 32);
+        let got = decoder.decode_raw(&batch).unwrap();
+        let diff = max_diff(&got, &f32_file(&golden));
+        assert!(diff <= 2e-3, "taef2: max abs error {diff}");
+        // The encoder's mid-blocks load too, and make 32-channel latents.
+        let Some(enc) = test_file("taesd-pth/taef2_encoder.pth") else {
+            return;
+        };
+        let weights = WeightFile::load(&enc, Part::Encoder).unwrap();
+        let vb = weights.var_builder(&candle_core::Device::Cpu);
+        let encoder = crate::engine::taesd::TaesdEncoder::new(32, vb).unwrap();
+        let picture = Tensor::full(0.5f32, (1, 3, 64, 64), &candle_core::Device::Cpu).unwrap();
+        let latent = candle_core::Module::forward(&encoder, &picture).unwrap();
+        assert_eq!(latent.dims(), [1, 32, 8, 8]);
+        // The CPU engine, which has no mid-block yet, refuses TAEF2 instead of decoding wrongly.
+        let weights = WeightFile::load(&pth, Part::Decoder).unwrap();
+        let err = crate::engine::taesd_cpu::TaesdCpuDecoder::new(
+            "taef2",
+            &weights,
+            crate::config::Precision::Exact,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("taef2_decoder.pth") && err.contains("GroupNorm mid-block"),
             "{err}"
         );
     }

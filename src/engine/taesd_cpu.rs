@@ -138,6 +138,12 @@ fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Lay
             "block {index} has a skip convolution, which the CPU decoder does not support"
         )));
     }
+    if weights.contains(&format!("{index}.pool.0.weight")) {
+        return Err(weights.error(format!(
+            "block {index} has a GroupNorm mid-block (TAEF2), which the CPU engine does not \
+             implement yet (the candle module in engine::taesd does)"
+        )));
+    }
     let c = |i: usize| {
         conv(
             weights,
