@@ -231,6 +231,16 @@ fn a_manifest_pinning_other_blob_ids_accepts_those_files_and_replaces_bad_local_
     use dreamd::engine::weights::{Part, WeightFile};
     let weights = WeightFile::load(&models.join("taesd_decoder.pth"), Part::Decoder).unwrap();
     assert_eq!(weights.taesd_latent_channels(Part::Decoder).unwrap(), 4);
+    // The daemon's own check finds the pulled .pth files in ./models and accepts them.
+    let verify = Command::new(BIN)
+        .args(["models", "verify"])
+        .current_dir(dir.path())
+        .env_remove("DREAMD_MODELS")
+        .output()
+        .unwrap();
+    let out = text(&verify);
+    assert!(verify.status.success(), "{out}");
+    assert_eq!(out.matches("\nok    taesd_").count(), 2, "{out}");
 
     let empty = tempfile::tempdir().unwrap();
     let missing = Server::start(empty.path().to_path_buf(), HashMap::new());

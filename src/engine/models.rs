@@ -83,10 +83,14 @@ pub fn search_dirs(configured: Option<&Path>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The first file for `family`'s `part` in `dirs`.
+/// The first file for `family`'s `part` in `dirs` (in each, `.safetensors` before the upstream
+/// `.pth`).
 pub fn find(dirs: &[PathBuf], family: Family, part: Part) -> Option<PathBuf> {
     let name = family.file_name(part);
-    dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file())
+    let pth = Path::new(&name).with_extension("pth");
+    dirs.iter()
+        .flat_map(|d| [d.join(&name), d.join(&pth)])
+        .find(|p| p.is_file())
 }
 
 /// The candle device for an engine device.
