@@ -11,13 +11,19 @@ use crate::config::ServerConfig;
 /// How long `ctl` waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What `ctl` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `dreamd ctl` asks for (its subcommands). Control needs the token (DREAMD_TOKEN, else
+/// server.token) when the daemon has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum Action {
+    /// Print the daemon's state, display, buffer and generation figures.
     Status,
+    /// Stop generating and hold the display on the current frame.
     Pause,
+    /// Continue after a pause.
     Resume,
+    /// Jump to the next keyframe.
     Skip,
+    /// Move the keyframe source to its next theme.
     NextTheme,
 }
 

@@ -1,7 +1,11 @@
 //! One running daemon: builds every component from the config, runs them, and shuts them down
 //! in order (HTTP server, generation, display, final status) when asked.
+//!
+//! What several components read (telemetry, the frame buffer and archive, the engine, operator
+//! control, the live settings) is gathered once in [`Shared`], which the status writer and the
+//! HTTP server are handed.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,20 +16,19 @@ use tokio_util::sync::CancellationToken;
 use crate::atomic_file::remove_stale_temps;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
-use crate::config::Config;
-use crate::config::FaultsConfig;
+use crate::config::live::LiveSettings;
+use crate::config::reload::Reloader;
+use crate::config::{Config, FaultsConfig, FrameFormat};
 use crate::control::Control;
 use crate::display::{Display, DisplaySettings};
 use crate::engine::{Engine, LockStats};
 use crate::faults::{Faults, FaultyDecoder, FaultySource};
 use crate::keyframes;
-use crate::live::LiveSettings;
 use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::reload::Reloader;
-use crate::server::{BoundServer, ServerSources};
+use crate::server::BoundServer;
 use crate::service;
 use crate::stats::Telemetry;
-use crate::status::{Lifecycle, StatusSources, StatusWriter};
+use crate::status::{Lifecycle, StatusWriter};
 
 /// How long generation gets to wind down at shutdown before it is abandoned.
 const GENERATION_GRACE: Duration = Duration::from_millis(1000);
@@ -43,6 +46,25 @@ pub struct RunReport {
 /// What a running daemon offers an observer in the same process (`dreamd bench http`).
 pub struct Started {
     pub telemetry: Arc<Telemetry>,
+    /// Base URL of the HTTP server, when it runs.
+    pub server_url: Option<String>,
+}
+
+/// The context the running components share: the status writer and the HTTP server read the
+/// daemon through it, and nothing in it can block the display.
+pub struct Shared {
+    pub telemetry: Arc<Telemetry>,
+    pub buffer: Arc<FrameBuffer>,
+    /// Frames on disk (`output/frames/`).
+    pub archive: Arc<FrameArchive>,
+    /// Their encoding.
+    pub format: FrameFormat,
+    pub engine: Arc<Engine>,
+    pub control: Arc<Control>,
+    /// The keyframe source's name.
+    pub source_name: String,
+    /// Target fps, buffer target and the degraded window (they may change on reload).
+    pub live: Arc<LiveSettings>,
     /// Base URL of the HTTP server, when it runs.
     pub server_url: Option<String>,
 }
@@ -92,7 +114,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 /// Runs the daemon until `shutdown` is cancelled or `duration` passes.
 pub async fn run(
     config: Config,
-    config_path: Option<std::path::PathBuf>,
+    config_path: Option<PathBuf>,
     shutdown: CancellationToken,
     duration: Option<Duration>,
 ) -> anyhow::Result<RunReport> {
@@ -102,7 +124,7 @@ pub async fn run(
 /// [`run`], telling `started` (when given) what is running once everything has started.
 pub async fn run_observed(
     config: Config,
-    config_path: Option<std::path::PathBuf>,
+    config_path: Option<PathBuf>,
     shutdown: CancellationToken,
     duration: Option<Duration>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
@@ -139,9 +161,11 @@ pub async fn run_observed(
     let control = Arc::new(Control::new(source.name(), source.has_themes()));
     let status_wake = Arc::new(Notify::new());
     let server_url = bound.as_ref().map(BoundServer::url);
-    let status_sources = Arc::new(StatusSources {
+    let shared = Arc::new(Shared {
         telemetry: Arc::clone(&telemetry),
         buffer: Arc::clone(&buffer),
+        archive: Arc::clone(&archive),
+        format: config.output.format,
         engine: Arc::clone(&engine),
         control: Arc::clone(&control),
         source_name: source.name().to_string(),
@@ -150,7 +174,7 @@ pub async fn run_observed(
     });
     let writer = Arc::new(StatusWriter::new(
         output.clone(),
-        Arc::clone(&status_sources),
+        Arc::clone(&shared),
         Arc::clone(&status_wake),
     ));
     writer.write(Lifecycle::Running).await;
@@ -172,12 +196,8 @@ pub async fn run_observed(
     let server = bound.map(|bound| {
         crate::server::spawn(
             bound,
-            ServerSources {
-                status: Arc::clone(&status_sources),
-                archive: Arc::clone(&archive),
-                format: config.output.format,
-                current: display.current_frame(),
-            },
+            Arc::clone(&shared),
+            display.current_frame(),
             &config.server,
             server_stop.clone(),
         )
@@ -298,24 +318,4 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
         source.name(),
         config.paths.output_dir.display()
     ))
-}
-
-/// Resolves the config: `path` if given, else `./dreamd.toml` if present, else the defaults.
-/// Returns the config and a sentence saying where it came from.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    match path {
-        Some(path) => Ok((Config::load(path)?, format!("config {}", path.display()))),
-        None => {
-            let local = Path::new("dreamd.toml");
-            if local.is_file() {
-                Ok((Config::load(local)?, "config ./dreamd.toml".to_string()))
-            } else {
-                Ok((
-                    Config::default(),
-                    "no config file (no --config, no ./dreamd.toml): running on built-in defaults"
-                        .to_string(),
-                ))
-            }
-        }
-    }
 }

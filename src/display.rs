@@ -26,11 +26,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::atomic_file::write_atomic;
 use crate::buffer::{FrameBuffer, Front};
+use crate::config::live::LiveSettings;
 use crate::control::Control;
+use crate::events::{DisplayEvent, LogEvent};
 use crate::faults::Faults;
 use crate::frame::{EncodedFrame, FrameKind};
-use crate::live::LiveSettings;
-use crate::logging::EVENT;
 use crate::stats::{millis as ms, DisplayPhase, Stage, Telemetry};
 
 /// A wake-up later than this counts as a late tick.
@@ -217,14 +217,10 @@ impl Pacer {
             let lateness = now - deadline;
             if lateness > LATE_AFTER {
                 self.telemetry.display.late.fetch_add(1, ORDER);
-                tracing::info!(
-                    target: EVENT,
-                    event = "display",
-                    kind = "late",
-                    late_ms = ms(lateness),
-                    "display tick {:.1} ms late",
-                    ms(lateness)
-                );
+                DisplayEvent::Late {
+                    late_ms: ms(lateness),
+                }
+                .emit();
                 if lateness > interval {
                     // Too far behind to catch up without a burst: restart the schedule now.
                     deadline = now;
@@ -241,13 +237,7 @@ impl Pacer {
                 }
                 Choice::Hold(seq) => {
                     self.telemetry.display.held.fetch_add(1, ORDER);
-                    tracing::warn!(
-                        target: EVENT,
-                        event = "display",
-                        kind = "held",
-                        seq,
-                        "frame {seq} not ready: holding the current frame one interval"
-                    );
+                    DisplayEvent::Held { seq }.emit();
                     previous_show = None;
                 }
                 Choice::Empty => {
@@ -312,28 +302,17 @@ impl Pacer {
                 Front::Pending(_) | Front::Empty => break false,
             }
         };
-        tracing::info!(
-            target: EVENT,
-            event = "display",
-            kind = "skip_request",
-            dropped,
-            arrived,
-            "skip requested: dropped {dropped} frames{}",
-            if arrived { "" } else { " (next keyframe not ready yet)" }
-        );
+        DisplayEvent::SkipRequest { dropped, arrived }.emit();
         arrived
     }
 
     fn skipped(&self, seq: u64, reason: &str) {
         self.telemetry.display.skipped.fetch_add(1, ORDER);
-        tracing::warn!(
-            target: EVENT,
-            event = "display",
-            kind = "skipped",
+        DisplayEvent::Skipped {
             seq,
-            reason,
-            "skipped frame {seq} ({reason})"
-        );
+            reason: reason.to_string(),
+        }
+        .emit();
     }
 
     fn show(&self, frame: Arc<EncodedFrame>, at: Instant) {

@@ -1,29 +1,35 @@
 //! Logs: a human console, a daily-rotated `dreamd.log`, and `dreamd.jsonl` for machines,
 //! rotated by size (`dreamd.jsonl.1` … `.N`), so neither grows without bound.
 //!
-//! Structured events (one per pair, one per keyframe, display late/held/skipped, buffer level)
-//! are ordinary tracing events with target [`EVENT`] and an `event` field naming their kind;
-//! the JSON-lines layer keeps only those and flattens their fields into one object per line,
-//! which is what `dreamd analyze` reads. Writers are non-blocking: logging never stalls a stage.
+//! Structured events (one per pair, one per keyframe, display late/held/skipped, buffer level:
+//! the typed records of [`crate::events`]) are tracing events with target [`events::TARGET`]
+//! that carry their JSON record; the JSON-lines layer keeps only those and writes each record
+//! as one line, which is what `dreamd analyze` reads, while the console and `dreamd.log` show
+//! the message followed by the record's fields as `key=value`. Writers are non-blocking: logging never stalls a stage.
 
+use std::fmt;
+use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
-use tracing::Level;
+use tracing::field::{Field, Visit};
+use tracing::{Level, Subscriber};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer};
 
 use crate::config::LoggingConfig;
-
-/// Target of the structured events that go to `dreamd.jsonl`.
-pub const EVENT: &str = "dreamd::event";
+use crate::events::{self, RECORD_FIELD};
 
 /// Keeps the background log writers alive; dropping it flushes them.
 pub struct LogGuards {
@@ -96,20 +102,16 @@ pub fn init(config: &LoggingConfig, log_dir: &Path) -> Result<LogGuards, LogInit
     let (console_filter, console_handle) = reload::Layer::new(filter(&config.level));
     let (text_filter, text_handle) = reload::Layer::new(filter(&config.level));
     let console = tracing_subscriber::fmt::layer()
+        .fmt_fields(HumanFields)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(console_writer)
         .with_filter(console_filter);
     let text = tracing_subscriber::fmt::layer()
+        .fmt_fields(HumanFields)
         .with_ansi(false)
         .with_writer(text_writer)
         .with_filter(text_filter);
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_writer(json_writer)
-        .with_filter(Targets::new().with_target(EVENT, Level::TRACE));
+    let json = json_lines(json_writer);
     // Only the first subscriber of a process wins; later calls keep logging where it was.
     if tracing_subscriber::registry()
         .with(console)
@@ -126,4 +128,195 @@ pub fn init(config: &LoggingConfig, log_dir: &Path) -> Result<LogGuards, LogInit
     Ok(LogGuards {
         _guards: vec![console_guard, text_guard, json_guard],
     })
+}
+
+/// The `dreamd.jsonl` layer writing to `writer`: one line per event record
+/// ([`crate::events`]), as `{"timestamp", "level", <the record's fields>, "message", "target"}`,
+/// for events with target [`events::TARGET`] only.
+pub fn json_lines<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    JsonLines { writer }.with_filter(Targets::new().with_target(events::TARGET, Level::TRACE))
+}
+
+/// See [`json_lines`].
+struct JsonLines<W> {
+    writer: W,
+}
+
+impl<S: Subscriber, W: for<'w> MakeWriter<'w> + 'static> Layer<S> for JsonLines<W> {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let line = json_line(
+            SystemTime::now(),
+            meta.level(),
+            meta.target(),
+            &fields.message,
+            fields.record.as_deref(),
+        );
+        // A full queue drops the line rather than blocking the logging thread.
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
+    }
+}
+
+/// An event's message and JSON record.
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    record: Option<String>,
+}
+
+impl Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            RECORD_FIELD => self.record = Some(value.to_string()),
+            "message" => self.message = value.to_string(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+/// One `dreamd.jsonl` line: the record's fields (a JSON object's text) spliced between the
+/// timestamp and level and the message and target.
+fn json_line(
+    at: SystemTime,
+    level: &Level,
+    target: &str,
+    message: &str,
+    record: Option<&str>,
+) -> String {
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let fields = record
+        .and_then(|r| r.trim().strip_prefix('{')?.strip_suffix('}'))
+        .filter(|f| !f.trim().is_empty());
+    let mut line = format!(
+        "{{\"timestamp\":{},\"level\":{}",
+        quote(&humantime::format_rfc3339_micros(at).to_string()),
+        quote(level.as_str())
+    );
+    if let Some(fields) = fields {
+        line.push(',');
+        line.push_str(fields);
+    }
+    line.push_str(&format!(
+        ",\"message\":{},\"target\":{}}}\n",
+        quote(message),
+        quote(target)
+    ));
+    line
+}
+
+/// Field formatting of the console and `dreamd.log`: tracing's default, with an event's JSON
+/// record shown as `key=value` fields after its message, as plain tracing fields would be.
+struct HumanFields;
+
+impl<'w> MakeVisitor<Writer<'w>> for HumanFields {
+    type Visitor = RecordAsFields<DefaultVisitor<'w>>;
+
+    fn make_visitor(&self, target: Writer<'w>) -> Self::Visitor {
+        RecordAsFields(DefaultFields::new().make_visitor(target))
+    }
+}
+
+/// A field visitor that passes every field on to `V`, except [`RECORD_FIELD`], whose JSON
+/// members it writes as ` key=value` (strings quoted).
+struct RecordAsFields<V>(V);
+
+impl<V: VisitFmt> RecordAsFields<V> {
+    fn write_record(&mut self, json: &str) {
+        let Ok(Members(members)) = serde_json::from_str::<Members>(json) else {
+            return;
+        };
+        let out = self.0.writer();
+        for (key, value) in members {
+            let _ = match value {
+                serde_json::Value::String(text) => write!(out, " {key}={text:?}"),
+                other => write!(out, " {key}={other}"),
+            };
+        }
+    }
+}
+
+impl<V: VisitFmt> Visit for RecordAsFields<V> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.record_debug(field, value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == RECORD_FIELD {
+            self.write_record(value);
+        } else {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.record_error(field, value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.record_f64(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.record_i64(field, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.record_u64(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.record_bool(field, value);
+    }
+}
+
+/// A JSON object's members, in their order.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Members;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+impl<V: VisitOutput<fmt::Result> + VisitFmt> VisitOutput<fmt::Result> for RecordAsFields<V> {
+    fn finish(self) -> fmt::Result {
+        self.0.finish()
+    }
+}
+
+impl<V: VisitFmt> VisitFmt for RecordAsFields<V> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        self.0.writer()
+    }
 }

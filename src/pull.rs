@@ -464,7 +464,7 @@ impl Sha1 {
 /// hold an encoder and a decoder that load (with matching latent channels); its `config.json`
 /// must be a JSON object naming `AutoencoderTiny`; a `.pth` must load as weights.
 fn verify_unpinned(name: &str, bytes: &[u8]) -> Result<(), String> {
-    use crate::engine::weights::{Part, WeightFile};
+    use crate::engine::taesd::weights::{Part, WeightFile};
     if name.ends_with(".json") {
         let config: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;

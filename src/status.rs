@@ -1,6 +1,8 @@
 //! `status.json`: the status document and the one task that writes it.
 //!
-//! The [`StatusWriter`] is the only writer of the file. It writes about once a second and
+//! The document is made from the daemon's [`Shared`] context ([`document`], [`state`]; the
+//! HTTP server's `/status` and `/healthz` read the same functions). The [`StatusWriter`] is the
+//! only writer of the file. It writes about once a second and
 //! whenever it is woken by a state change, atomically (temp file, fsync, rename), and a final
 //! time with state `stopped` at shutdown. The document starts with the original Dream Window's
 //! flat keys (the Rainmeter skin's keys first, in the order its regex expects), pretty-printed
@@ -15,12 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomic;
-use crate::buffer::FrameBuffer;
-use crate::control::Control;
-use crate::engine::Engine;
-use crate::live::LiveSettings;
-use crate::logging::EVENT;
-use crate::stats::{round, DisplayPhase, Stage, Telemetry};
+use crate::daemon::Shared;
+use crate::events::{BufferEvent, DisplayStatsEvent, LogEvent, StateEvent};
+use crate::stats::{round, DisplayPhase, Stage};
 
 /// How often the document is rewritten when nothing changes.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -180,149 +179,134 @@ pub struct ErrorSection {
     pub at: String,
 }
 
-/// Everything the document is made from.
-pub struct StatusSources {
-    pub telemetry: Arc<Telemetry>,
-    pub buffer: Arc<FrameBuffer>,
-    pub engine: Arc<Engine>,
-    pub control: Arc<Control>,
-    pub source_name: String,
-    /// Target fps, buffer target and the degraded window (they may change on reload).
-    pub live: Arc<LiveSettings>,
-    /// Base URL of the HTTP server, when it runs.
-    pub server_url: Option<String>,
+/// The document as of now.
+pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
+    let t = &shared.telemetry;
+    let now = SystemTime::now();
+    let uptime = t.started.elapsed().as_secs_f64();
+    let state = state(shared, lifecycle);
+    let live = shared.live.get();
+    let (target_fps, target_seconds) = (live.target_fps, live.target_seconds);
+    let counts = shared.buffer.counts();
+    let seconds = counts.ready as f64 / target_fps;
+    let percentage = (seconds / target_seconds * 100.0).min(100.0);
+    let averages = t.pipeline.averages();
+    let lock = shared.engine.lock().stats();
+    let timing = t.display.timing();
+    let display = &t.display;
+    let frames_displayed = display.frames_displayed.load(ORDER);
+    let keyframes = t.pipeline.keyframes.load(ORDER);
+    let interpolated = t.pipeline.interpolated_frames.load(ORDER);
+    let theme = t.pipeline.theme();
+    let timestamp = humantime::format_rfc3339_millis(now).to_string();
+    StatusDocument {
+        frame_number: frames_displayed,
+        generation_time: round(averages.keyframe_ms.get().unwrap_or(0.0) / 1000.0, 3),
+        status: state.legacy_status(),
+        current_mode: "buffered",
+        current_prompt: theme.clone().unwrap_or_default(),
+        cache_size: 0,
+        uptime_hours: round(uptime / 3600.0, 2),
+        daemon_status: match lifecycle {
+            Lifecycle::Running => "running",
+            Lifecycle::Stopping => "stopping",
+            Lifecycle::Stopped => "stopped",
+        },
+        comfyui_status: "disabled",
+        controller_status: state.controller_status(),
+        is_buffering: matches!(state, DaemonState::Starting | DaemonState::Buffering),
+        buffer_filled: counts.ready,
+        buffer_target: (target_seconds * target_fps).round() as usize,
+        buffer_seconds: round(seconds, 2),
+        buffer_percentage: round(percentage, 1),
+        keyframes_generated: keyframes,
+        interpolations_generated: interpolated,
+        uptime_minutes: round(uptime / 60.0, 1),
+        vae_lock_acquisitions: lock.acquisitions,
+        vae_lock_avg_wait_ms: round(lock.avg_wait_ms(), 3),
+        vae_lock_max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
+        last_update: timestamp.clone(),
+        state,
+        updated_at: timestamp,
+        uptime_s: round(uptime, 3),
+        pid: std::process::id(),
+        display: DisplaySection {
+            target_fps,
+            actual_fps: round(display.actual_fps(), 3),
+            frames_displayed,
+            current_sequence: display.current_sequence(),
+            late: display.late.load(ORDER),
+            held: display.held.load(ORDER),
+            skipped: display.skipped.load(ORDER),
+            interval_error_p99_ms: round(
+                timing.interval_error.quantile(0.99).as_secs_f64() * 1000.0,
+                3,
+            ),
+        },
+        buffer: BufferSection {
+            seconds: round(seconds, 2),
+            target_seconds,
+            percentage: round(percentage, 1),
+            frames_ready: counts.ready,
+            frames_registered: counts.registered,
+        },
+        generation: GenerationSection {
+            keyframes,
+            interpolated_frames: interpolated,
+            pairs: t.pipeline.pairs.load(ORDER),
+            keyframe_ms: averages.keyframe_ms.get().map(|v| round(v, 3)),
+            decode_ms_per_frame: averages.decode_ms_per_frame.get().map(|v| round(v, 3)),
+            frames_per_s: averages.frames_per_s.get().map(|v| round(v, 2)),
+            source: shared.source_name.clone(),
+            decoder: shared.engine.decoder_name().to_string(),
+            device: shared.engine.device().to_string(),
+        },
+        gpu_lock: GpuLockSection {
+            acquisitions: lock.acquisitions,
+            avg_wait_ms: round(lock.avg_wait_ms(), 3),
+            max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
+            contention_events: lock.contention_events,
+            avg_hold_ms: round(lock.avg_hold_ms(), 3),
+        },
+        failures: FailureSection {
+            keyframe: t.pipeline.failures(Stage::Keyframe),
+            slerp: t.pipeline.failures(Stage::Slerp),
+            decode: t.pipeline.failures(Stage::Decode),
+            save: t.pipeline.failures(Stage::Save),
+            publish: t.pipeline.failures(Stage::Publish),
+        },
+        theme,
+        last_error: t.pipeline.last_error().map(|e| ErrorSection {
+            stage: e.stage.as_str(),
+            message: e.message,
+            at: humantime::format_rfc3339_millis(e.at).to_string(),
+        }),
+        server: shared.server_url.clone().map(|url| ServerSection { url }),
+    }
 }
 
-impl StatusSources {
-    /// The document as of now.
-    pub fn document(&self, lifecycle: Lifecycle) -> StatusDocument {
-        let t = &self.telemetry;
-        let now = SystemTime::now();
-        let uptime = t.started.elapsed().as_secs_f64();
-        let state = self.state(lifecycle);
-        let live = self.live.get();
-        let (target_fps, target_seconds) = (live.target_fps, live.target_seconds);
-        let counts = self.buffer.counts();
-        let seconds = counts.ready as f64 / target_fps;
-        let percentage = (seconds / target_seconds * 100.0).min(100.0);
-        let averages = t.pipeline.averages();
-        let lock = self.engine.lock().stats();
-        let timing = t.display.timing();
-        let display = &t.display;
-        let frames_displayed = display.frames_displayed.load(ORDER);
-        let keyframes = t.pipeline.keyframes.load(ORDER);
-        let interpolated = t.pipeline.interpolated_frames.load(ORDER);
-        let theme = t.pipeline.theme();
-        let timestamp = humantime::format_rfc3339_millis(now).to_string();
-        StatusDocument {
-            frame_number: frames_displayed,
-            generation_time: round(averages.keyframe_ms.get().unwrap_or(0.0) / 1000.0, 3),
-            status: state.legacy_status(),
-            current_mode: "buffered",
-            current_prompt: theme.clone().unwrap_or_default(),
-            cache_size: 0,
-            uptime_hours: round(uptime / 3600.0, 2),
-            daemon_status: match lifecycle {
-                Lifecycle::Running => "running",
-                Lifecycle::Stopping => "stopping",
-                Lifecycle::Stopped => "stopped",
-            },
-            comfyui_status: "disabled",
-            controller_status: state.controller_status(),
-            is_buffering: matches!(state, DaemonState::Starting | DaemonState::Buffering),
-            buffer_filled: counts.ready,
-            buffer_target: (target_seconds * target_fps).round() as usize,
-            buffer_seconds: round(seconds, 2),
-            buffer_percentage: round(percentage, 1),
-            keyframes_generated: keyframes,
-            interpolations_generated: interpolated,
-            uptime_minutes: round(uptime / 60.0, 1),
-            vae_lock_acquisitions: lock.acquisitions,
-            vae_lock_avg_wait_ms: round(lock.avg_wait_ms(), 3),
-            vae_lock_max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
-            last_update: timestamp.clone(),
-            state,
-            updated_at: timestamp,
-            uptime_s: round(uptime, 3),
-            pid: std::process::id(),
-            display: DisplaySection {
-                target_fps,
-                actual_fps: round(display.actual_fps(), 3),
-                frames_displayed,
-                current_sequence: display.current_sequence(),
-                late: display.late.load(ORDER),
-                held: display.held.load(ORDER),
-                skipped: display.skipped.load(ORDER),
-                interval_error_p99_ms: round(
-                    timing.interval_error.quantile(0.99).as_secs_f64() * 1000.0,
-                    3,
-                ),
-            },
-            buffer: BufferSection {
-                seconds: round(seconds, 2),
-                target_seconds,
-                percentage: round(percentage, 1),
-                frames_ready: counts.ready,
-                frames_registered: counts.registered,
-            },
-            generation: GenerationSection {
-                keyframes,
-                interpolated_frames: interpolated,
-                pairs: t.pipeline.pairs.load(ORDER),
-                keyframe_ms: averages.keyframe_ms.get().map(|v| round(v, 3)),
-                decode_ms_per_frame: averages.decode_ms_per_frame.get().map(|v| round(v, 3)),
-                frames_per_s: averages.frames_per_s.get().map(|v| round(v, 2)),
-                source: self.source_name.clone(),
-                decoder: self.engine.decoder_name().to_string(),
-                device: self.engine.device().to_string(),
-            },
-            gpu_lock: GpuLockSection {
-                acquisitions: lock.acquisitions,
-                avg_wait_ms: round(lock.avg_wait_ms(), 3),
-                max_wait_ms: round(lock.max_wait.as_secs_f64() * 1000.0, 3),
-                contention_events: lock.contention_events,
-                avg_hold_ms: round(lock.avg_hold_ms(), 3),
-            },
-            failures: FailureSection {
-                keyframe: t.pipeline.failures(Stage::Keyframe),
-                slerp: t.pipeline.failures(Stage::Slerp),
-                decode: t.pipeline.failures(Stage::Decode),
-                save: t.pipeline.failures(Stage::Save),
-                publish: t.pipeline.failures(Stage::Publish),
-            },
-            theme,
-            last_error: t.pipeline.last_error().map(|e| ErrorSection {
-                stage: e.stage.as_str(),
-                message: e.message,
-                at: humantime::format_rfc3339_millis(e.at).to_string(),
-            }),
-            server: self.server_url.clone().map(|url| ServerSection { url }),
-        }
+/// The reported state: lifecycle first, then `paused` while an operator has paused, then
+/// the display's phase, `degraded` while a failure is recent.
+pub fn state(shared: &Shared, lifecycle: Lifecycle) -> DaemonState {
+    match lifecycle {
+        Lifecycle::Stopping => return DaemonState::Stopping,
+        Lifecycle::Stopped => return DaemonState::Stopped,
+        Lifecycle::Running => {}
     }
-
-    /// The reported state: lifecycle first, then `paused` while an operator has paused, then
-    /// the display's phase, `degraded` while a failure is recent.
-    pub fn state(&self, lifecycle: Lifecycle) -> DaemonState {
-        match lifecycle {
-            Lifecycle::Stopping => return DaemonState::Stopping,
-            Lifecycle::Stopped => return DaemonState::Stopped,
-            Lifecycle::Running => {}
-        }
-        if self.control.is_paused() {
-            return DaemonState::Paused;
-        }
-        let recent_failure = self
-            .telemetry
-            .pipeline
-            .last_error()
-            .is_some_and(|e| e.instant.elapsed() < self.live.get().degraded_window);
-        match self.telemetry.display.phase() {
-            DisplayPhase::Starting => DaemonState::Starting,
-            _ if recent_failure => DaemonState::Degraded,
-            DisplayPhase::Buffering => DaemonState::Buffering,
-            DisplayPhase::Playing => DaemonState::Playing,
-            DisplayPhase::Stopped => DaemonState::Stopping,
-        }
+    if shared.control.is_paused() {
+        return DaemonState::Paused;
+    }
+    let recent_failure = shared
+        .telemetry
+        .pipeline
+        .last_error()
+        .is_some_and(|e| e.instant.elapsed() < shared.live.get().degraded_window);
+    match shared.telemetry.display.phase() {
+        DisplayPhase::Starting => DaemonState::Starting,
+        _ if recent_failure => DaemonState::Degraded,
+        DisplayPhase::Buffering => DaemonState::Buffering,
+        DisplayPhase::Playing => DaemonState::Playing,
+        DisplayPhase::Stopped => DaemonState::Stopping,
     }
 }
 
@@ -331,23 +315,23 @@ const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
 /// The only writer of `status.json`.
 pub struct StatusWriter {
     path: PathBuf,
-    sources: Arc<StatusSources>,
+    shared: Arc<Shared>,
     wake: Arc<Notify>,
 }
 
 impl StatusWriter {
     /// A writer for `output_dir/status.json`, woken early by `wake`.
-    pub fn new(output_dir: PathBuf, sources: Arc<StatusSources>, wake: Arc<Notify>) -> Self {
+    pub fn new(output_dir: PathBuf, shared: Arc<Shared>, wake: Arc<Notify>) -> Self {
         Self {
             path: output_dir.join("status.json"),
-            sources,
+            shared,
             wake,
         }
     }
 
     /// Writes the document now; errors are logged, never fatal.
     pub async fn write(&self, lifecycle: Lifecycle) -> Option<DaemonState> {
-        let document = self.sources.document(lifecycle);
+        let document = document(&self.shared, lifecycle);
         let state = document.state;
         let bytes = match serde_json::to_vec_pretty(&document) {
             Ok(bytes) => bytes,
@@ -394,7 +378,10 @@ impl StatusWriter {
             }
             if let Some(state) = self.write(Lifecycle::Running).await {
                 if last_state != Some(state) {
-                    tracing::info!(target: EVENT, event = "state", state = ?state, "state {state:?}");
+                    StateEvent {
+                        state: format!("{state:?}"),
+                    }
+                    .emit();
                     last_state = Some(state);
                 }
             }
@@ -402,35 +389,29 @@ impl StatusWriter {
     }
 
     fn log_buffer_event(&self) {
-        let counts = self.sources.buffer.counts();
-        let live = self.sources.live.get();
-        let seconds = counts.ready as f64 / live.target_fps;
-        tracing::debug!(
-            target: EVENT,
-            event = "buffer",
-            seconds = round(seconds, 2),
-            target_seconds = live.target_seconds,
-            frames_ready = counts.ready,
-            frames_registered = counts.registered,
-            "buffer {seconds:.1}s"
-        );
+        let counts = self.shared.buffer.counts();
+        let live = self.shared.live.get();
+        BufferEvent {
+            seconds: round(counts.ready as f64 / live.target_fps, 2),
+            target_seconds: Some(live.target_seconds),
+            frames_ready: Some(counts.ready as u64),
+            frames_registered: Some(counts.registered as u64),
+        }
+        .emit();
         // Display figures since start, for `dreamd analyze` (achieved fps, interval error).
-        let shown = &self.sources.telemetry.display;
+        let shown = &self.shared.telemetry.display;
         let timing = shown.timing();
         let error_ms = |q: f64| round(timing.interval_error.quantile(q).as_secs_f64() * 1000.0, 3);
-        tracing::debug!(
-            target: EVENT,
-            event = "display_stats",
-            target_fps = live.target_fps,
-            frames_displayed = shown.frames_displayed.load(ORDER),
-            actual_fps = round(shown.actual_fps(), 3),
-            interval_error_p50_ms = error_ms(0.5),
-            interval_error_p99_ms = error_ms(0.99),
-            late = shown.late.load(ORDER),
-            held = shown.held.load(ORDER),
-            skipped = shown.skipped.load(ORDER),
-            "display {:.2} fps",
-            shown.actual_fps()
-        );
+        DisplayStatsEvent {
+            target_fps: Some(live.target_fps),
+            frames_displayed: shown.frames_displayed.load(ORDER),
+            actual_fps: Some(round(shown.actual_fps(), 3)),
+            interval_error_p50_ms: Some(error_ms(0.5)),
+            interval_error_p99_ms: Some(error_ms(0.99)),
+            late: shown.late.load(ORDER),
+            held: shown.held.load(ORDER),
+            skipped: shown.skipped.load(ORDER),
+        }
+        .emit();
     }
 }

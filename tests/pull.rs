@@ -228,7 +228,7 @@ fn a_manifest_pinning_other_blob_ids_accepts_those_files_and_replaces_bad_local_
         read(&pth.join("taesd_decoder.pth"))
     );
     // What was pulled loads as weights.
-    use dreamd::engine::weights::{Part, WeightFile};
+    use dreamd::engine::taesd::weights::{Part, WeightFile};
     let weights = WeightFile::load(&models.join("taesd_decoder.pth"), Part::Decoder).unwrap();
     assert_eq!(weights.taesd_latent_channels(Part::Decoder).unwrap(), 4);
     // The daemon's own check finds the pulled .pth files in ./models and accepts them.
@@ -306,7 +306,7 @@ fn from_hf_pulls_a_diffusers_folder_verified_by_loading() {
     );
     // The model search finds the folder and serves both halves from it.
     use dreamd::engine::model_search::{search, Format, SearchInputs};
-    use dreamd::engine::weights::Part;
+    use dreamd::engine::taesd::weights::Part;
     let report = search(&SearchInputs {
         models_dir: Some(dir.path().join("models")),
         ..SearchInputs::default()

@@ -8,12 +8,11 @@ use super::input::InputStats;
 use super::model::{self, Report, SeriesPoint};
 use super::record::{format_timestamp, Outcome, Record, Timestamp};
 use super::sketch::{Series, Sketch};
+use crate::config::DEFAULT_TARGET_FPS;
 
 /// dreamd: an acquisition that waited longer than this counts as a contention event (the pair
 /// events carry the wait, not the lock's own contended flag).
 pub const CONTENTION_WAIT_MS: f64 = 1.0;
-/// Target fps assumed when the logs do not say (the original's and dreamd's default).
-pub const DEFAULT_FPS: f64 = 4.0;
 /// Buffer samples below this share of the target count as low…
 pub const BUFFER_LOW_SHARE: f64 = 0.25;
 /// …once the buffer has first reached this share of its target (start-up is not "low").
@@ -371,7 +370,7 @@ impl Aggregator {
         };
 
         let display = self.display_section();
-        let fps = display.target_fps.unwrap_or(DEFAULT_FPS);
+        let fps = display.target_fps.unwrap_or(DEFAULT_TARGET_FPS);
         let frames_per_pair = self
             .inbetween_frames
             .quantile(0.5)

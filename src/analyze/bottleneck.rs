@@ -7,6 +7,7 @@
 //! faster than it plays.
 
 use super::model::{Bottlenecks, Finding, Report};
+use crate::config::DEFAULT_TARGET_FPS;
 
 /// Generation is behind when the mean pair time exceeds this share of the pair budget.
 pub const GENERATION_BUDGET_SHARE: f64 = 1.0;
@@ -64,7 +65,7 @@ pub fn judge(report: &Report) -> Bottlenecks {
     let mut notes = Vec::new();
     let pairs = &report.pairs;
     let display = &report.display;
-    let fps = display.target_fps.unwrap_or(super::aggregate::DEFAULT_FPS);
+    let fps = display.target_fps.unwrap_or(DEFAULT_TARGET_FPS);
     if display.target_fps.is_none() {
         notes.push(format!(
             "target fps not in the logs; {fps} fps assumed for the pair budget"
@@ -73,67 +74,57 @@ pub fn judge(report: &Report) -> Bottlenecks {
 
     match pairs.budget_ms {
         Some(budget) if budget > 0.0 => {
-            let share = |mean: Option<f64>| mean.map(|m| m / budget);
-            if let Some(s) = share(pairs.total_ms.mean) {
-                if s > GENERATION_BUDGET_SHARE {
-                    findings.push(finding(
-                        "generation_behind",
-                        s,
-                        GENERATION_BUDGET_SHARE,
-                        s / GENERATION_BUDGET_SHARE,
-                        format!(
-                            "a pair takes {:.0} ms on average but plays for {budget:.0} ms ({:.0} % of its budget): generation cannot keep up",
-                            pairs.total_ms.mean.unwrap_or(0.0),
-                            s * 100.0
-                        ),
-                        "lower display.target_fps or raise generation.frames_per_pair, and fix the slowest stage named in the other findings",
-                    ));
-                }
-            }
-            if let Some(s) = share(pairs.decode_ms.mean) {
-                if s > DECODE_BUDGET_SHARE {
-                    findings.push(finding(
-                        "decode_bound",
-                        s,
-                        DECODE_BUDGET_SHARE,
-                        s / DECODE_BUDGET_SHARE,
-                        format!(
-                            "decode takes {:.0} % of the pair budget ({:.1} ms per frame)",
-                            s * 100.0,
-                            pairs.decode_ms_per_frame.mean.unwrap_or(0.0)
-                        ),
-                        "decode-bound: lower generation.width/height (the decode size) or set generation.device = \"cuda\"",
-                    ));
-                }
-            }
-            if let Some(s) = share(report.keyframes.ms.mean) {
-                if s > KEYFRAME_BUDGET_SHARE {
-                    findings.push(finding(
-                        "keyframe_bound",
-                        s,
-                        KEYFRAME_BUDGET_SHARE,
-                        s / KEYFRAME_BUDGET_SHARE,
-                        format!(
-                            "a keyframe takes {:.0} ms on average, {:.0} % of the pair budget",
-                            report.keyframes.ms.mean.unwrap_or(0.0),
-                            s * 100.0
-                        ),
-                        "keyframe-bound: raise generation.frames_per_pair (more playback per keyframe), or use a faster keyframe source (fewer steps, smaller keyframes)",
-                    ));
-                }
-            }
-            if let Some(s) = share(pairs.save_ms.mean) {
-                if s > SAVE_BUDGET_SHARE {
-                    findings.push(finding(
-                        "save_bound",
-                        s,
-                        SAVE_BUDGET_SHARE,
-                        s / SAVE_BUDGET_SHARE,
-                        format!("saving frames takes {:.0} % of the pair budget", s * 100.0),
-                        "save-bound: set output.format = \"jpeg\", lower output.keep_frames or put output_dir on a faster disk",
-                    ));
-                }
-            }
+            // A stage whose mean takes more than `limit` of the pair budget is a finding.
+            let mut over_budget =
+                |name, mean: Option<f64>, limit: f64, message: &dyn Fn(f64) -> String, advice| {
+                    let Some(share) = mean.map(|m| m / budget) else {
+                        return;
+                    };
+                    if share > limit {
+                        let message = message(share);
+                        findings.push(finding(name, share, limit, share / limit, message, advice));
+                    }
+                };
+            over_budget(
+                "generation_behind",
+                pairs.total_ms.mean,
+                GENERATION_BUDGET_SHARE,
+                &|s| format!(
+                    "a pair takes {:.0} ms on average but plays for {budget:.0} ms ({:.0} % of its budget): generation cannot keep up",
+                    pairs.total_ms.mean.unwrap_or(0.0),
+                    s * 100.0
+                ),
+                "lower display.target_fps or raise generation.frames_per_pair, and fix the slowest stage named in the other findings",
+            );
+            over_budget(
+                "decode_bound",
+                pairs.decode_ms.mean,
+                DECODE_BUDGET_SHARE,
+                &|s| format!(
+                    "decode takes {:.0} % of the pair budget ({:.1} ms per frame)",
+                    s * 100.0,
+                    pairs.decode_ms_per_frame.mean.unwrap_or(0.0)
+                ),
+                "decode-bound: lower generation.width/height (the decode size) or set generation.device = \"cuda\"",
+            );
+            over_budget(
+                "keyframe_bound",
+                report.keyframes.ms.mean,
+                KEYFRAME_BUDGET_SHARE,
+                &|s| format!(
+                    "a keyframe takes {:.0} ms on average, {:.0} % of the pair budget",
+                    report.keyframes.ms.mean.unwrap_or(0.0),
+                    s * 100.0
+                ),
+                "keyframe-bound: raise generation.frames_per_pair (more playback per keyframe), or use a faster keyframe source (fewer steps, smaller keyframes)",
+            );
+            over_budget(
+                "save_bound",
+                pairs.save_ms.mean,
+                SAVE_BUDGET_SHARE,
+                &|s| format!("saving frames takes {:.0} % of the pair budget", s * 100.0),
+                "save-bound: set output.format = \"jpeg\", lower output.keep_frames or put output_dir on a faster disk",
+            );
         }
         _ => notes.push("no pair timings: generation speed not judged".to_string()),
     }

@@ -309,22 +309,27 @@ mod tests {
         assert!(!stats.truncated_last_line);
     }
 
+    /// The names `resolve` gives for a folder holding `files`.
+    fn resolved(files: &[&str]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        for name in files {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        resolve(&[dir.path().to_path_buf()])
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn folder_lists_rotated_siblings_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
+        let names = resolved(&[
             "dreamd.jsonl",
             "dreamd.jsonl.1",
             "dreamd.jsonl.2.gz",
             "other.txt",
-        ] {
-            std::fs::write(dir.path().join(name), "").unwrap();
-        }
-        let files = resolve(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = files
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        ]);
         assert_eq!(
             names,
             ["dreamd.jsonl.2.gz", "dreamd.jsonl.1", "dreamd.jsonl"]
@@ -333,19 +338,11 @@ mod tests {
 
     #[test]
     fn folder_with_the_python_log_and_its_rotations() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
+        let names = resolved(&[
             "dream_controller.log",
             "dream_controller.log.1",
             "daemon.log",
-        ] {
-            std::fs::write(dir.path().join(name), "").unwrap();
-        }
-        let files = resolve(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = files
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        ]);
         assert_eq!(names, ["dream_controller.log.1", "dream_controller.log"]);
     }
 

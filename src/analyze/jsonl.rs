@@ -1,14 +1,16 @@
 //! Reader for dreamd's `dreamd.jsonl`: one JSON object per line, `event` naming its kind
-//! (README, "dreamd.jsonl events"). Unknown events are ignored; a line that is not a JSON object
-//! with a timestamp is unparseable.
+//! (README, "dreamd.jsonl events"), read into the same typed records the daemon wrote
+//! ([`crate::events`]) and turned into [`Record`]s. Unknown events are ignored; a line that is
+//! not a JSON object with a timestamp is unparseable.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
 use super::record::{
-    parse_timestamp, DisplayStatsRecord, KeyframeRecord, Outcome, PairRecord, Record,
+    parse_timestamp, DisplayStatsRecord, KeyframeRecord, Outcome, PairRecord, Record, Timestamp,
 };
+use crate::events::{AnyEvent, DisplayEvent, KeyframeOutcome, LogEvent, PairOutcome};
 
 /// What one line held.
 // Returned by value per line and consumed at once, never stored: boxing would only add an
@@ -23,138 +25,113 @@ pub enum Parsed {
     Unparseable,
 }
 
-/// Every field any event has; absent ones stay `None`. Strings borrow from the line.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Line<'a> {
-    #[serde(borrow)]
+/// The two fields every line is sorted by; strings borrow from the line.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     event: Option<Cow<'a, str>>,
-    // pair
-    from: Option<u64>,
-    to: Option<u64>,
-    frames: Option<u64>,
-    slerp_ms: Option<f64>,
-    decode_ms: Option<f64>,
-    decode_ms_per_frame: Option<f64>,
-    save_ms: Option<f64>,
-    total_ms: Option<f64>,
-    lock_wait_ms: Option<f64>,
-    lock_hold_ms: Option<f64>,
-    lock_acquisitions: Option<u64>,
-    #[serde(borrow)]
-    outcome: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    stage: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    error: Option<Cow<'a, str>>,
-    // keyframe
-    #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
-    ms: Option<f64>,
-    // display
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    late_ms: Option<f64>,
-    // buffer
-    seconds: Option<f64>,
-    target_seconds: Option<f64>,
-    frames_ready: Option<u64>,
-    // state
-    #[serde(borrow)]
-    state: Option<Cow<'a, str>>,
-    // display_stats
-    target_fps: Option<f64>,
-    frames_displayed: Option<u64>,
-    actual_fps: Option<f64>,
-    interval_error_p50_ms: Option<f64>,
-    interval_error_p99_ms: Option<f64>,
 }
 
-fn non_empty(text: Option<Cow<'_, str>>) -> Option<String> {
-    text.filter(|t| !t.is_empty()).map(Cow::into_owned)
+fn non_empty(text: &str) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty()).map(str::to_string)
+}
+
+/// A line that is not a `dreamd.jsonl` event.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a JSON object with a timestamp and a readable record")]
+pub struct Unparseable;
+
+/// Reads one line of `dreamd.jsonl` as the typed event the daemon wrote: `Ok(None)` for a
+/// valid line of a kind no record has (or without `event`), `Err` for a line that is not a
+/// JSON object with a timestamp, or whose record does not read.
+pub fn parse_event(line: &str) -> Result<Option<(Timestamp, AnyEvent)>, Unparseable> {
+    let head: Head<'_> = serde_json::from_str(line).map_err(|_| Unparseable)?;
+    let ts = head
+        .timestamp
+        .as_deref()
+        .and_then(parse_timestamp)
+        .ok_or(Unparseable)?;
+    let Some(name) = head.event.as_deref() else {
+        return Ok(None);
+    };
+    match AnyEvent::parse(name, line) {
+        Ok(event) => Ok(event.map(|e| (ts, e))),
+        // A display kind this analyzer does not know is a valid line it has no use for.
+        Err(_) if name == DisplayEvent::NAME => Ok(None),
+        Err(_) => Err(Unparseable),
+    }
 }
 
 /// Parses one line of `dreamd.jsonl`.
 pub fn parse_line(line: &str) -> Parsed {
-    let Ok(line) = serde_json::from_str::<Line<'_>>(line) else {
-        return Parsed::Unparseable;
+    let (ts, event) = match parse_event(line) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Parsed::Ignored,
+        Err(Unparseable) => return Parsed::Unparseable,
     };
-    let Some(ts) = line.timestamp.as_deref().and_then(parse_timestamp) else {
-        return Parsed::Unparseable;
-    };
-    let record = match line.event.as_deref() {
-        Some("pair") => {
-            let outcome = match line.outcome.as_deref() {
-                Some("failed") => Outcome::Failed,
-                Some("partial") => Outcome::Partial,
-                _ => Outcome::Ok,
+    let record = match event {
+        AnyEvent::Pair(p) => {
+            let outcome = match p.outcome {
+                PairOutcome::Failed => Outcome::Failed,
+                PairOutcome::Partial => Outcome::Partial,
+                PairOutcome::Ok => Outcome::Ok,
             };
-            let (Some(from), Some(to)) = (line.from, line.to) else {
-                return Parsed::Unparseable;
-            };
-            let mut pair = PairRecord::new(ts, from, to);
-            pair.frames = line.frames;
-            pair.total_ms = line.total_ms;
-            pair.slerp_ms = line.slerp_ms;
-            pair.decode_ms = line.decode_ms;
-            pair.decode_ms_per_frame = line.decode_ms_per_frame;
-            pair.save_ms = line.save_ms;
-            pair.lock_wait_ms = line.lock_wait_ms;
-            pair.lock_hold_ms = line.lock_hold_ms;
-            pair.lock_acquisitions = line.lock_acquisitions;
+            let mut pair = PairRecord::new(ts, p.from, p.to);
+            pair.frames = p.frames;
+            pair.total_ms = p.total_ms;
+            pair.slerp_ms = p.slerp_ms;
+            pair.decode_ms = p.decode_ms;
+            pair.decode_ms_per_frame = p.decode_ms_per_frame;
+            pair.save_ms = p.save_ms;
+            pair.lock_wait_ms = p.lock_wait_ms;
+            pair.lock_hold_ms = p.lock_hold_ms;
+            pair.lock_acquisitions = p.lock_acquisitions;
             pair.outcome = outcome;
-            pair.error = non_empty(line.error);
-            pair.stage = non_empty(line.stage).or_else(|| {
+            pair.error = non_empty(&p.error);
+            pair.stage = p.stage.as_deref().and_then(non_empty).or_else(|| {
                 (outcome == Outcome::Partial && pair.error.is_some()).then(|| "save".to_string())
             });
             Record::Pair(pair)
         }
-        Some("keyframe") => Record::Keyframe(KeyframeRecord {
+        AnyEvent::Keyframe(k) => Record::Keyframe(KeyframeRecord {
             ts,
-            source: non_empty(line.source).unwrap_or_else(|| "unknown".to_string()),
-            ms: line.ms,
-            ok: line.outcome.as_deref() != Some("failed"),
-            error: non_empty(line.error),
+            source: non_empty(&k.source).unwrap_or_else(|| "unknown".to_string()),
+            ms: k.ms,
+            ok: k.outcome != KeyframeOutcome::Failed,
+            error: k.error.as_deref().and_then(non_empty),
         }),
-        Some("display") => match line.kind.as_deref() {
-            Some("late") => Record::Late {
-                ts,
-                late_ms: line.late_ms.unwrap_or(0.0),
-            },
-            Some("held") => Record::Held { ts },
-            Some("skipped") => Record::Skipped { ts },
-            _ => return Parsed::Ignored,
-        },
-        Some("buffer") => {
-            let Some(seconds) = line.seconds else {
-                return Parsed::Unparseable;
-            };
-            let fps_hint = match line.frames_ready {
-                Some(ready) if seconds > 0.0 && ready > 0 => Some(ready as f64 / seconds),
+        AnyEvent::Display(DisplayEvent::Late { late_ms }) => Record::Late { ts, late_ms },
+        AnyEvent::Display(DisplayEvent::Held { .. }) => Record::Held { ts },
+        AnyEvent::Display(DisplayEvent::Skipped { .. }) => Record::Skipped { ts },
+        AnyEvent::Buffer(b) => {
+            let fps_hint = match b.frames_ready {
+                Some(ready) if b.seconds > 0.0 && ready > 0 => Some(ready as f64 / b.seconds),
                 _ => None,
             };
             Record::Buffer {
                 ts,
-                seconds,
-                target_seconds: line.target_seconds,
+                seconds: b.seconds,
+                target_seconds: b.target_seconds,
                 fps_hint,
             }
         }
-        Some("state") => Record::State {
+        AnyEvent::State(s) => Record::State {
             ts,
-            state: non_empty(line.state).unwrap_or_default().to_lowercase(),
+            state: s.state.to_lowercase(),
         },
-        Some("display_stats") => Record::DisplayStats(DisplayStatsRecord {
+        AnyEvent::DisplayStats(d) => Record::DisplayStats(DisplayStatsRecord {
             ts,
-            target_fps: line.target_fps,
-            frames_displayed: line.frames_displayed.unwrap_or(0),
-            actual_fps: line.actual_fps,
-            interval_error_p50_ms: line.interval_error_p50_ms,
-            interval_error_p99_ms: line.interval_error_p99_ms,
+            target_fps: d.target_fps,
+            frames_displayed: d.frames_displayed,
+            actual_fps: d.actual_fps,
+            interval_error_p50_ms: d.interval_error_p50_ms,
+            interval_error_p99_ms: d.interval_error_p99_ms,
         }),
-        _ => return Parsed::Ignored,
+        AnyEvent::Display(DisplayEvent::SkipRequest { .. }) | AnyEvent::ConfigReload(_) => {
+            return Parsed::Ignored
+        }
     };
     Parsed::Record(record)
 }
@@ -208,5 +185,147 @@ mod tests {
             panic!("not a buffer event");
         };
         assert_eq!(fps_hint, Some(4.0));
+    }
+
+    /// Lines written by the real `dreamd.jsonl` layer while `emit` runs.
+    fn written_lines(emit: impl FnOnce()) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(crate::logging::json_lines(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = sink.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// One event of every kind (and every variant of the kinds that have them).
+    fn every_event() -> Vec<AnyEvent> {
+        use crate::events::*;
+        let mut failed = PairEvent::failed(3, 31, 41, "decode", "timed out after 30.0 s");
+        failed.write_failures = Some(2);
+        let mut ok = PairEvent::failed(2, 11, 21, "", "");
+        ok.outcome = PairOutcome::Ok;
+        ok.stage = None;
+        ok.from = 1;
+        ok.frames = Some(10);
+        ok.frames_ready = Some(11);
+        ok.batch_size = Some(10);
+        ok.slerp_ms = Some(1.5);
+        ok.decode_ms = Some(40.25);
+        ok.decode_ms_per_frame = Some(4.025);
+        ok.resize_ms = Some(2.0);
+        ok.save_ms = Some(30.0);
+        ok.total_ms = Some(80.125);
+        ok.lock_wait_ms = Some(0.01);
+        ok.lock_hold_ms = Some(39.0);
+        ok.lock_acquisitions = Some(1);
+        ok.write_failures = Some(0);
+        let mut partial = ok.clone();
+        partial.outcome = PairOutcome::Partial;
+        partial.error = "disk full".to_string();
+        let keyframe = KeyframeEvent {
+            index: 4,
+            seq: 44,
+            source: "procedural".to_string(),
+            ms: Some(2.5),
+            outcome: KeyframeOutcome::Ok,
+            error: None,
+        };
+        let keyframe_failed = KeyframeEvent {
+            outcome: KeyframeOutcome::Failed,
+            error: Some("injected".to_string()),
+            ..keyframe.clone()
+        };
+        vec![
+            AnyEvent::Pair(ok),
+            AnyEvent::Pair(partial),
+            AnyEvent::Pair(failed),
+            AnyEvent::Keyframe(keyframe),
+            AnyEvent::Keyframe(keyframe_failed),
+            AnyEvent::Display(DisplayEvent::Late { late_ms: 3.25 }),
+            AnyEvent::Display(DisplayEvent::Held { seq: 7 }),
+            AnyEvent::Display(DisplayEvent::Skipped {
+                seq: 8,
+                reason: "failed".to_string(),
+            }),
+            AnyEvent::Display(DisplayEvent::SkipRequest {
+                dropped: 3,
+                arrived: true,
+            }),
+            AnyEvent::Buffer(BufferEvent {
+                seconds: 2.5,
+                target_seconds: Some(30.0),
+                frames_ready: Some(10),
+                frames_registered: Some(20),
+            }),
+            AnyEvent::State(StateEvent {
+                state: "Playing".to_string(),
+            }),
+            AnyEvent::DisplayStats(DisplayStatsEvent {
+                target_fps: Some(4.0),
+                frames_displayed: 100,
+                actual_fps: Some(3.998),
+                interval_error_p50_ms: Some(0.1),
+                interval_error_p99_ms: Some(0.9),
+                late: 1,
+                held: 2,
+                skipped: 3,
+            }),
+            AnyEvent::ConfigReload(ConfigReloadEvent::Applied {
+                file: "dreamd.toml".to_string(),
+                applied: "faults".to_string(),
+                needs_restart: "generation".to_string(),
+            }),
+            AnyEvent::ConfigReload(ConfigReloadEvent::Rejected {
+                error: "bad".to_string(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_the_analyzer() {
+        let events = every_event();
+        let lines = written_lines(|| events.iter().for_each(AnyEvent::emit));
+        assert_eq!(lines.len(), events.len(), "{lines:#?}");
+        for (line, sent) in lines.iter().zip(&events) {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["target"], crate::events::TARGET, "{line}");
+            assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()));
+            let (_, read) = parse_event(line).unwrap().unwrap();
+            assert_eq!(&read, sent, "{line}");
+            // What the analyzer makes of it: every kind it uses becomes its record.
+            let used = match sent {
+                AnyEvent::Pair(_)
+                | AnyEvent::Keyframe(_)
+                | AnyEvent::Buffer(_)
+                | AnyEvent::State(_)
+                | AnyEvent::DisplayStats(_) => true,
+                AnyEvent::Display(d) => !matches!(d, DisplayEvent::SkipRequest { .. }),
+                AnyEvent::ConfigReload(_) => false,
+            };
+            match parse_line(line) {
+                Parsed::Record(_) => assert!(used, "{line}"),
+                Parsed::Ignored => assert!(!used, "{line}"),
+                Parsed::Unparseable => panic!("unparseable: {line}"),
+            }
+        }
     }
 }

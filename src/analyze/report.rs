@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::model::Report;
 use super::sketch::Dist;
+use crate::config::DEFAULT_TARGET_FPS;
 
 /// `value` with `decimals`, or `-` when unknown.
 pub fn num(value: Option<f64>, decimals: usize) -> String {
@@ -113,7 +114,7 @@ pub fn to_text(report: &Report) -> String {
         p.failed,
         num(p.frames.p50, 0),
         num(p.budget_ms, 0),
-        num(Some(d.target_fps.unwrap_or(super::aggregate::DEFAULT_FPS)), 2),
+        num(Some(d.target_fps.unwrap_or(DEFAULT_TARGET_FPS)), 2),
     );
     dist_header(&mut out);
     dist_row(&mut out, "total ms", &p.total_ms, 1);
@@ -165,10 +166,7 @@ pub fn to_text(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\nDisplay: target {} fps ({}); achieved {} fps ({}); {} frames shown",
-        num(
-            Some(d.target_fps.unwrap_or(super::aggregate::DEFAULT_FPS)),
-            2
-        ),
+        num(Some(d.target_fps.unwrap_or(DEFAULT_TARGET_FPS)), 2),
         d.target_fps_source,
         num(d.actual_fps, 2),
         d.actual_fps_source,

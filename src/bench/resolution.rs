@@ -177,7 +177,7 @@ impl ResolutionReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::models::test_models_dir;
+    use crate::engine::model_files::test_models_dir;
 
     #[test]
     fn psnr_of_known_errors() {

@@ -123,6 +123,14 @@ impl FrameBuffer {
         }
     }
 
+    /// Marks every slot of `seqs` failed that is still pending (a pair that failed, was
+    /// abandoned, or ended with frames missing).
+    pub fn fail_range(&self, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            self.fail(seq);
+        }
+    }
+
     /// What is at the front.
     pub fn front(&self) -> Front {
         let ring = self.ring.lock();

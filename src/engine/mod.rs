@@ -1,22 +1,23 @@
 //! The decode engine: device choice, the instrumented GPU lock, and the decoders that turn a
 //! batch of latents into pictures.
 //!
+//! Decoders come in families, one folder each: the built-in [`preview`] map and the learned
+//! [`taesd`] networks (which choose their backend, CPU or CUDA, in one place), on the CPU
+//! [`kernels`]. Model files are found by [`model_files`]; [`resize`] resamples to the output
+//! size. A new backend or family (wgpu, in-process diffusion) is another folder beside `taesd`.
+//!
 //! [`Engine::decode_batch`] is stage 2 of the pipeline: it takes the GPU lock once, makes one
 //! decoder call for the whole `[N, C, h, w]` batch, releases the lock, and only then resamples
 //! the pictures to the output size.
 
-pub mod conv;
 pub mod gpu_lock;
+pub mod kernels;
+pub mod model_files;
 pub mod model_search;
-pub mod models;
-pub mod pool;
 pub mod preview;
 pub mod pth;
 pub mod resize;
 pub mod taesd;
-pub mod taesd_cpu;
-pub mod weights;
-pub mod winograd;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -26,8 +27,8 @@ use image::RgbImage;
 use crate::config::{Config, DecoderChoice, DeviceRequest};
 use crate::latent::{LatentBatch, LatentShape};
 pub use gpu_lock::{GpuLock, LockAccount, LockStats, LockTimeout};
-use models::Family;
-use weights::Part;
+use taesd::weights::Part;
+use taesd::{Family, TaesdEncoderModel};
 
 /// Why decoding failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,7 @@ pub struct DecodeOutput {
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
-    encoder: Option<models::TaesdEncoderModel>,
+    encoder: Option<TaesdEncoderModel>,
     lock: GpuLock,
     device: Device,
     width: u32,
@@ -138,12 +139,12 @@ impl Engine {
             crate::config::parse_device(&g.device)
                 .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?,
         )?;
-        let dirs = models::search_dirs(g.models_dir.as_deref());
+        let dirs = model_files::search_dirs(g.models_dir.as_deref());
         let family = match g.decoder {
             DecoderChoice::Preview => None,
             DecoderChoice::Auto => {
                 let found =
-                    models::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
+                    model_files::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
                 if found.is_none() {
                     tracing::info!(
                         searched = ?dirs,
@@ -160,32 +161,16 @@ impl Engine {
         let (decoder, encoder): (Box<dyn Decoder>, _) = match family {
             None => (Box::new(preview::PreviewDecoder), None),
             Some(family) => {
-                let path = models::find(&dirs, family, Part::Decoder).ok_or_else(|| {
+                let path = model_files::find(&dirs, family, Part::Decoder).ok_or_else(|| {
                     EngineError::Model(format!(
                         "generation.decoder = \"{family}\": {} not found in {dirs:?} \
                          (see models/README.md for how to get it)",
                         family.file_name(Part::Decoder)
                     ))
                 })?;
-                let decoder: Box<dyn Decoder> = match device {
-                    Device::Cpu => {
-                        let weights = weights::WeightFile::load(&path, Part::Decoder)?;
-                        Box::new(taesd_cpu::TaesdCpuDecoder::new(
-                            family.name(),
-                            &weights,
-                            g.precision,
-                        )?)
-                    }
-                    Device::Cuda(_) => Box::new(models::TaesdDecoderModel::load(
-                        &path,
-                        family.name(),
-                        device,
-                    )?),
-                };
-                let encoder = match models::find(&dirs, family, Part::Encoder) {
-                    Some(path) => {
-                        Some(models::TaesdEncoderModel::load(&path, device, g.precision)?)
-                    }
+                let decoder = taesd::load_decoder(&path, family, device, g.precision)?;
+                let encoder = match model_files::find(&dirs, family, Part::Encoder) {
+                    Some(path) => Some(TaesdEncoderModel::load(&path, device, g.precision)?),
                     None => None,
                 };
                 tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");
@@ -242,7 +227,7 @@ impl Engine {
     }
 
     /// The encoder, when its weights were found.
-    pub fn encoder(&self) -> Option<&models::TaesdEncoderModel> {
+    pub fn encoder(&self) -> Option<&TaesdEncoderModel> {
         self.encoder.as_ref()
     }
 

@@ -8,7 +8,7 @@
 //! ([`candidates`]) and reports, for every family member, the first file found; later copies and
 //! folders that do not exist or hold nothing are listed in [`SearchReport::skipped`] so that
 //! `dreamd models list` can explain itself. The search only looks at names and folders; loading
-//! (and so checking) a file is [`super::weights::WeightFile::load`]'s job.
+//! (and so checking) a file is [`super::taesd::weights::WeightFile::load`]'s job.
 //!
 //! The order:
 //!
@@ -32,7 +32,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::weights::Part;
+use super::taesd::weights::Part;
 
 /// The family members searched for, in report order.
 pub const FAMILIES: [&str; 5] = ["taesd", "taesdxl", "taesd3", "taef1", "taef2"];
@@ -115,7 +115,7 @@ pub struct FoundFile {
     /// One of [`FAMILIES`].
     pub family: &'static str,
     pub part: Part,
-    /// The file to hand to [`super::weights::WeightFile::load`] with `part`.
+    /// The file to hand to [`super::taesd::weights::WeightFile::load`] with `part`.
     pub path: PathBuf,
     pub format: Format,
     pub origin: Origin,

@@ -5,7 +5,7 @@
 //! pickle of the saved object (for weights, a `dict`/`OrderedDict` of tensors, sometimes nested
 //! under a key such as `state_dict`), each tensor pointing through a "persistent id" at a raw
 //! little-endian storage `<prefix>/data/<key>`. This module reads such files into named candle
-//! tensors (F32, F16 or BF16, as stored) that [`super::weights::WeightFile`] then renames, widens
+//! tensors (F32, F16 or BF16, as stored) that [`super::taesd::weights::WeightFile`] then renames, widens
 //! and checks exactly as it does safetensors.
 //!
 //! Why not `candle_core::pickle`: it reads these files, but it sizes its buffers from the shapes
@@ -1365,8 +1365,9 @@ mod tests {
     // -- The shared real files (skipped loudly without ../shared/models or DREAMD_MODELS).
 
     use crate::engine::model_search::test_file;
-    use crate::engine::models::{TaesdDecoderModel, TaesdEncoderModel};
-    use crate::engine::weights::{Part, WeightFile};
+    use crate::engine::taesd::candle::TaesdDecoderModel;
+    use crate::engine::taesd::TaesdEncoderModel;
+    use crate::engine::taesd::weights::{Part, WeightFile};
     use crate::latent::{Latent, LatentBatch, LatentShape};
 
     fn f32_file(path: &Path) -> Vec<f32> {
@@ -1591,13 +1592,13 @@ mod tests {
         };
         let weights = WeightFile::load(&enc, Part::Encoder).unwrap();
         let vb = weights.var_builder(&candle_core::Device::Cpu);
-        let encoder = crate::engine::taesd::TaesdEncoder::new(32, vb).unwrap();
+        let encoder = crate::engine::taesd::candle::TaesdEncoder::new(32, vb).unwrap();
         let picture = Tensor::full(0.5f32, (1, 3, 64, 64), &candle_core::Device::Cpu).unwrap();
         let latent = candle_core::Module::forward(&encoder, &picture).unwrap();
         assert_eq!(latent.dims(), [1, 32, 8, 8]);
         // The CPU engine, which has no mid-block yet, refuses TAEF2 instead of decoding wrongly.
         let weights = WeightFile::load(&pth, Part::Decoder).unwrap();
-        let err = crate::engine::taesd_cpu::TaesdCpuDecoder::new(
+        let err = crate::engine::taesd::cpu::TaesdCpuDecoder::new(
             "taef2",
             &weights,
             crate::config::Precision::Exact,

@@ -217,7 +217,7 @@ impl KeyframeSource for ImageSource {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::engine::models::test_models_dir;
+    use crate::engine::model_files::test_models_dir;
 
     fn shared_images() -> PathBuf {
         test_models_dir().join("../images")

@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
+use crate::config::live::LiveSettings;
 use crate::config::{Config, FrameFormat};
 use crate::control::Control;
 use crate::engine::{Engine, LockAccount};
+use crate::events::{KeyframeEvent, KeyframeOutcome, LogEvent, PairEvent, PairOutcome};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
-use crate::live::LiveSettings;
-use crate::logging::EVENT;
 use crate::stats::{millis as ms, Stage, Telemetry};
 use stages::{PendingFrame, SaveReport};
 
@@ -135,10 +135,9 @@ impl Pipeline {
                 Err(reason) => {
                     // Keep the last good keyframe; the next pair interpolates from it.
                     let last = self.settings.keyframe_seq(index);
-                    for seq in first_seq..=last {
-                        self.buffer.fail(seq);
-                    }
-                    log_failed_pair(index, first_seq, last, Stage::Keyframe, &reason);
+                    self.buffer.fail_range(first_seq..=last);
+                    PairEvent::failed(index, first_seq, last, Stage::Keyframe.as_str(), &reason)
+                        .emit();
                 }
             }
         }
@@ -283,17 +282,20 @@ impl Pipeline {
     }
 
     fn fail_pair(&self, job: &PairJob, last_seq: u64, stage: Stage, reason: &str) {
-        for seq in job.first_seq..=last_seq {
-            self.buffer.fail(seq);
-        }
+        self.buffer.fail_range(job.first_seq..=last_seq);
         self.telemetry.pipeline.record_failure(stage, reason);
-        log_failed_pair(job.to.index, job.first_seq, last_seq, stage, reason);
+        PairEvent::failed(
+            job.to.index,
+            job.first_seq,
+            last_seq,
+            stage.as_str(),
+            reason,
+        )
+        .emit();
     }
 
     fn abandon(&self, job: &PairJob, last_seq: u64) {
-        for seq in job.first_seq..=last_seq {
-            self.buffer.fail(seq);
-        }
+        self.buffer.fail_range(job.first_seq..=last_seq);
     }
 }
 
@@ -401,9 +403,7 @@ fn finish_pair(
         StageOutcome::Shutdown => SaveReport::default(),
     };
     // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
-    for seq in job.first_seq..=last_seq {
-        buffer.fail(seq);
-    }
+    buffer.fail_range(job.first_seq..=last_seq);
     let pipeline = &telemetry.pipeline;
     let ok = report.first_error.is_none() && report.ready == job.slot_count(frames_per_pair);
     if let Some(error) = &report.first_error {
@@ -423,55 +423,57 @@ fn finish_pair(
     } else {
         0.0
     };
-    tracing::info!(
-        target: EVENT,
-        event = "pair",
+    PairEvent {
         from,
-        to = job.to.index,
-        first_seq = job.first_seq,
+        to: job.to.index,
+        first_seq: job.first_seq,
         last_seq,
-        frames = timing.frames,
-        frames_ready = report.ready,
-        batch_size = timing.batch_size,
-        slerp_ms = ms(timing.slerp),
-        decode_ms,
-        decode_ms_per_frame = per_frame,
-        resize_ms = ms(timing.resize),
-        save_ms = ms(report.elapsed),
-        total_ms = ms(total),
-        lock_wait_ms = ms(timing.account.wait()),
-        lock_hold_ms = ms(timing.account.hold()),
-        lock_acquisitions = timing.account.acquisitions(),
-        write_failures = report.write_failures,
-        outcome = if ok { "ok" } else { "partial" },
-        error = report.first_error.as_deref().unwrap_or(""),
-        "pair {from}->{} done: {} frames in {:.0} ms (decode {:.1} ms/frame)",
-        job.to.index,
-        report.ready,
-        ms(total),
-        per_frame,
-    );
-}
-
-fn log_failed_pair(to: u64, first_seq: u64, last_seq: u64, stage: Stage, reason: &str) {
-    tracing::warn!(
-        target: EVENT,
-        event = "pair",
-        from = to.saturating_sub(1),
-        to,
-        first_seq,
-        last_seq,
-        frames = 0,
-        frames_ready = 0,
-        lock_acquisitions = 0,
-        outcome = "failed",
-        stage = stage.as_str(),
-        error = reason,
-        "pair ending at keyframe {to} failed in {stage}: {reason}; frames {first_seq}-{last_seq} skipped"
-    );
+        frames: Some(timing.frames as u64),
+        frames_ready: Some(report.ready as u64),
+        batch_size: Some(timing.batch_size as u64),
+        slerp_ms: Some(ms(timing.slerp)),
+        decode_ms: Some(decode_ms),
+        decode_ms_per_frame: Some(per_frame),
+        resize_ms: Some(ms(timing.resize)),
+        save_ms: Some(ms(report.elapsed)),
+        total_ms: Some(ms(total)),
+        lock_wait_ms: Some(ms(timing.account.wait())),
+        lock_hold_ms: Some(ms(timing.account.hold())),
+        lock_acquisitions: Some(timing.account.acquisitions()),
+        write_failures: Some(report.write_failures as u64),
+        outcome: if ok {
+            PairOutcome::Ok
+        } else {
+            PairOutcome::Partial
+        },
+        stage: None,
+        error: report.first_error.unwrap_or_default(),
+    }
+    .emit();
 }
 
 const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+/// The `keyframe` event of attempt `index` (failed when there is an `error`).
+fn keyframe_event(
+    index: u64,
+    seq: u64,
+    source: &str,
+    elapsed: Duration,
+    error: Option<&String>,
+) -> KeyframeEvent {
+    KeyframeEvent {
+        index,
+        seq,
+        source: source.to_string(),
+        ms: Some(ms(elapsed)),
+        outcome: match error {
+            Some(_) => KeyframeOutcome::Failed,
+            None => KeyframeOutcome::Ok,
+        },
+        error: error.cloned(),
+    }
+}
 
 /// Makes keyframes 0, 1, 2, … ahead of the coordinator (one in hand, one being made), each
 /// under the keyframe timeout, backing off after failures.
@@ -518,33 +520,11 @@ async fn produce_keyframes(
                 pipeline.keyframes.fetch_add(1, ORDER);
                 pipeline.record_keyframe_ms(ms(elapsed));
                 pipeline.set_theme(source.theme());
-                tracing::info!(
-                    target: EVENT,
-                    event = "keyframe",
-                    index,
-                    seq,
-                    source = source.name(),
-                    ms = ms(elapsed),
-                    outcome = "ok",
-                    "keyframe {index} from {} in {:.1} ms",
-                    source.name(),
-                    ms(elapsed)
-                );
+                keyframe_event(index, seq, source.name(), elapsed, None).emit();
             }
             Err(reason) => {
                 pipeline.record_failure(Stage::Keyframe, reason.clone());
-                tracing::warn!(
-                    target: EVENT,
-                    event = "keyframe",
-                    index,
-                    seq,
-                    source = source.name(),
-                    ms = ms(elapsed),
-                    outcome = "failed",
-                    error = reason.as_str(),
-                    "keyframe {index} from {} failed: {reason}",
-                    source.name()
-                );
+                keyframe_event(index, seq, source.name(), elapsed, Some(reason)).emit();
             }
         }
         let failed = result.is_err();
@@ -569,190 +549,4 @@ async fn produce_keyframes(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::buffer::Slot;
-    use crate::engine::preview::PreviewDecoder;
-    use crate::engine::{Decoder, Device, EngineError};
-    use crate::keyframes::procedural::ProceduralSource;
-    use crate::keyframes::KeyframeError;
-    use crate::latent::LatentBatch;
-    use async_trait::async_trait;
-    use std::sync::atomic::AtomicUsize;
-
-    /// The preview decoder, failing or hanging on chosen calls (1-based).
-    struct FaultyDecoder {
-        calls: AtomicUsize,
-        fail_on: Option<usize>,
-        hang_on: Option<(usize, Duration)>,
-    }
-
-    impl Decoder for FaultyDecoder {
-        fn name(&self) -> &str {
-            "faulty"
-        }
-        fn latent_channels(&self) -> usize {
-            4
-        }
-        fn decode(&self, batch: &LatentBatch) -> Result<Vec<image::RgbImage>, EngineError> {
-            let call = self.calls.fetch_add(1, ORDER) + 1;
-            if self.fail_on == Some(call) {
-                return Err(EngineError::Device(
-                    "test".into(),
-                    "injected failure".into(),
-                ));
-            }
-            if let Some((n, hang)) = self.hang_on {
-                if n == call {
-                    std::thread::sleep(hang);
-                }
-            }
-            PreviewDecoder.decode(batch)
-        }
-    }
-
-    /// The procedural source, failing at one keyframe index.
-    struct FailingSource {
-        inner: ProceduralSource,
-        fail_at: u64,
-    }
-
-    #[async_trait]
-    impl KeyframeSource for FailingSource {
-        fn name(&self) -> &str {
-            "failing"
-        }
-        async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
-            if index == self.fail_at {
-                return Err(KeyframeError::Source {
-                    source_name: "failing".into(),
-                    message: "injected failure".into(),
-                });
-            }
-            self.inner.keyframe(index).await
-        }
-    }
-
-    const N: usize = 3;
-
-    fn procedural() -> ProceduralSource {
-        ProceduralSource::new(1, 0.35, crate::latent::LatentShape::new(4, 4, 8))
-    }
-
-    /// Runs the real coordinator until slots `0..=last` are all settled; returns each slot's
-    /// state ('R' ready, 'F' failed) and the telemetry.
-    async fn run_until_settled(
-        decoder: FaultyDecoder,
-        source: Box<dyn KeyframeSource>,
-        decode_timeout: f64,
-        last: u64,
-    ) -> (String, Arc<Telemetry>) {
-        let dir = tempfile::tempdir().unwrap();
-        let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
-        let buffer = Arc::new(FrameBuffer::new(first_seq));
-        let telemetry = Arc::new(Telemetry::default());
-        let mut config = Config::default();
-        config.timeouts.decode_seconds = decode_timeout;
-        config.buffer.target_seconds = 250.0; // 1000 frames at 4 fps
-        let pipeline = Pipeline {
-            engine: Arc::new(Engine::new(Box::new(decoder), Device::Cpu, 64, 32)),
-            buffer: Arc::clone(&buffer),
-            archive: Arc::new(archive),
-            telemetry: Arc::clone(&telemetry),
-            control: Arc::new(Control::new("test", false)),
-            settings: PipelineSettings {
-                frames_per_pair: N,
-                format: FrameFormat::Png,
-                jpeg_quality: 90,
-                first_seq,
-                live: Arc::new(LiveSettings::new(&config)),
-            },
-        };
-        let shutdown = CancellationToken::new();
-        let (_replace, replacements) = mpsc::channel(1);
-        let task = tokio::spawn(pipeline.run(source, replacements, shutdown.clone()));
-        let give_up = Instant::now() + Duration::from_secs(20);
-        let states = loop {
-            let states: Option<String> = (0..=last)
-                .map(|seq| match buffer.slot(seq) {
-                    Some(Slot::Ready(_)) => Some('R'),
-                    Some(Slot::Failed) => Some('F'),
-                    _ => None,
-                })
-                .collect();
-            if let Some(states) = states {
-                break states;
-            }
-            assert!(Instant::now() < give_up, "slots never settled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        shutdown.cancel();
-        task.await.unwrap();
-        (states, telemetry)
-    }
-
-    fn decoder(fail_on: Option<usize>, hang_on: Option<(usize, Duration)>) -> FaultyDecoder {
-        FaultyDecoder {
-            calls: AtomicUsize::new(0),
-            fail_on,
-            hang_on,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn all_frames_are_ready_in_order_when_nothing_fails() {
-        let (states, telemetry) =
-            run_until_settled(decoder(None, None), Box::new(procedural()), 5.0, 12).await;
-        assert_eq!(states, "RRRRRRRRRRRRR");
-        assert_eq!(telemetry.pipeline.total_failures(), 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_keyframe_costs_its_pair_and_the_next_pair_starts_from_the_last_good_one() {
-        let source = FailingSource {
-            inner: procedural(),
-            fail_at: 2,
-        };
-        let (states, telemetry) =
-            run_until_settled(decoder(None, None), Box::new(source), 5.0, 16).await;
-        // Keyframe k sits at 4k: pair (1,2) = 5..=8 is lost, pair (2,3) = 9..=12 is drawn from
-        // keyframe 1 to keyframe 3.
-        assert_eq!(states, "RRRRRFFFFRRRRRRRR");
-        assert_eq!(telemetry.pipeline.failures(Stage::Keyframe), 1);
-        assert!(telemetry
-            .pipeline
-            .last_error()
-            .unwrap()
-            .message
-            .contains("injected"));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_decode_costs_one_pair_and_generation_goes_on() {
-        // Call 1 draws keyframe 0 alone; call 2 is pair (0,1).
-        let (states, telemetry) =
-            run_until_settled(decoder(Some(2), None), Box::new(procedural()), 5.0, 12).await;
-        assert_eq!(states, "RFFFFRRRRRRRR");
-        assert_eq!(telemetry.pipeline.failures(Stage::Decode), 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hung_decode_times_out_and_generation_recovers() {
-        let hang = Duration::from_millis(1500);
-        let (states, telemetry) = run_until_settled(
-            decoder(None, Some((2, hang))),
-            Box::new(procedural()),
-            0.3,
-            40,
-        )
-        .await;
-        assert!(states.starts_with("RFFFF"), "{states}");
-        assert!(states.ends_with("RRRRRRRR"), "never recovered: {states}");
-        assert!(telemetry.pipeline.failures(Stage::Decode) >= 1);
-        let error = telemetry.pipeline.last_error().unwrap().message;
-        assert!(
-            error.contains("timed out") || error.contains("GPU lock"),
-            "{error}"
-        );
-    }
-}
+mod tests;

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::{auth, App};
-use crate::status::Lifecycle;
+use crate::status::{self, Lifecycle};
 
 /// The control routes, behind the token check.
 pub fn routes(state: App) -> Router<App> {
@@ -29,29 +29,29 @@ pub fn routes(state: App) -> Router<App> {
 }
 
 fn done(app: &App, action: &str, changed: bool) -> Response {
-    let state = app.sources.status.state(Lifecycle::Running);
+    let state = status::state(&app.shared, Lifecycle::Running);
     tracing::info!(action, changed, "control: {action}");
     Json(json!({ "ok": true, "action": action, "changed": changed, "state": state }))
         .into_response()
 }
 
 async fn pause(State(app): State<App>) -> Response {
-    let changed = app.sources.status.control.pause();
+    let changed = app.shared.control.pause();
     done(&app, "pause", changed)
 }
 
 async fn resume(State(app): State<App>) -> Response {
-    let changed = app.sources.status.control.resume();
+    let changed = app.shared.control.resume();
     done(&app, "resume", changed)
 }
 
 async fn skip(State(app): State<App>) -> Response {
-    app.sources.status.control.request_skip();
+    app.shared.control.request_skip();
     done(&app, "skip", true)
 }
 
 async fn next_theme(State(app): State<App>) -> Response {
-    match app.sources.status.control.request_next_theme() {
+    match app.shared.control.request_next_theme() {
         Ok(()) => done(&app, "next-theme", true),
         Err(e) => (
             StatusCode::CONFLICT,

@@ -61,7 +61,7 @@ pub async fn events(State(app): State<App>) -> Response {
         )
             .into_response();
     };
-    let mut frames = app.sources.current.clone();
+    let mut frames = app.current.clone();
     let mut health = app.health.clone();
     // Both current values go out at once.
     frames.mark_changed();
@@ -70,7 +70,7 @@ pub async fn events(State(app): State<App>) -> Response {
         frames,
         health,
         shutdown: app.shutdown.clone(),
-        interval_ms: app.sources.status.live.get().frame_interval.as_secs_f64() * 1000.0,
+        interval_ms: app.shared.live.get().frame_interval.as_secs_f64() * 1000.0,
         first: true,
         _slot: slot,
     };

@@ -17,7 +17,7 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// The frame on screen now.
 pub async fn current(State(app): State<App>) -> Response {
-    let frame = app.sources.current.borrow().clone();
+    let frame = app.current.borrow().clone();
     match frame {
         Some(frame) => (
             [
@@ -63,8 +63,8 @@ pub async fn by_seq(
         )
             .into_response();
     };
-    let format = app.sources.format;
-    let path = app.sources.archive.path_of(seq, format);
+    let format = app.shared.format;
+    let path = app.shared.archive.path_of(seq, format);
     let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,

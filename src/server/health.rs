@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::App;
-use crate::status::{DaemonState, Lifecycle, StatusSources};
+use crate::daemon::Shared;
+use crate::status::{self, DaemonState, Lifecycle};
 
 /// How often the state is looked at.
 const STATE_POLL: Duration = Duration::from_millis(100);
@@ -37,11 +38,11 @@ impl Health {
 
 /// Follows the state every [`STATE_POLL`] until `shutdown`; the receiver sees each change.
 pub fn spawn_tracker(
-    sources: Arc<StatusSources>,
+    shared: Arc<Shared>,
     unhealthy_after: Duration,
     shutdown: CancellationToken,
 ) -> watch::Receiver<Health> {
-    let (tx, rx) = watch::channel(observe(&sources, None));
+    let (tx, rx) = watch::channel(observe(&shared, None));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,7 +56,7 @@ pub fn spawn_tracker(
                 _ = tick.tick() => {}
             }
             let previous = tx.borrow().degraded_since;
-            let health = observe(&sources, previous);
+            let health = observe(&shared, previous);
             let unhealthy = health.unhealthy(unhealthy_after);
             if unhealthy != reported_unhealthy {
                 tracing::warn!(unhealthy, reason = ?health.reason, "health: {}", if unhealthy { "unhealthy" } else { "healthy again" });
@@ -72,10 +73,10 @@ pub fn spawn_tracker(
     rx
 }
 
-fn observe(sources: &StatusSources, degraded_since: Option<Instant>) -> Health {
-    let state = sources.state(Lifecycle::Running);
+fn observe(shared: &Shared, degraded_since: Option<Instant>) -> Health {
+    let state = status::state(shared, Lifecycle::Running);
     if state == DaemonState::Degraded {
-        let reason = sources
+        let reason = shared
             .telemetry
             .pipeline
             .last_error()
@@ -96,7 +97,7 @@ fn observe(sources: &StatusSources, degraded_since: Option<Instant>) -> Health {
 
 /// The same document as status.json, built now.
 pub async fn status(State(app): State<App>) -> Response {
-    let document = app.sources.status.document(Lifecycle::Running);
+    let document = status::document(&app.shared, Lifecycle::Running);
     match serde_json::to_vec_pretty(&document) {
         Ok(bytes) => (
             [

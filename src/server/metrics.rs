@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::App;
 use crate::stats::{BucketHistogram, Histogram, Stage};
-use crate::status::{DaemonState, Lifecycle};
+use crate::status::{self, DaemonState, Lifecycle};
 
 /// Content type of the text format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -45,9 +45,9 @@ pub async fn metrics(State(app): State<App>) -> Response {
 
 /// Everything, as exposition text.
 pub fn render(app: &App) -> String {
-    let sources = &app.sources.status;
-    let t = &sources.telemetry;
-    let engine = &sources.engine;
+    let shared = &app.shared;
+    let t = &shared.telemetry;
+    let engine = &shared.engine;
     let mut out = Exposition::default();
 
     out.family(
@@ -61,7 +61,7 @@ pub fn render(app: &App) -> String {
             ("version", env!("CARGO_PKG_VERSION")),
             ("decoder", engine.decoder_name()),
             ("device", &engine.device().to_string()),
-            ("source", &sources.source_name),
+            ("source", &shared.source_name),
         ],
         1.0,
     );
@@ -75,7 +75,7 @@ pub fn render(app: &App) -> String {
         &[],
         t.started.elapsed().as_secs_f64(),
     );
-    let state = sources.state(Lifecycle::Running);
+    let state = status::state(shared, Lifecycle::Running);
     out.family(
         "dreamd_state",
         "gauge",
@@ -103,7 +103,7 @@ pub fn render(app: &App) -> String {
     out.sample(
         "dreamd_display_target_fps",
         &[],
-        sources.live.get().target_fps,
+        shared.live.get().target_fps,
     );
     out.family(
         "dreamd_display_fps",
@@ -149,7 +149,7 @@ pub fn render(app: &App) -> String {
     );
 
     // Buffer.
-    let counts = sources.buffer.counts();
+    let counts = shared.buffer.counts();
     out.family(
         "dreamd_buffer_seconds",
         "gauge",
@@ -158,7 +158,7 @@ pub fn render(app: &App) -> String {
     out.sample(
         "dreamd_buffer_seconds",
         &[],
-        counts.ready as f64 / sources.live.get().target_fps,
+        counts.ready as f64 / shared.live.get().target_fps,
     );
     out.family(
         "dreamd_buffer_target_seconds",
@@ -168,7 +168,7 @@ pub fn render(app: &App) -> String {
     out.sample(
         "dreamd_buffer_target_seconds",
         &[],
-        sources.live.get().target_seconds,
+        shared.live.get().target_seconds,
     );
     out.family(
         "dreamd_buffer_frames",
@@ -239,7 +239,7 @@ pub fn render(app: &App) -> String {
         );
         out.sample(
             "dreamd_keyframe_seconds",
-            &[("source", &sources.source_name)],
+            &[("source", &shared.source_name)],
             ms / 1000.0,
         );
     }

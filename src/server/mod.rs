@@ -1,8 +1,9 @@
 //! The HTTP server: kiosk page, frames, live events, status, metrics, health and control.
 //!
 //! It runs on the daemon's tokio runtime and only ever reads what the other components already
-//! publish: the current frame through a `watch` channel fed by the display's publisher thread,
-//! saved frames from `output/frames/`, and figures from [`Telemetry`] and the GPU lock. Nothing
+//! publish, through the daemon's [`Shared`] context: the current frame through a `watch`
+//! channel fed by the display's publisher thread, saved frames from `output/frames/`, and
+//! figures from [`Telemetry`] and the GPU lock. Nothing
 //! here can block or slow the display: the watch never waits for readers, and every live-event
 //! client only ever sees the newest frame number (a slow client skips numbers, it never queues
 //! them).
@@ -40,10 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::buffer::archive::FrameArchive;
-use crate::config::{FrameFormat, ServerConfig};
+use crate::config::ServerConfig;
+use crate::daemon::Shared;
 use crate::display::CurrentFrame;
-use crate::status::StatusSources;
 
 /// Largest request body accepted (control requests carry none).
 const BODY_LIMIT: usize = 4 * 1024;
@@ -113,17 +113,12 @@ impl BoundServer {
     }
 }
 
-/// What the server reads from the rest of the daemon.
-pub struct ServerSources {
-    pub status: Arc<StatusSources>,
-    pub archive: Arc<FrameArchive>,
-    pub format: FrameFormat,
-    pub current: CurrentFrame,
-}
-
 /// State shared by every handler.
 pub struct AppState {
-    pub sources: ServerSources,
+    /// The daemon's shared context: control, engine, live settings, archive, telemetry.
+    pub shared: Arc<Shared>,
+    /// The display's most recently published frame.
+    pub current: CurrentFrame,
     pub token: Option<String>,
     pub health: watch::Receiver<health::Health>,
     pub sse_slots: Arc<Semaphore>,
@@ -162,17 +157,19 @@ pub fn router(state: App, request_timeout: Duration) -> Router {
 /// flight finish.
 pub fn spawn(
     bound: BoundServer,
-    sources: ServerSources,
+    shared: Arc<Shared>,
+    current: CurrentFrame,
     config: &ServerConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let health = health::spawn_tracker(
-        Arc::clone(&sources.status),
+        Arc::clone(&shared),
         config.unhealthy_after(),
         shutdown.clone(),
     );
     let state = Arc::new(AppState {
-        sources,
+        shared,
+        current,
         token: bound.token,
         health,
         sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),

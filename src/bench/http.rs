@@ -1,8 +1,8 @@
 //! `dreamd bench http`: display pacing with and without HTTP load, in one run of the real
 //! daemon.
 //!
-//! The daemon runs in this process on the embedded default (start gate 0, server on a free
-//! loopback port, output in a temporary folder). After a warm-up, the display's interval error
+//! The daemon runs in this process ([`InProcess`]) on the embedded default (start gate 0, server
+//! on a free loopback port, output in a [`Scratch`] folder). After a warm-up, the display's interval error
 //! is measured in alternating phases: with no clients (idle), then while a load generator on its
 //! own runtime keeps many live-event clients connected (some of them stalled: they never read)
 //! and polls `/frame/current`; several rounds of both, so that noise from other work on the
@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::{InProcess, Scratch};
 use crate::config::Config;
 use crate::daemon;
 use crate::stats::{millis, Histogram, Telemetry};
@@ -169,9 +170,8 @@ impl Snapshot {
 
 /// Runs the measurement; see the module docs.
 pub async fn run(mut config: Config, options: HttpLoadOptions) -> anyhow::Result<HttpLoadReport> {
-    let scratch = std::env::temp_dir().join(format!("dreamd-bench-http-{}", std::process::id()));
-    config.paths.output_dir = scratch.join("output");
-    config.paths.log_dir = scratch.join("logs");
+    let scratch = Scratch::new("bench-http")?;
+    scratch.redirect(&mut config);
     config.display.start_gate_seconds = 0.0;
     config.server.enabled = true;
     config.server.bind = "127.0.0.1:0".to_string();
@@ -182,24 +182,10 @@ pub async fn run(mut config: Config, options: HttpLoadOptions) -> anyhow::Result
     config.validate()?;
     let target_fps = config.display.target_fps;
 
-    let shutdown = CancellationToken::new();
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let daemon = tokio::spawn(daemon::run_observed(
-        config,
-        None,
-        shutdown.clone(),
-        None,
-        Some(started_tx),
-    ));
-    let Ok(started) = started_rx.await else {
-        let outcome = daemon.await.context("daemon task failed")?;
-        outcome?;
-        anyhow::bail!("the daemon stopped before it started");
-    };
-    let result = measure(&started, &options).await;
-    shutdown.cancel();
-    let _ = daemon.await;
-    let _ = std::fs::remove_dir_all(&scratch);
+    let daemon = InProcess::start(config).await?;
+    let result = measure(&daemon.started, &options).await;
+    let _ = daemon.stop().await;
+    drop(scratch);
     let (idle, loaded, load) = result?;
     let latency = load.poll_latency.lock().clone();
     Ok(HttpLoadReport {

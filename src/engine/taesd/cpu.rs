@@ -1,19 +1,22 @@
-//! The TAESD decoder and encoder on the CPU, built from [`super::conv`]'s shifted-GEMM
-//! convolutions (`exact`) or [`super::winograd`]'s F(4,3) convolutions (`fast`).
+//! The TAESD decoder and encoder on the CPU, built from [`kernels::conv`]'s shifted-GEMM
+//! convolutions (`exact`) or [`kernels::winograd`]'s F(4,3) convolutions (`fast`).
 //!
-//! Same architecture and weights as [`super::taesd::TaesdDecoder`] and
-//! [`super::taesd::TaesdEncoder`] (the candle modules, used on CUDA and as the reference in
+//! Same architecture and weights as [`super::candle::TaesdDecoder`] and
+//! [`super::candle::TaesdEncoder`] (the candle modules, used on CUDA and as the reference in
 //! tests), laid out for the CPU: activations stay in the padded, channel-major layout for the
 //! whole network, and bias, residual and ReLU are fused into each convolution's epilogue. The
-//! encoder's stride-2 convolutions use [`super::conv::Conv3x3Stride2`] in both precisions.
+//! encoder's stride-2 convolutions use [`Conv3x3Stride2`] in both precisions.
+//!
+//! [`kernels::conv`]: crate::engine::kernels::conv
+//! [`kernels::winograd`]: crate::engine::kernels::winograd
 
 use image::RgbImage;
 
-use super::conv::{Conv3x3, Conv3x3Stride2, Epilogue, Padded};
 use super::weights::{Part, WeightError, WeightFile};
-use super::winograd::Winograd3x3;
-use super::{Decoder, EngineError};
 use crate::config::Precision;
+use crate::engine::kernels::conv::{Conv3x3, Conv3x3Stride2, Epilogue, Padded};
+use crate::engine::kernels::winograd::Winograd3x3;
+use crate::engine::{Decoder, EngineError};
 use crate::latent::{Latent, LatentBatch, LatentShape};
 
 const HIDDEN: usize = 64;
@@ -141,7 +144,7 @@ fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Lay
     if weights.contains(&format!("{index}.pool.0.weight")) {
         return Err(weights.error(format!(
             "block {index} has a GroupNorm mid-block (TAEF2), which the CPU engine does not \
-             implement yet (the candle module in engine::taesd does)"
+             implement yet (the candle module in engine::taesd::candle does)"
         )));
     }
     let c = |i: usize| {
@@ -352,15 +355,9 @@ impl TaesdCpuEncoder {
 
     /// Encodes pictures (all the same size, sides multiples of 8) in one batched call.
     pub fn encode(&self, images: &[RgbImage]) -> Result<Vec<Latent>, EngineError> {
-        let Some(first) = images.first() else {
+        let Some((w, h)) = super::encoder_input_size(images)? else {
             return Ok(Vec::new());
         };
-        let (w, h) = first.dimensions();
-        if images.iter().any(|i| i.dimensions() != (w, h)) || w % 8 != 0 || h % 8 != 0 {
-            return Err(EngineError::Model(format!(
-                "encoder input must be same-size pictures with sides divisible by 8 (got {w}x{h})"
-            )));
-        }
         let (w, h) = (w as usize, h as usize);
         let mut values = vec![0.0; images.len() * 3 * h * w];
         for (image, out) in images.iter().zip(values.chunks_exact_mut(3 * h * w)) {
@@ -383,9 +380,9 @@ impl TaesdCpuEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::models::{
-        find, read_f32_file, search_dirs, test_models_dir, Family, TaesdDecoderModel,
-    };
+    use crate::engine::model_files::{find, read_f32_file, search_dirs, test_models_dir};
+    use crate::engine::taesd::candle::TaesdDecoderModel;
+    use crate::engine::taesd::Family;
     use crate::engine::Device;
     use crate::latent::{Latent, LatentShape};
 
@@ -473,7 +470,7 @@ mod tests {
         let values: Vec<f32> = (0..n * 3 * h * w)
             .map(|i| 0.5 + 0.5 * (i as f32 * 0.013).sin() * (i as f32 * 0.0007).cos())
             .collect();
-        let candle = crate::engine::taesd::TaesdEncoder::new(
+        let candle = crate::engine::taesd::candle::TaesdEncoder::new(
             4,
             weights.var_builder(&candle_core::Device::Cpu),
         )

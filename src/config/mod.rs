@@ -12,8 +12,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod live;
+pub mod locate;
+pub mod reload;
+mod validate;
+
+/// `display.target_fps` when the file does not set it (the original Dream Window's rate too).
+pub const DEFAULT_TARGET_FPS: f64 = 4.0;
+
 /// The commented default configuration, as written by `dreamd init`.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../assets/dreamd.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../assets/dreamd.toml");
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +93,7 @@ pub struct DisplayConfig {
 impl Default for DisplayConfig {
     fn default() -> Self {
         Self {
-            target_fps: 4.0,
+            target_fps: DEFAULT_TARGET_FPS,
             start_gate_seconds: 10.0,
         }
     }
@@ -107,8 +115,9 @@ impl Default for BufferConfig {
 }
 
 /// Which decoder turns latents into pictures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum DecoderChoice {
     /// TAESD when its weights are found, else the preview decoder.
     Auto,
@@ -125,8 +134,9 @@ pub enum DecoderChoice {
 }
 
 /// Arithmetic of the CPU TAESD convolutions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum Precision {
     /// Direct convolutions in f32 (within 1e-3 of the reference vectors).
     Exact,
@@ -178,8 +188,9 @@ impl Default for GenerationConfig {
 }
 
 /// Where keyframes come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum SourceKind {
     /// Seeded, smooth, slowly drifting latent fields.
     Procedural,
@@ -197,8 +208,9 @@ impl fmt::Display for SourceKind {
 }
 
 /// The order in which the image source visits its pictures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum ImageOrder {
     /// In file-name order, round and round.
     Cycle,
@@ -207,8 +219,9 @@ pub enum ImageOrder {
 }
 
 /// How a picture of another aspect ratio is fitted to the frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum FitMode {
     /// Scale to cover the frame and cut the overflow (centred).
     Crop,
@@ -243,8 +256,9 @@ impl Default for KeyframesConfig {
 }
 
 /// How frames are encoded on disk and for publishing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lower")]
 pub enum FrameFormat {
     Png,
     Jpeg,
@@ -512,183 +526,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every value against its allowed range.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let d = &self.display;
-        check_range(
-            "display.target_fps",
-            d.target_fps,
-            0.0,
-            120.0,
-            "> 0 and <= 120",
-        )?;
-        let b = &self.buffer;
-        check_range(
-            "buffer.target_seconds",
-            b.target_seconds,
-            0.0,
-            3600.0,
-            "> 0 and <= 3600",
-        )?;
-        if !(d.start_gate_seconds.is_finite()
-            && d.start_gate_seconds >= 0.0
-            && d.start_gate_seconds <= b.target_seconds)
-        {
-            return Err(invalid(
-                "display.start_gate_seconds",
-                d.start_gate_seconds,
-                format!(">= 0 and <= buffer.target_seconds ({})", b.target_seconds),
-            ));
-        }
-        if self.buffer_frames() < 1 {
-            return Err(invalid(
-                "buffer.target_seconds",
-                b.target_seconds,
-                "long enough to hold one frame at display.target_fps",
-            ));
-        }
-        let g = &self.generation;
-        if !(1..=240).contains(&g.frames_per_pair) {
-            return Err(invalid(
-                "generation.frames_per_pair",
-                g.frames_per_pair,
-                "between 1 and 240",
-            ));
-        }
-        for (key, value) in [
-            ("generation.width", g.width),
-            ("generation.height", g.height),
-        ] {
-            if value % 8 != 0 || !(64..=4096).contains(&value) {
-                return Err(invalid(key, value, "a multiple of 8 between 64 and 4096"));
-            }
-        }
-        parse_device(&g.device)?;
-        if let Some(d) = g.decode_divisor {
-            if ![1, 2, 4, 8].contains(&d) || (g.width / 8) % d != 0 || (g.height / 8) % d != 0 {
-                return Err(invalid(
-                    "generation.decode_divisor",
-                    d,
-                    format!(
-                        "1, 2, 4 or 8, dividing the latent size {}x{}",
-                        g.width / 8,
-                        g.height / 8
-                    ),
-                ));
-            }
-        }
-        check_range(
-            "keyframes.drift",
-            self.keyframes.drift,
-            0.0,
-            10.0,
-            "> 0 and <= 10",
-        )?;
-        let o = &self.output;
-        if !(1..=100).contains(&o.jpeg_quality) {
-            return Err(invalid(
-                "output.jpeg_quality",
-                o.jpeg_quality,
-                "between 1 and 100",
-            ));
-        }
-        if o.keep_frames == Some(0) {
-            return Err(invalid("output.keep_frames", 0, ">= 1"));
-        }
-        let t = &self.timeouts;
-        for (key, value) in [
-            ("timeouts.keyframe_seconds", t.keyframe_seconds),
-            ("timeouts.slerp_seconds", t.slerp_seconds),
-            ("timeouts.decode_seconds", t.decode_seconds),
-            ("timeouts.save_seconds", t.save_seconds),
-        ] {
-            check_range(key, value, 0.0, 86_400.0, "> 0 and <= 86400")?;
-        }
-        if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.logging.level) {
-            return Err(invalid(
-                "logging.level",
-                format!("{:?}", self.logging.level),
-                format!("a level or tracing directives ({err})"),
-            ));
-        }
-        if self.logging.keep_days == 0 {
-            return Err(invalid("logging.keep_days", 0, ">= 1"));
-        }
-        if !(1..=65_536).contains(&self.logging.jsonl_max_mb) {
-            return Err(invalid(
-                "logging.jsonl_max_mb",
-                self.logging.jsonl_max_mb,
-                "between 1 and 65536",
-            ));
-        }
-        if !(1..=1000).contains(&self.logging.jsonl_keep) {
-            return Err(invalid(
-                "logging.jsonl_keep",
-                self.logging.jsonl_keep,
-                "between 1 and 1000",
-            ));
-        }
-        check_range(
-            "health.degraded_seconds",
-            self.health.degraded_seconds,
-            0.0,
-            86_400.0,
-            "> 0 and <= 86400",
-        )?;
-        for (key, window) in self.faults.windows() {
-            let Some(w) = window else { continue };
-            let valid = w.after_seconds.is_finite()
-                && w.after_seconds >= 0.0
-                && !w.for_seconds.is_nan()
-                && w.for_seconds > 0.0;
-            if !valid {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "{{ after_seconds = {}, for_seconds = {} }}",
-                        w.after_seconds, w.for_seconds
-                    ),
-                    "after_seconds >= 0 and for_seconds > 0",
-                ));
-            }
-        }
-        if self.faults.slow_disk_ms > 600_000 {
-            return Err(invalid(
-                "faults.slow_disk_ms",
-                self.faults.slow_disk_ms,
-                "<= 600000",
-            ));
-        }
-        let server = &self.server;
-        server.bind_addr()?;
-        if server.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            return Err(invalid("server.token", "\"\"", "a non-empty string"));
-        }
-        if !(1..=100_000).contains(&server.max_sse_clients) {
-            return Err(invalid(
-                "server.max_sse_clients",
-                server.max_sse_clients,
-                "between 1 and 100000",
-            ));
-        }
-        check_range(
-            "server.request_timeout_seconds",
-            server.request_timeout_seconds,
-            0.0,
-            3600.0,
-            "> 0 and <= 3600",
-        )?;
-        let unhealthy = server.unhealthy_after_seconds;
-        if !(unhealthy.is_finite() && (0.0..=86_400.0).contains(&unhealthy)) {
-            return Err(invalid(
-                "server.unhealthy_after_seconds",
-                unhealthy,
-                ">= 0 and <= 86400",
-            ));
-        }
-        Ok(())
-    }
-
     /// Frames the buffer aims to hold: `target_fps × target_seconds`.
     pub fn buffer_frames(&self) -> usize {
         (self.display.target_fps * self.buffer.target_seconds).round() as usize
@@ -735,7 +572,12 @@ pub fn parse_device(text: &str) -> Result<DeviceRequest, ConfigError> {
     }
 }
 
-fn invalid(key: &'static str, value: impl fmt::Display, allowed: impl Into<String>) -> ConfigError {
+/// The error for `key` holding `value`, which is not `allowed`.
+pub(crate) fn invalid(
+    key: &'static str,
+    value: impl fmt::Display,
+    allowed: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key,
         value: value.to_string(),
@@ -743,155 +585,5 @@ fn invalid(key: &'static str, value: impl fmt::Display, allowed: impl Into<Strin
     }
 }
 
-/// `value` must be finite, > `min` and <= `max`.
-fn check_range(
-    key: &'static str,
-    value: f64,
-    min: f64,
-    max: f64,
-    allowed: &str,
-) -> Result<(), ConfigError> {
-    if value.is_finite() && value > min && value <= max {
-        Ok(())
-    } else {
-        Err(invalid(key, value, allowed))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(text: &str) -> String {
-        Config::parse(text, "test.toml").unwrap_err().to_string()
-    }
-
-    #[test]
-    fn embedded_default_file_matches_defaults() {
-        let parsed = Config::parse(DEFAULT_CONFIG_TOML, "default").unwrap();
-        assert_eq!(parsed, Config::default());
-    }
-
-    #[test]
-    fn empty_file_is_all_defaults() {
-        let config = Config::parse("", "empty").unwrap();
-        assert_eq!(config, Config::default());
-        assert_eq!(config.buffer_frames(), 120);
-        assert_eq!(config.keep_frames(), 240);
-        assert_eq!(config.frame_interval(), Duration::from_millis(250));
-    }
-
-    #[test]
-    fn zero_fps_names_key_value_and_rule() {
-        assert_eq!(
-            err("[display]\ntarget_fps = 0"),
-            "display.target_fps must be > 0 and <= 120 (got 0)"
-        );
-    }
-
-    #[test]
-    fn unknown_key_is_named_with_its_section() {
-        let message = err("[display]\ntarget_fsp = 3");
-        assert!(message.contains("target_fsp"), "{message}");
-        assert!(message.starts_with("test.toml: display"), "{message}");
-    }
-
-    #[test]
-    fn unknown_section_is_an_error() {
-        let message = err("[displays]\ntarget_fps = 3");
-        assert!(message.contains("displays"), "{message}");
-    }
-
-    #[test]
-    fn wrong_type_names_the_key() {
-        let message = err("[generation]\nframes_per_pair = \"ten\"");
-        assert!(message.contains("generation.frames_per_pair"), "{message}");
-    }
-
-    #[test]
-    fn unknown_decoder_lists_allowed_values() {
-        let message = err("[generation]\ndecoder = \"sdxl\"");
-        assert!(message.contains("generation.decoder"), "{message}");
-        assert!(message.contains("preview"), "{message}");
-    }
-
-    #[test]
-    fn precision_is_fast_or_exact() {
-        assert_eq!(Config::default().generation.precision, Precision::Fast);
-        let config = Config::parse("[generation]\nprecision = \"exact\"", "t").unwrap();
-        assert_eq!(config.generation.precision, Precision::Exact);
-        let message = err("[generation]\nprecision = \"bf16\"");
-        assert!(message.contains("generation.precision"), "{message}");
-        assert!(message.contains("exact"), "{message}");
-    }
-
-    #[test]
-    fn broken_toml_names_the_origin() {
-        let message = err("[display\n");
-        assert!(message.starts_with("test.toml"), "{message}");
-    }
-
-    #[test]
-    fn sizes_must_be_multiples_of_eight() {
-        assert_eq!(
-            err("[generation]\nwidth = 500"),
-            "generation.width must be a multiple of 8 between 64 and 4096 (got 500)"
-        );
-    }
-
-    #[test]
-    fn start_gate_cannot_exceed_buffer() {
-        let message = err("[display]\nstart_gate_seconds = 40");
-        assert!(
-            message.starts_with("display.start_gate_seconds"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn decode_divisor_must_divide_the_latent() {
-        let config = Config::parse("[generation]\ndecode_divisor = 2", "t").unwrap();
-        assert_eq!(config.generation.decode_divisor, Some(2));
-        assert!(err("[generation]\ndecode_divisor = 3").starts_with("generation.decode_divisor"));
-        assert!(err("[generation]\nwidth = 520\ndecode_divisor = 2")
-            .contains("dividing the latent size 65x32"));
-    }
-
-    #[test]
-    fn device_names() {
-        assert_eq!(parse_device("cuda:1").unwrap(), DeviceRequest::Cuda(1));
-        assert_eq!(parse_device("cuda").unwrap(), DeviceRequest::Cuda(0));
-        assert!(err("[generation]\ndevice = \"gpu\"").contains("generation.device"));
-    }
-
-    #[test]
-    fn bad_log_level_is_rejected() {
-        assert!(err("[logging]\nlevel = \"info,=,\"").starts_with("logging.level"));
-    }
-
-    #[test]
-    fn server_defaults_to_loopback_and_checks_its_values() {
-        let config = Config::default();
-        assert!(config.server.enabled);
-        assert!(config.server.bind_addr().unwrap().ip().is_loopback());
-        assert_eq!(
-            err("[server]\nbind = \"localhost\""),
-            "server.bind must be an IP address and port such as \"127.0.0.1:8765\" or \
-             \"0.0.0.0:8765\" (got \"localhost\")"
-        );
-        assert!(err("[server]\nmax_sse_clients = 0").starts_with("server.max_sse_clients"));
-        assert!(err("[server]\ntoken = \" \"").starts_with("server.token"));
-        assert!(err("[server]\nrequest_timeout_seconds = 0")
-            .starts_with("server.request_timeout_seconds"));
-        let parsed =
-            Config::parse("[server]\nbind = \"0.0.0.0:0\"\ntoken = \"s3cret\"", "t").unwrap();
-        assert_eq!(parsed.server.token.as_deref(), Some("s3cret"));
-    }
-
-    #[test]
-    fn keep_frames_overrides_default() {
-        let config = Config::parse("[output]\nkeep_frames = 12", "t").unwrap();
-        assert_eq!(config.keep_frames(), 12);
-        assert!(err("[output]\nkeep_frames = 0").starts_with("output.keep_frames"));
-    }
-}
+mod tests;

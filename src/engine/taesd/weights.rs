@@ -34,7 +34,7 @@ pub enum WeightError {
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
     #[error(transparent)]
-    Pth(#[from] super::pth::PthError),
+    Pth(#[from] crate::engine::pth::PthError),
 }
 
 /// Which half of an autoencoder a file is read for.
@@ -53,10 +53,10 @@ pub struct WeightFile {
 
 impl WeightFile {
     /// Reads `path` and keeps the tensors of `part` (all of them for an index-layout file).
-    /// A PyTorch `.pth` checkpoint (by extension or zip magic) is read by [`super::pth`].
+    /// A PyTorch `.pth` checkpoint (by extension or zip magic) is read by [`crate::engine::pth`].
     pub fn load(path: &Path, part: Part) -> Result<WeightFile, WeightError> {
-        if super::pth::is_pth(path) {
-            return Self::from_named(path, part, super::pth::read_tensors(path)?);
+        if crate::engine::pth::is_pth(path) {
+            return Self::from_named(path, part, crate::engine::pth::read_tensors(path)?);
         }
         let bytes = std::fs::read(path).map_err(|error| WeightError::Read {
             path: path.to_path_buf(),

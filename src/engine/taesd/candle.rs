@@ -15,9 +15,19 @@
 //! Weights are found by name through a `VarBuilder` in the original index layout (`1.weight`,
 //! `3.conv.0.weight`, … — the position in the original `nn.Sequential`); [`super::weights`]
 //! maps the diffusers `AutoencoderTiny` layout onto it.
+//!
+//! [`TaesdDecoderModel`] and [`CandleEncoder`] put the modules behind the engine's types: the
+//! CUDA backend, and on the CPU the reference the CPU networks are tested against.
 
-use candle_core::{Module, Result, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device as CandleDevice, Module, Result, Tensor};
 use candle_nn::{conv2d, conv2d_no_bias, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use image::RgbImage;
+
+use super::weights::{Part, WeightFile};
+use crate::engine::{Decoder, Device, EngineError};
+use crate::latent::{Latent, LatentBatch, LatentShape};
 
 /// Width of every hidden layer.
 const HIDDEN: usize = 64;
@@ -265,5 +275,155 @@ impl TaesdEncoder {
 impl Module for TaesdEncoder {
     fn forward(&self, image: &Tensor) -> Result<Tensor> {
         run(&self.layers, image)
+    }
+}
+
+/// Results of the engine-facing types here (`Result` is candle's in this file).
+type EngineResult<T> = std::result::Result<T, EngineError>;
+
+/// The candle device for an engine device.
+pub fn candle_device(device: Device) -> EngineResult<CandleDevice> {
+    match device {
+        Device::Cpu => Ok(CandleDevice::Cpu),
+        Device::Cuda(n) => CandleDevice::new_cuda(n)
+            .map_err(|e| EngineError::Device(device.to_string(), e.to_string())),
+    }
+}
+
+fn model_error(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(format!("{}: {e}", path.display()))
+}
+
+/// The TAESD decoder behind the engine's [`Decoder`] trait.
+pub struct TaesdDecoderModel {
+    name: String,
+    model: TaesdDecoder,
+    device: CandleDevice,
+}
+
+impl TaesdDecoderModel {
+    /// Loads a decoder file; its latent channel count comes from its first convolution.
+    pub fn load(path: &Path, name: &str, device: Device) -> EngineResult<Self> {
+        Self::on(path, name, candle_device(device)?)
+    }
+
+    /// [`TaesdDecoderModel::load`] onto a candle device.
+    pub fn on(path: &Path, name: &str, device: CandleDevice) -> EngineResult<Self> {
+        let weights = WeightFile::load(path, Part::Decoder)?;
+        let channels = weights.taesd_latent_channels(Part::Decoder)?;
+        let model = TaesdDecoder::new(channels, weights.var_builder(&device))
+            .map_err(|e| model_error(path, e))?;
+        Ok(Self {
+            name: name.to_string(),
+            model,
+            device,
+        })
+    }
+
+    /// The raw model output `[N, 3, 8h, 8w]` (≈[0, 1], unclamped), as f32 in C-order.
+    pub fn decode_raw(&self, batch: &LatentBatch) -> EngineResult<Vec<f32>> {
+        let out = self.forward(batch)?;
+        out.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| EngineError::Model(e.to_string()))
+    }
+
+    fn forward(&self, batch: &LatentBatch) -> EngineResult<Tensor> {
+        let s = batch.shape();
+        let z = Tensor::from_slice(
+            batch.data(),
+            (batch.len(), s.channels, s.height, s.width),
+            &self.device,
+        )
+        .and_then(|z| self.model.forward(&z))
+        .map_err(|e| EngineError::Model(format!("{} decode: {e}", self.name)))?;
+        Ok(z)
+    }
+}
+
+impl Decoder for TaesdDecoderModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.model.latent_channels()
+    }
+
+    fn decode(&self, batch: &LatentBatch) -> EngineResult<Vec<RgbImage>> {
+        let out = self.forward(batch)?;
+        let pixels = (|| {
+            let (n, _, h, w) = out.dims4()?;
+            let bytes = (out.clamp(0f32, 1f32)? * 255.0)?
+                .round()?
+                .to_dtype(DType::U8)?
+                .permute((0, 2, 3, 1))?
+                .flatten_all()?
+                .to_vec1::<u8>()?;
+            Ok::<_, candle_core::Error>((n, h, w, bytes))
+        })();
+        let (n, h, w, bytes) =
+            pixels.map_err(|e| EngineError::Model(format!("{} decode: {e}", self.name)))?;
+        let frame = h * w * 3;
+        (0..n)
+            .map(|i| {
+                RgbImage::from_raw(
+                    w as u32,
+                    h as u32,
+                    bytes[i * frame..(i + 1) * frame].to_vec(),
+                )
+                .ok_or_else(|| EngineError::Model("decoded frame has the wrong size".into()))
+            })
+            .collect()
+    }
+}
+
+/// The candle encoder module behind the engine's encoder (see [`super::TaesdEncoderModel`]).
+pub struct CandleEncoder {
+    model: TaesdEncoder,
+    device: CandleDevice,
+}
+
+impl CandleEncoder {
+    /// Builds the module from `weights` (read from `path`) on `device`; its latent channel
+    /// count comes from its last convolution.
+    pub fn load(path: &Path, weights: &WeightFile, device: CandleDevice) -> EngineResult<Self> {
+        let channels = weights.taesd_latent_channels(Part::Encoder)?;
+        let model = TaesdEncoder::new(channels, weights.var_builder(&device))
+            .map_err(|e| model_error(path, e))?;
+        Ok(Self { model, device })
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.model.latent_channels()
+    }
+
+    /// Encodes pictures (all the same size, sides multiples of 8) in one batched call.
+    pub fn encode(&self, images: &[RgbImage]) -> EngineResult<Vec<Latent>> {
+        let Some((w, h)) = super::encoder_input_size(images)? else {
+            return Ok(Vec::new());
+        };
+        let mut data = Vec::with_capacity(images.len() * (w * h * 3) as usize);
+        for image in images {
+            data.extend(image.as_raw().iter().map(|&v| f32::from(v) / 255.0));
+        }
+        let shape = LatentShape::new(self.latent_channels(), h as usize / 8, w as usize / 8);
+        let values = (|| {
+            let x = Tensor::from_vec(
+                data,
+                (images.len(), h as usize, w as usize, 3),
+                &self.device,
+            )?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
+            self.model.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+        })()
+        .map_err(|e| EngineError::Model(format!("encode: {e}")))?;
+        values
+            .chunks(shape.len())
+            .map(|chunk| {
+                Latent::new(shape, chunk.to_vec()).map_err(|e| EngineError::Model(e.to_string()))
+            })
+            .collect()
     }
 }

@@ -496,7 +496,7 @@ fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conv::Conv3x3;
+    use crate::engine::kernels::conv::Conv3x3;
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect()

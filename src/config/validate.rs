@@ -1,0 +1,199 @@
+//! Range checks: every value of a parsed [`Config`] against what it allows, with errors that
+//! name the key, the value and the rule. Kept apart from the schema so that the list of keys
+//! and defaults in `mod.rs` stays readable.
+
+use super::{invalid, parse_device, Config, ConfigError};
+
+impl Config {
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.display;
+        check_range(
+            "display.target_fps",
+            d.target_fps,
+            0.0,
+            120.0,
+            "> 0 and <= 120",
+        )?;
+        let b = &self.buffer;
+        check_range(
+            "buffer.target_seconds",
+            b.target_seconds,
+            0.0,
+            3600.0,
+            "> 0 and <= 3600",
+        )?;
+        if !(d.start_gate_seconds.is_finite()
+            && d.start_gate_seconds >= 0.0
+            && d.start_gate_seconds <= b.target_seconds)
+        {
+            return Err(invalid(
+                "display.start_gate_seconds",
+                d.start_gate_seconds,
+                format!(">= 0 and <= buffer.target_seconds ({})", b.target_seconds),
+            ));
+        }
+        if self.buffer_frames() < 1 {
+            return Err(invalid(
+                "buffer.target_seconds",
+                b.target_seconds,
+                "long enough to hold one frame at display.target_fps",
+            ));
+        }
+        let g = &self.generation;
+        if !(1..=240).contains(&g.frames_per_pair) {
+            return Err(invalid(
+                "generation.frames_per_pair",
+                g.frames_per_pair,
+                "between 1 and 240",
+            ));
+        }
+        for (key, value) in [
+            ("generation.width", g.width),
+            ("generation.height", g.height),
+        ] {
+            if value % 8 != 0 || !(64..=4096).contains(&value) {
+                return Err(invalid(key, value, "a multiple of 8 between 64 and 4096"));
+            }
+        }
+        parse_device(&g.device)?;
+        if let Some(d) = g.decode_divisor {
+            if ![1, 2, 4, 8].contains(&d) || (g.width / 8) % d != 0 || (g.height / 8) % d != 0 {
+                return Err(invalid(
+                    "generation.decode_divisor",
+                    d,
+                    format!(
+                        "1, 2, 4 or 8, dividing the latent size {}x{}",
+                        g.width / 8,
+                        g.height / 8
+                    ),
+                ));
+            }
+        }
+        check_range(
+            "keyframes.drift",
+            self.keyframes.drift,
+            0.0,
+            10.0,
+            "> 0 and <= 10",
+        )?;
+        let o = &self.output;
+        if !(1..=100).contains(&o.jpeg_quality) {
+            return Err(invalid(
+                "output.jpeg_quality",
+                o.jpeg_quality,
+                "between 1 and 100",
+            ));
+        }
+        if o.keep_frames == Some(0) {
+            return Err(invalid("output.keep_frames", 0, ">= 1"));
+        }
+        let t = &self.timeouts;
+        for (key, value) in [
+            ("timeouts.keyframe_seconds", t.keyframe_seconds),
+            ("timeouts.slerp_seconds", t.slerp_seconds),
+            ("timeouts.decode_seconds", t.decode_seconds),
+            ("timeouts.save_seconds", t.save_seconds),
+        ] {
+            check_range(key, value, 0.0, 86_400.0, "> 0 and <= 86400")?;
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.logging.level) {
+            return Err(invalid(
+                "logging.level",
+                format!("{:?}", self.logging.level),
+                format!("a level or tracing directives ({err})"),
+            ));
+        }
+        if self.logging.keep_days == 0 {
+            return Err(invalid("logging.keep_days", 0, ">= 1"));
+        }
+        if !(1..=65_536).contains(&self.logging.jsonl_max_mb) {
+            return Err(invalid(
+                "logging.jsonl_max_mb",
+                self.logging.jsonl_max_mb,
+                "between 1 and 65536",
+            ));
+        }
+        if !(1..=1000).contains(&self.logging.jsonl_keep) {
+            return Err(invalid(
+                "logging.jsonl_keep",
+                self.logging.jsonl_keep,
+                "between 1 and 1000",
+            ));
+        }
+        check_range(
+            "health.degraded_seconds",
+            self.health.degraded_seconds,
+            0.0,
+            86_400.0,
+            "> 0 and <= 86400",
+        )?;
+        for (key, window) in self.faults.windows() {
+            let Some(w) = window else { continue };
+            let valid = w.after_seconds.is_finite()
+                && w.after_seconds >= 0.0
+                && !w.for_seconds.is_nan()
+                && w.for_seconds > 0.0;
+            if !valid {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{{ after_seconds = {}, for_seconds = {} }}",
+                        w.after_seconds, w.for_seconds
+                    ),
+                    "after_seconds >= 0 and for_seconds > 0",
+                ));
+            }
+        }
+        if self.faults.slow_disk_ms > 600_000 {
+            return Err(invalid(
+                "faults.slow_disk_ms",
+                self.faults.slow_disk_ms,
+                "<= 600000",
+            ));
+        }
+        let server = &self.server;
+        server.bind_addr()?;
+        if server.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("server.token", "\"\"", "a non-empty string"));
+        }
+        if !(1..=100_000).contains(&server.max_sse_clients) {
+            return Err(invalid(
+                "server.max_sse_clients",
+                server.max_sse_clients,
+                "between 1 and 100000",
+            ));
+        }
+        check_range(
+            "server.request_timeout_seconds",
+            server.request_timeout_seconds,
+            0.0,
+            3600.0,
+            "> 0 and <= 3600",
+        )?;
+        let unhealthy = server.unhealthy_after_seconds;
+        if !(unhealthy.is_finite() && (0.0..=86_400.0).contains(&unhealthy)) {
+            return Err(invalid(
+                "server.unhealthy_after_seconds",
+                unhealthy,
+                ">= 0 and <= 86400",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `value` must be finite, > `min` and <= `max`.
+fn check_range(
+    key: &'static str,
+    value: f64,
+    min: f64,
+    max: f64,
+    allowed: &str,
+) -> Result<(), ConfigError> {
+    if value.is_finite() && value > min && value <= max {
+        Ok(())
+    } else {
+        Err(invalid(key, value, allowed))
+    }
+}

@@ -1,0 +1,188 @@
+//! The real coordinator over a faulty decoder and a failing source: which slots end ready
+//! or failed, and that generation goes on.
+
+use super::*;
+use crate::buffer::Slot;
+use crate::engine::preview::PreviewDecoder;
+use crate::engine::{Decoder, Device, EngineError};
+use crate::keyframes::procedural::ProceduralSource;
+use crate::keyframes::KeyframeError;
+use crate::latent::LatentBatch;
+use async_trait::async_trait;
+use std::sync::atomic::AtomicUsize;
+
+/// The preview decoder, failing or hanging on chosen calls (1-based).
+struct FaultyDecoder {
+    calls: AtomicUsize,
+    fail_on: Option<usize>,
+    hang_on: Option<(usize, Duration)>,
+}
+
+impl Decoder for FaultyDecoder {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    fn latent_channels(&self) -> usize {
+        4
+    }
+    fn decode(&self, batch: &LatentBatch) -> Result<Vec<image::RgbImage>, EngineError> {
+        let call = self.calls.fetch_add(1, ORDER) + 1;
+        if self.fail_on == Some(call) {
+            return Err(EngineError::Device(
+                "test".into(),
+                "injected failure".into(),
+            ));
+        }
+        if let Some((n, hang)) = self.hang_on {
+            if n == call {
+                std::thread::sleep(hang);
+            }
+        }
+        PreviewDecoder.decode(batch)
+    }
+}
+
+/// The procedural source, failing at one keyframe index.
+struct FailingSource {
+    inner: ProceduralSource,
+    fail_at: u64,
+}
+
+#[async_trait]
+impl KeyframeSource for FailingSource {
+    fn name(&self) -> &str {
+        "failing"
+    }
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        if index == self.fail_at {
+            return Err(KeyframeError::Source {
+                source_name: "failing".into(),
+                message: "injected failure".into(),
+            });
+        }
+        self.inner.keyframe(index).await
+    }
+}
+
+const N: usize = 3;
+
+fn procedural() -> ProceduralSource {
+    ProceduralSource::new(1, 0.35, crate::latent::LatentShape::new(4, 4, 8))
+}
+
+/// Runs the real coordinator until slots `0..=last` are all settled; returns each slot's
+/// state ('R' ready, 'F' failed) and the telemetry.
+async fn run_until_settled(
+    decoder: FaultyDecoder,
+    source: Box<dyn KeyframeSource>,
+    decode_timeout: f64,
+    last: u64,
+) -> (String, Arc<Telemetry>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
+    let buffer = Arc::new(FrameBuffer::new(first_seq));
+    let telemetry = Arc::new(Telemetry::default());
+    let mut config = Config::default();
+    config.timeouts.decode_seconds = decode_timeout;
+    config.buffer.target_seconds = 250.0; // 1000 frames at 4 fps
+    let pipeline = Pipeline {
+        engine: Arc::new(Engine::new(Box::new(decoder), Device::Cpu, 64, 32)),
+        buffer: Arc::clone(&buffer),
+        archive: Arc::new(archive),
+        telemetry: Arc::clone(&telemetry),
+        control: Arc::new(Control::new("test", false)),
+        settings: PipelineSettings {
+            frames_per_pair: N,
+            format: FrameFormat::Png,
+            jpeg_quality: 90,
+            first_seq,
+            live: Arc::new(LiveSettings::new(&config)),
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let (_replace, replacements) = mpsc::channel(1);
+    let task = tokio::spawn(pipeline.run(source, replacements, shutdown.clone()));
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let states = loop {
+        let states: Option<String> = (0..=last)
+            .map(|seq| match buffer.slot(seq) {
+                Some(Slot::Ready(_)) => Some('R'),
+                Some(Slot::Failed) => Some('F'),
+                _ => None,
+            })
+            .collect();
+        if let Some(states) = states {
+            break states;
+        }
+        assert!(Instant::now() < give_up, "slots never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    shutdown.cancel();
+    task.await.unwrap();
+    (states, telemetry)
+}
+
+fn decoder(fail_on: Option<usize>, hang_on: Option<(usize, Duration)>) -> FaultyDecoder {
+    FaultyDecoder {
+        calls: AtomicUsize::new(0),
+        fail_on,
+        hang_on,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_frames_are_ready_in_order_when_nothing_fails() {
+    let (states, telemetry) =
+        run_until_settled(decoder(None, None), Box::new(procedural()), 5.0, 12).await;
+    assert_eq!(states, "RRRRRRRRRRRRR");
+    assert_eq!(telemetry.pipeline.total_failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keyframe_costs_its_pair_and_the_next_pair_starts_from_the_last_good_one() {
+    let source = FailingSource {
+        inner: procedural(),
+        fail_at: 2,
+    };
+    let (states, telemetry) =
+        run_until_settled(decoder(None, None), Box::new(source), 5.0, 16).await;
+    // Keyframe k sits at 4k: pair (1,2) = 5..=8 is lost, pair (2,3) = 9..=12 is drawn from
+    // keyframe 1 to keyframe 3.
+    assert_eq!(states, "RRRRRFFFFRRRRRRRR");
+    assert_eq!(telemetry.pipeline.failures(Stage::Keyframe), 1);
+    assert!(telemetry
+        .pipeline
+        .last_error()
+        .unwrap()
+        .message
+        .contains("injected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_decode_costs_one_pair_and_generation_goes_on() {
+    // Call 1 draws keyframe 0 alone; call 2 is pair (0,1).
+    let (states, telemetry) =
+        run_until_settled(decoder(Some(2), None), Box::new(procedural()), 5.0, 12).await;
+    assert_eq!(states, "RFFFFRRRRRRRR");
+    assert_eq!(telemetry.pipeline.failures(Stage::Decode), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_decode_times_out_and_generation_recovers() {
+    let hang = Duration::from_millis(1500);
+    let (states, telemetry) = run_until_settled(
+        decoder(None, Some((2, hang))),
+        Box::new(procedural()),
+        0.3,
+        40,
+    )
+    .await;
+    assert!(states.starts_with("RFFFF"), "{states}");
+    assert!(states.ends_with("RRRRRRRR"), "never recovered: {states}");
+    assert!(telemetry.pipeline.failures(Stage::Decode) >= 1);
+    let error = telemetry.pipeline.last_error().unwrap().message;
+    assert!(
+        error.contains("timed out") || error.contains("GPU lock"),
+        "{error}"
+    );
+}
