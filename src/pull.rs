@@ -806,8 +806,7 @@ mod tests {
 
     #[test]
     fn the_shared_upstream_pth_matches_its_pinned_blob_id() {
-        let Some(path) = crate::engine::model_search::test_file("taesd-pth/taef2_decoder.pth")
-        else {
+        let Some(path) = crate::test_weights::shared_file("taesd-pth/taef2_decoder.pth") else {
             return;
         };
         let bytes = std::fs::read(&path).unwrap();

@@ -11,12 +11,14 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_dreamd");
 
 /// A folder of the shared models, or None (the test skips loudly, or fails under
 /// DREAMD_REQUIRE_MODELS / DREAMD_REQUIRE_TOOLS).
 fn shared(sub: &str) -> Option<PathBuf> {
-    dreamd::engine::model_search::test_file(sub)
+    support::shared_file(sub)
 }
 
 /// How the test server misbehaves for one file.
@@ -232,10 +234,9 @@ fn a_manifest_pinning_other_blob_ids_accepts_those_files_and_replaces_bad_local_
     let weights = WeightFile::load(&models.join("taesd_decoder.pth"), Part::Decoder).unwrap();
     assert_eq!(weights.taesd_latent_channels(Part::Decoder).unwrap(), 4);
     // The daemon's own check finds the pulled .pth files in ./models and accepts them.
-    let verify = Command::new(BIN)
+    let verify = support::isolate_models(&mut Command::new(BIN), dir.path())
         .args(["models", "verify"])
         .current_dir(dir.path())
-        .env_remove("DREAMD_MODELS")
         .output()
         .unwrap();
     let out = text(&verify);
@@ -311,7 +312,9 @@ fn from_hf_pulls_a_diffusers_folder_verified_by_loading() {
         models_dir: Some(dir.path().join("models")),
         ..SearchInputs::default()
     });
-    let found = report.find("taesd", Part::Encoder).unwrap();
+    let found = report
+        .find(dreamd::engine::taesd::Family::Taesd, Part::Encoder)
+        .unwrap();
     assert_eq!(found.format, Format::Diffusers);
 
     // A file that does not load is refused; a family HF does not carry is named.

@@ -10,15 +10,16 @@ use dreamd::pull::{Manifest, Puller, BASE_URL_ENV};
 /// The `dreamd models` subcommands.
 #[derive(clap::Subcommand)]
 pub enum ModelsCommand {
-    /// Show which model files are found, and where dreamd looked.
+    /// Show which model files are found, where and through which setting, and which folders
+    /// and files were skipped and why.
     List {
-        /// Config file (for generation.models_dir).
+        /// Config file (for generation.models_dir and generation.comfyui_dir).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Load every model file found, check its tensors and run it once; exit 1 naming bad files.
     Verify {
-        /// Config file (for generation.models_dir).
+        /// Config file (for generation.models_dir and generation.comfyui_dir).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -37,42 +38,57 @@ impl ModelsCommand {
     }
 }
 
-/// `dreamd models list` (and `verify`, which also loads and runs every file found).
+/// `dreamd models list` (and `verify`, which also loads and runs every file found): where each
+/// file was found, through which setting, and the folders and files passed over with the reason.
 fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
     let config = locate::load(config.as_deref())?.config;
-    let dirs = model_files::search_dirs(config.generation.models_dir.as_deref());
-    let found = model_files::list(&dirs);
-    println!(
-        "searched: {}",
-        if dirs.is_empty() {
-            "(no model folder exists)".to_string()
-        } else {
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+    let report = model_files::search_for(&config.generation);
+    if !verify {
+        if !report.skipped.is_empty() {
+            println!("skipped:");
+            for skipped in &report.skipped {
+                println!(
+                    "  {} ({}): {}",
+                    skipped.path.display(),
+                    skipped.origin,
+                    skipped.reason
+                );
+            }
         }
-    );
+        if !report.found.is_empty() {
+            println!("found:");
+        }
+        for file in &report.found {
+            println!(
+                "  {:40} {:>8.2} MB  {:11}  {} (via {})",
+                model_files::label(file),
+                file.bytes as f64 / 1e6,
+                file.format.to_string(),
+                file.path.display(),
+                file.origin
+            );
+        }
+    }
     anyhow::ensure!(
-        !found.is_empty(),
-        "no TAESD model files found (see models/README.md for how to get them)"
+        !report.found.is_empty(),
+        "no TAESD model files found (`dreamd models list` shows where dreamd looked; \
+         `dreamd models pull` downloads them; see models/README.md)"
+    );
+    if !verify {
+        return Ok(());
+    }
+    println!(
+        "verifying {} model files (`dreamd models list` shows where each was found)",
+        report.found.len()
     );
     let mut bad = Vec::new();
-    for model in &found {
-        let name = model.family.file_name(model.part);
-        if !verify {
-            println!(
-                "{name:32} {:>8.2} MB  {}",
-                model.bytes as f64 / 1e6,
-                model.path.display()
-            );
-            continue;
-        }
-        match model_files::verify(model) {
-            Ok(summary) => println!("ok    {name:32} {summary}"),
+    for file in &report.found {
+        let name = model_files::label(file);
+        match model_files::verify(file) {
+            Ok(summary) => println!("ok    {name:32} {summary}  ({})", file.path.display()),
             Err(e) => {
                 println!("FAIL  {name:32} {e}");
-                bad.push(model.path.display().to_string());
+                bad.push(file.path.display().to_string());
             }
         }
     }

@@ -131,6 +131,9 @@ pub enum DecoderChoice {
     Taesd3,
     /// TAESD for FLUX.1 latents (16 channels).
     Taef1,
+    /// TAESD for FLUX.2 latents (32 channels); runs on candle (its CPU backend on the CPU),
+    /// since dreamd's CPU networks lack its GroupNorm mid-blocks.
+    Taef2,
 }
 
 /// Arithmetic of the CPU TAESD convolutions.
@@ -170,6 +173,9 @@ pub struct GenerationConfig {
     pub decode_divisor: Option<u32>,
     /// Folder searched first for model files.
     pub models_dir: Option<PathBuf>,
+    /// A ComfyUI install whose `models/vae_approx` is searched for the upstream `.pth` files
+    /// (after models_dir, `$DREAMD_MODELS` and `./models`; `$COMFYUI_PATH` comes next).
+    pub comfyui_dir: Option<PathBuf>,
 }
 
 impl Default for GenerationConfig {
@@ -183,6 +189,7 @@ impl Default for GenerationConfig {
             precision: Precision::default(),
             decode_divisor: None,
             models_dir: None,
+            comfyui_dir: None,
         }
     }
 }

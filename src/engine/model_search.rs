@@ -24,18 +24,14 @@
 //!
 //! In one folder, `<family>_<part>.safetensors` is preferred to `<family>_<part>.pth`.
 //!
-//! For tests, [`test_models_dir`], [`test_file`] and [`test_weights`] find the shared model
-//! folder (`$DREAMD_MODELS` or `../shared/models`) or a verified pull cached under `target/`, and
-//! skip loudly — or fail, under `DREAMD_REQUIRE_MODELS=1` / `DREAMD_REQUIRE_TOOLS=1` — when
-//! neither is available.
+//! What is done with a found file (loading it for the engine, `dreamd models verify`) is
+//! [`super::model_files`]'s job.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::taesd::weights::Part;
-
-/// The family members searched for, in report order.
-pub const FAMILIES: [&str; 5] = ["taesd", "taesdxl", "taesd3", "taef1", "taef2"];
+use super::taesd::Family;
 
 /// The file of a diffusers `AutoencoderTiny` folder holding both halves.
 pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
@@ -78,7 +74,7 @@ pub enum Layout {
     /// `<family>_<part>.{safetensors,pth}` side by side.
     Flat,
     /// A diffusers folder for one family: `config.json` + `diffusion_pytorch_model.safetensors`.
-    Diffusers { family: &'static str },
+    Diffusers { family: Family },
 }
 
 /// One folder the search looks in.
@@ -112,8 +108,7 @@ impl fmt::Display for Format {
 /// A model file found: which family member, where, and through which candidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundFile {
-    /// One of [`FAMILIES`].
-    pub family: &'static str,
+    pub family: Family,
     pub part: Part,
     /// The file to hand to [`super::taesd::weights::WeightFile::load`] with `part`.
     pub path: PathBuf,
@@ -163,7 +158,7 @@ pub struct Skipped {
     pub reason: SkipReason,
 }
 
-/// The outcome of [`search`]: found files in [`FAMILIES`] order (decoder before encoder), the
+/// The outcome of [`search`]: found files in [`Family::ALL`] order (decoder before encoder), the
 /// candidates looked at, in order, and what was passed over.
 #[derive(Debug, Clone, Default)]
 pub struct SearchReport {
@@ -174,7 +169,7 @@ pub struct SearchReport {
 
 impl SearchReport {
     /// The file found for `family`'s `part`, if any.
-    pub fn find(&self, family: &str, part: Part) -> Option<&FoundFile> {
+    pub fn find(&self, family: Family, part: Part) -> Option<&FoundFile> {
         self.found
             .iter()
             .find(|f| f.family == family && f.part == part)
@@ -252,8 +247,9 @@ pub fn candidates(inputs: &SearchInputs) -> Vec<Candidate> {
         }
         out.push(flat(root.clone(), origin));
         out.push(flat(root.join("taesd"), origin));
-        for family in FAMILIES {
-            for dir in [root.join(family), root.join("taesd").join(family)] {
+        for family in Family::ALL {
+            let name = family.name();
+            for dir in [root.join(name), root.join("taesd").join(name)] {
                 if dir.join(DIFFUSERS_CONFIG).is_file() || dir.join(DIFFUSERS_WEIGHTS).is_file() {
                     out.push(Candidate {
                         dir,
@@ -292,9 +288,9 @@ pub fn candidates(inputs: &SearchInputs) -> Vec<Candidate> {
         .or_else(|| inputs.home.as_ref().map(|h| h.join(".cache/huggingface")))
         .map(|h| h.join("hub"));
     if let Some(hub) = hf_hub {
-        for family in FAMILIES {
+        for family in Family::ALL {
             let snapshots = hub
-                .join(format!("models--madebyollin--{family}"))
+                .join(format!("models--madebyollin--{}", family.name()))
                 .join("snapshots");
             let mut revisions: Vec<PathBuf> = std::fs::read_dir(&snapshots)
                 .map(|entries| {
@@ -332,17 +328,9 @@ fn comfyui_vae_approx(dir: &Path) -> PathBuf {
 }
 
 /// The family a folder is named after (`taesdxl`, `TAESDXL`, `madebyollin--taesdxl`).
-fn family_of_dir(dir: &Path) -> Option<&'static str> {
+fn family_of_dir(dir: &Path) -> Option<Family> {
     let name = dir.file_name()?.to_str()?.to_ascii_lowercase();
-    let name = name.rsplit("--").next().unwrap_or(&name).to_string();
-    FAMILIES.into_iter().find(|f| *f == name)
-}
-
-fn part_name(part: Part) -> &'static str {
-    match part {
-        Part::Decoder => "decoder",
-        Part::Encoder => "encoder",
-    }
+    Family::from_name(name.rsplit("--").next().unwrap_or(&name))
 }
 
 /// Searches every candidate of `inputs` in order: the first file for each family member wins.
@@ -407,14 +395,14 @@ pub fn search(inputs: &SearchInputs) -> SearchReport {
         }
     }
     let rank = |f: &FoundFile| {
-        let family = FAMILIES.iter().position(|n| *n == f.family);
+        let family = Family::ALL.iter().position(|n| *n == f.family);
         (family, f.part == Part::Encoder)
     };
     report.found.sort_by_key(rank);
     report
 }
 
-type Files = Vec<(&'static str, Part, PathBuf, Format)>;
+type Files = Vec<(Family, Part, PathBuf, Format)>;
 
 /// The recognised files of one candidate.
 fn files_in(candidate: &Candidate) -> Result<Files, SkipReason> {
@@ -436,9 +424,9 @@ fn files_in(candidate: &Candidate) -> Result<Files, SkipReason> {
         }
         Layout::Flat => {
             std::fs::read_dir(&candidate.dir).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
-            for family in FAMILIES {
+            for family in Family::ALL {
                 for part in [Part::Decoder, Part::Encoder] {
-                    let stem = format!("{family}_{}", part_name(part));
+                    let stem = family.file_stem(part);
                     let found = [("safetensors", Format::Safetensors), ("pth", Format::Pth)]
                         .into_iter()
                         .map(|(ext, format)| (candidate.dir.join(format!("{stem}.{ext}")), format))
@@ -451,137 +439,6 @@ fn files_in(candidate: &Candidate) -> Result<Files, SkipReason> {
         }
     }
     Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Weights for tests.
-
-/// Set to `1` (in CI) to make a test that cannot find its weights fail instead of skipping.
-pub const REQUIRE_MODELS_ENV: &str = "DREAMD_REQUIRE_MODELS";
-/// The existing CI switch for external tools; it also makes missing weights a failure.
-pub const REQUIRE_TOOLS_ENV: &str = "DREAMD_REQUIRE_TOOLS";
-/// Set to `0` to keep tests from trying to download weights.
-pub const TEST_PULL_ENV: &str = "DREAMD_TEST_PULL";
-
-fn env_is_set(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// The shared test model folder: `$DREAMD_MODELS`, else `../shared/models` beside the
-/// repository, if it exists.
-pub fn test_models_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("DREAMD_MODELS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
-    dir.is_dir().then_some(dir)
-}
-
-/// Skips a test for want of `what`: one loud line on stderr, or a panic when
-/// `DREAMD_REQUIRE_MODELS` or `DREAMD_REQUIRE_TOOLS` is set (CI never skips silently).
-///
-/// The line is written to the stderr stream directly, not through `eprintln!`, so the test
-/// harness does not capture it: a green run still lists what it skipped.
-pub fn skip_without(what: &str) {
-    use std::io::Write;
-    let message = format!(
-        "*** SKIPPED: {what} not found (set DREAMD_MODELS to the shared model folder, or let \
-         the tests pull the weights; {REQUIRE_MODELS_ENV}=1 makes this a failure) ***"
-    );
-    if env_is_set(REQUIRE_MODELS_ENV) || env_is_set(REQUIRE_TOOLS_ENV) {
-        panic!("{message}");
-    }
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
-
-/// For tests: `relative` (e.g. `golden/taesd_dec_in_4x8x8_f32le.bin`) under
-/// [`test_models_dir`], or None after [`skip_without`].
-pub fn test_file(relative: &str) -> Option<PathBuf> {
-    let path = test_models_dir().map(|d| d.join(relative));
-    match path {
-        Some(path) if path.exists() => Some(path),
-        _ => {
-            skip_without(relative);
-            None
-        }
-    }
-}
-
-/// The cache tests pull weights into: `<target dir>/dreamd-test-models`.
-pub fn test_cache_dir() -> PathBuf {
-    let target = option_env!("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("dreamd-test-models")
-}
-
-/// For tests: a weight file for `family`'s `part`, in order from the shared folder
-/// (`taesd/<family>_<part>.safetensors`, then `taesd-pth/<family>_<part>.pth`), the pull cache
-/// ([`test_cache_dir`]), or a verified pull of the upstream `.pth` into that cache (once per
-/// process; not when `DREAMD_TEST_PULL=0`). None after [`skip_without`] when all fail.
-pub fn test_weights(family: &str, part: Part) -> Option<PathBuf> {
-    let stem = format!("{family}_{}", part_name(part));
-    if let Some(dir) = test_models_dir() {
-        for candidate in [
-            dir.join("taesd").join(format!("{stem}.safetensors")),
-            dir.join("taesd-pth").join(format!("{stem}.pth")),
-        ] {
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    let cached = test_cache_dir().join(format!("{stem}.pth"));
-    let pull_allowed = std::env::var(TEST_PULL_ENV).map_or(true, |v| v != "0");
-    if !cached.is_file() && pull_allowed {
-        pull_for_tests(family);
-    }
-    if cached.is_file() {
-        return Some(cached);
-    }
-    skip_without(&format!("{stem} weights"));
-    None
-}
-
-/// Pulls `family` from the official manifest's default source into [`test_cache_dir`]; false
-/// when it cannot. Pulls are serialised, and after a download failure (no network) none is
-/// tried again in this process.
-fn pull_for_tests(family: &str) -> bool {
-    use crate::pull::{Manifest, Puller, DEFAULT_SOURCE};
-    use std::sync::Mutex;
-    static STATE: Mutex<bool> = Mutex::new(true); // "pulling may work"
-    let mut may_work = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if !*may_work {
-        return false;
-    }
-    let manifest = Manifest::official();
-    let Ok(files) = manifest.select(&[family.to_string()], DEFAULT_SOURCE) else {
-        return false;
-    };
-    let Ok(source) = manifest.source(DEFAULT_SOURCE) else {
-        return false;
-    };
-    let base_url = std::env::var(crate::pull::BASE_URL_ENV)
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| source.base_url.clone());
-    let puller = Puller::new(test_cache_dir(), base_url, false, false);
-    for file in files {
-        if let Err(e) = puller.pull(&manifest, file) {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "test weights: could not pull {}: {e}",
-                file.display_name()
-            );
-            // No network (or no such host): do not try again in this process.
-            if matches!(e, crate::pull::PullError::Download { .. }) {
-                *may_work = false;
-            }
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -655,7 +512,7 @@ mod tests {
             comfyui_dir: Some(p("ComfyUI")),
             ..SearchInputs::default()
         });
-        let found: Vec<(&str, Part, PathBuf, Format, Origin)> = report
+        let found: Vec<(Family, Part, PathBuf, Format, Origin)> = report
             .found
             .iter()
             .map(|f| (f.family, f.part, f.path.clone(), f.format, f.origin))
@@ -664,21 +521,21 @@ mod tests {
             found,
             [
                 (
-                    "taesd",
+                    Family::Taesd,
                     Part::Decoder,
                     p("mine/taesd_decoder.safetensors"),
                     Format::Safetensors,
                     Origin::ModelsDir
                 ),
                 (
-                    "taesd",
+                    Family::Taesd,
                     Part::Encoder,
                     p("ComfyUI/models/vae_approx/taesd_encoder.pth"),
                     Format::Pth,
                     Origin::ComfyuiDir
                 ),
                 (
-                    "taef1",
+                    Family::Taef1,
                     Part::Decoder,
                     p("ComfyUI/models/vae_approx/taef1_decoder.pth"),
                     Format::Pth,
@@ -698,7 +555,7 @@ mod tests {
             origin: Origin::ModelsDir,
             reason: SkipReason::Missing,
         }));
-        assert_eq!(report.find("taef1", Part::Encoder), None);
+        assert_eq!(report.find(Family::Taef1, Part::Encoder), None);
     }
 
     #[test]
@@ -714,10 +571,12 @@ mod tests {
             ..SearchInputs::default()
         });
         assert_eq!(
-            report.find("taesdxl", Part::Decoder).map(|f| f.origin),
+            report
+                .find(Family::Taesdxl, Part::Decoder)
+                .map(|f| f.origin),
             Some(Origin::WellKnown)
         );
-        assert!(report.find("taesd3", Part::Encoder).is_some());
+        assert!(report.find(Family::Taesd3, Part::Encoder).is_some());
         let reason = |path: PathBuf| {
             report
                 .skipped
@@ -754,14 +613,14 @@ mod tests {
             ..SearchInputs::default()
         });
         for part in [Part::Decoder, Part::Encoder] {
-            let found = report.find("taesdxl", part).unwrap();
+            let found = report.find(Family::Taesdxl, part).unwrap();
             assert_eq!(found.format, Format::Diffusers);
             assert_eq!(
                 found.path,
                 p("models/taesdxl/diffusion_pytorch_model.safetensors")
             );
             assert_eq!(
-                report.find("taesd3", part).map(|f| f.path.clone()),
+                report.find(Family::Taesd3, part).map(|f| f.path.clone()),
                 Some(hf.join("diffusion_pytorch_model.safetensors"))
             );
         }
@@ -778,7 +637,9 @@ mod tests {
             ..SearchInputs::default()
         });
         assert_eq!(
-            report.find("taesdxl", Part::Encoder).map(|f| f.origin),
+            report
+                .find(Family::Taesdxl, Part::Encoder)
+                .map(|f| f.origin),
             Some(Origin::ModelsDir)
         );
     }
@@ -790,16 +651,5 @@ mod tests {
         assert_eq!(comfyui_vae_approx(root), want);
         assert_eq!(comfyui_vae_approx(&root.join("models")), want);
         assert_eq!(comfyui_vae_approx(&want), want);
-    }
-
-    #[test]
-    fn test_weights_prefers_the_shared_folder() {
-        // Without the shared folder this skips loudly (or pulls, when the network allows).
-        if let (Some(dir), Some(path)) = (test_models_dir(), test_weights("taesd", Part::Decoder)) {
-            assert_eq!(path, dir.join("taesd/taesd_decoder.safetensors"));
-        }
-        if let (Some(dir), Some(path)) = (test_models_dir(), test_weights("taef2", Part::Encoder)) {
-            assert_eq!(path, dir.join("taesd-pth/taef2_encoder.pth"));
-        }
     }
 }

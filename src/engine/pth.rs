@@ -1364,11 +1364,11 @@ mod tests {
 
     // -- The shared real files (skipped loudly without ../shared/models or DREAMD_MODELS).
 
-    use crate::engine::model_search::test_file;
     use crate::engine::taesd::candle::TaesdDecoderModel;
-    use crate::engine::taesd::TaesdEncoderModel;
     use crate::engine::taesd::weights::{Part, WeightFile};
+    use crate::engine::taesd::TaesdEncoderModel;
     use crate::latent::{Latent, LatentBatch, LatentShape};
+    use crate::test_weights::shared_file as test_file;
 
     fn f32_file(path: &Path) -> Vec<f32> {
         std::fs::read(path)
