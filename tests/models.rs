@@ -13,7 +13,7 @@ use support::{isolate_models, pth_weights, shared_file, weights, Family, Part, B
 fn models_with(dir: &Path, config: &str, verb: &str, env: &[(&str, &Path)]) -> Output {
     std::fs::write(dir.join("dreamd.toml"), config).unwrap();
     let mut command = Command::new(BIN);
-    isolate_models(&mut command, dir)
+    isolate_models(&mut command, &dir.join("home"))
         .args(["models", verb, "--config", "dreamd.toml"])
         .current_dir(dir);
     for (key, value) in env {
@@ -140,9 +140,12 @@ fn comfyui_pth_files_are_found_listed_and_verified() {
     let out = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{out}");
     let line = |needle: &str| out.lines().find(|l| l.contains(needle)).unwrap_or("");
-    let found_decoder = line(&mine.join("taesd_decoder.pth").display().to_string());
+    let found_decoder = line(&format!(
+        "{} (via generation.models_dir)",
+        mine.join("taesd_decoder.pth").display()
+    ));
     assert!(
-        found_decoder.contains(".pth") && found_decoder.contains("via generation.models_dir"),
+        found_decoder.contains("taesd_decoder.pth") && found_decoder.contains(" .pth "),
         "{out}"
     );
     let found_encoder = line(&format!(
