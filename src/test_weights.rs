@@ -42,9 +42,12 @@ pub fn shared_models_dir() -> Option<PathBuf> {
 /// `DREAMD_REQUIRE_MODELS` or `DREAMD_REQUIRE_TOOLS` is set (CI never skips silently).
 ///
 /// The line is written to the stderr stream directly, not through `eprintln!`, so the test
-/// harness does not capture it: a green run still lists what it skipped.
+/// harness does not capture it: a green run still lists what it skipped. A test (a thread) that
+/// misses several things prints only its first line.
 pub fn skip(what: &str) {
+    use std::cell::Cell;
     use std::io::Write;
+    thread_local!(static SKIPPED: Cell<bool> = const { Cell::new(false) });
     // libtest names each test's thread after the test.
     let test = std::thread::current()
         .name()
@@ -60,7 +63,9 @@ pub fn skip(what: &str) {
     if env_is_set(REQUIRE_MODELS_ENV) || env_is_set(REQUIRE_TOOLS_ENV) {
         panic!("{message}");
     }
-    let _ = writeln!(std::io::stderr(), "{message}");
+    if !SKIPPED.with(|skipped| skipped.replace(true)) {
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
 }
 
 /// `relative` (e.g. `golden/taesd_dec_in_4x8x8_f32le.bin`, or `../images` for the shared
