@@ -31,3 +31,4 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod status;
+pub mod test_weights;

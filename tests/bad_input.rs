@@ -4,17 +4,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{field, Daemon, BIN};
-
-fn shared() -> PathBuf {
-    std::env::var_os("DREAMD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"))
-}
+use support::{field, isolate_models, weights, weights_dir, Daemon, Family, Part, BIN};
 
 /// `dreamd run --duration 5` with `text` as its config file.
 fn run_with(dir: &Path, text: &str) -> Output {
@@ -24,11 +18,10 @@ fn run_with(dir: &Path, text: &str) -> Output {
         format!("{text}\n[server]\nbind = \"127.0.0.1:0\"\n")
     };
     std::fs::write(dir.join("dreamd.toml"), text).unwrap();
-    std::process::Command::new(BIN)
+    isolate_models(&mut std::process::Command::new(BIN), dir)
         .args(["run", "--config", "dreamd.toml", "--duration", "5"])
         .current_dir(dir)
         .env_remove("RUST_LOG")
-        .env_remove("DREAMD_MODELS")
         .output()
         .unwrap()
 }
@@ -91,30 +84,31 @@ fn broken_toml_names_the_file_and_line() {
 
 #[test]
 fn truncated_weights_stop_start_up_naming_the_file() {
+    // taesd_decoder.safetensors from the shared folder, or the pulled upstream .pth.
+    let Some(good) = weights(Family::Taesd, Part::Decoder) else {
+        return;
+    };
+    let name = good.file_name().unwrap().to_string_lossy().into_owned();
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("broken-models");
     std::fs::create_dir_all(&models).unwrap();
-    let good = std::fs::read(shared().join("taesd/taesd_decoder.safetensors")).unwrap();
-    std::fs::write(
-        models.join("taesd_decoder.safetensors"),
-        &good[..good.len() / 3],
-    )
-    .unwrap();
+    let good = std::fs::read(good).unwrap();
+    std::fs::write(models.join(&name), &good[..good.len() / 3]).unwrap();
     let text = format!(
         "[generation]\ndecoder = \"taesd\"\nmodels_dir = {:?}\n",
         models.display().to_string()
     );
     let output = run_with(dir.path(), &text);
-    assert_start_error(&output, &["taesd_decoder.safetensors"]);
+    assert_start_error(&output, &[&name]);
     // `run --check` says the same without starting anything.
     let fresh = tempfile::tempdir().unwrap();
     std::fs::write(fresh.path().join("dreamd.toml"), &text).unwrap();
-    let check = std::process::Command::new(BIN)
+    let check = isolate_models(&mut std::process::Command::new(BIN), fresh.path())
         .args(["run", "--config", "dreamd.toml", "--check"])
         .current_dir(fresh.path())
         .output()
         .unwrap();
-    assert_start_error(&check, &["taesd_decoder.safetensors"]);
+    assert_start_error(&check, &[&name]);
     assert!(
         !fresh.path().join("output").exists(),
         "--check wrote output"
@@ -145,12 +139,15 @@ fn an_unwritable_output_folder_is_named() {
 
 #[test]
 fn an_empty_image_folder_is_a_start_up_error() {
+    let Some(models) = weights_dir(Family::Taesd) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("pictures")).unwrap();
     let text = format!(
         "[generation]\ndecoder = \"taesd\"\nmodels_dir = {:?}\n\
          [keyframes]\nsource = \"images\"\nimages_dir = \"pictures\"\n",
-        shared().display().to_string()
+        models.display().to_string()
     );
     let output = run_with(dir.path(), &text);
     assert_start_error(&output, &["pictures", "no PNG, JPEG or WebP"]);
@@ -166,7 +163,10 @@ fn corrupt_images_degrade_at_run_time_naming_the_file() {
     )
     .unwrap();
     // decoder "auto" finds TAESD (and its encoder) through $DREAMD_MODELS.
-    let models = shared().display().to_string();
+    let Some(models) = weights_dir(Family::Taesd) else {
+        return;
+    };
+    let models = models.display().to_string();
     let daemon = Daemon::start_with_env(
         &format!(
             "[keyframes]\nsource = \"images\"\nimages_dir = {:?}\n",

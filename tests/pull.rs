@@ -1,6 +1,7 @@
-//! `dreamd models pull` against a local HTTP server serving the shared TAESD weights (there is no
-//! internet here): verified downloads, files already present, tampered, truncated and missing
-//! downloads.
+//! `dreamd models pull` against a local HTTP server standing in for GitHub and Hugging Face
+//! (there is no internet here): `.pth` files verified by git blob id (right and wrong ids),
+//! files already present, tampered, truncated and missing downloads, and `--from hf` diffusers
+//! folders verified by loading.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -10,13 +11,14 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_dreamd");
 
-fn shared_taesd() -> PathBuf {
-    std::env::var_os("DREAMD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"))
-        .join("taesd")
+/// A folder of the shared models, or None (the test skips loudly, or fails under
+/// DREAMD_REQUIRE_MODELS / DREAMD_REQUIRE_TOOLS).
+fn shared(sub: &str) -> Option<PathBuf> {
+    support::shared_file(sub)
 }
 
 /// How the test server misbehaves for one file.
@@ -28,7 +30,7 @@ enum Fault {
     Truncated,
 }
 
-/// A minimal HTTP/1.1 file server on 127.0.0.1: GET `/models/NAME` serves `root/NAME`.
+/// A minimal HTTP/1.1 file server on 127.0.0.1: GET `/models/PATH` serves `root/PATH`.
 struct Server {
     url: String,
     requests: Arc<AtomicUsize>,
@@ -59,7 +61,8 @@ impl Server {
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let name = path.strip_prefix("/models/").unwrap_or("");
-                let file = (!name.contains('/')).then(|| root.join(name));
+                let file =
+                    (!name.split('/').any(|c| c == ".." || c.is_empty())).then(|| root.join(name));
                 let _ = match file.and_then(|f| std::fs::read(f).ok()) {
                     None => stream.write_all(
                         b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -120,94 +123,125 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
-fn pulls_verified_files_then_skips_them_when_present() {
-    let server = Server::start(shared_taesd(), HashMap::new());
+fn upstream_pth_files_verify_by_git_blob_id_then_are_not_fetched_again() {
+    // The shared taef2 files are byte-identical to upstream: the embedded pins match.
+    let Some(pth) = shared("taesd-pth") else {
+        return;
+    };
+    let server = Server::start(pth.clone(), HashMap::new());
     let dir = tempfile::tempdir().unwrap();
-    let first = pull(dir.path(), &server.url, &[]);
+    let first = pull(dir.path(), &server.url, &["taef2"]);
     let out = text(&first);
     assert!(first.status.success(), "{out}");
-    assert!(
-        out.contains("taesd_decoder.safetensors") && out.contains("sha256 verified"),
-        "{out}"
-    );
+    assert_eq!(out.matches("git blob id verified").count(), 2, "{out}");
     let models = dir.path().join("models");
     assert_eq!(
         files_in(&models),
-        ["taesd_decoder.safetensors", "taesd_encoder.safetensors"]
+        ["taef2_decoder.pth", "taef2_encoder.pth"]
     );
     for name in files_in(&models) {
-        assert_eq!(
-            std::fs::read(models.join(&name)).unwrap(),
-            std::fs::read(shared_taesd().join(&name)).unwrap(),
-            "{name}"
-        );
+        assert_eq!(read(&models.join(&name)), read(&pth.join(&name)), "{name}");
     }
     assert_eq!(server.requests(), 2);
 
-    // Present with the right hash: nothing is fetched.
-    let again = pull(dir.path(), &server.url, &[]);
+    let again = pull(dir.path(), &server.url, &["taef2"]);
     let out = text(&again);
     assert!(again.status.success(), "{out}");
-    assert_eq!(out.matches("already present").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("already present, git blob id matches").count(),
+        2,
+        "{out}"
+    );
     assert_eq!(server.requests(), 2);
-
-    // The daemon's own check accepts what was pulled.
-    let verify = Command::new(BIN)
-        .args(["models", "verify"])
-        .current_dir(dir.path())
-        .env_remove("DREAMD_MODELS")
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
 }
 
 #[test]
-fn a_tampered_or_truncated_download_is_discarded_and_named() {
+fn a_wrong_blob_id_tampered_or_truncated_download_is_discarded_and_named() {
+    let Some(pth) = shared("taesd-pth") else {
+        return;
+    };
+    // The shared taesd_*.pth were written by torch.save, not by upstream: their blob ids differ
+    // from the pinned upstream ones.
     let faults = HashMap::from([
-        ("taef1_decoder.safetensors", Fault::Tampered),
-        ("taef1_encoder.safetensors", Fault::Truncated),
+        ("taef2_decoder.pth", Fault::Tampered),
+        ("taef2_encoder.pth", Fault::Truncated),
     ]);
-    let server = Server::start(shared_taesd(), faults);
+    let server = Server::start(pth, faults);
     let dir = tempfile::tempdir().unwrap();
-    let output = pull(dir.path(), &server.url, &["taef1", "taesd3"]);
+    let output = pull(dir.path(), &server.url, &["taesd", "taef2"]);
     let out = text(&output);
     assert!(!output.status.success(), "{out}");
     assert!(
-        out.contains("taef1_decoder.safetensors: sha256 mismatch (expected bb41500b"),
-        "{out}"
-    );
-    assert!(out.contains("taef1_encoder.safetensors"), "{out}");
-    assert!(
-        out.contains("interrupted after 1232212 of 2464424 bytes"),
+        out.contains(
+            "taesd_decoder.pth: git blob id mismatch (expected 5915a429fc08eba4adf62bf74f96705b8b0d5c1f, got "
+        ),
         "{out}"
     );
     assert!(
-        out.contains("could not pull: taef1_decoder.safetensors, taef1_encoder.safetensors"),
+        out.contains("taesd_encoder.pth: git blob id mismatch (expected 65f85afc"),
         "{out}"
     );
-    // The good family still arrives; nothing partial or temporary is left.
-    assert_eq!(
-        files_in(&dir.path().join("models")),
-        ["taesd3_decoder.safetensors", "taesd3_encoder.safetensors"]
+    assert!(
+        out.contains("taef2_decoder.pth: git blob id mismatch (expected f4da1ec4"),
+        "{out}"
     );
+    assert!(
+        out.contains("interrupted after 1352346 of 2704692 bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("could not pull: taesd_decoder.pth, taesd_encoder.pth, taef2_decoder.pth, taef2_encoder.pth"),
+        "{out}"
+    );
+    // Nothing partial or temporary is left.
+    assert_eq!(files_in(&dir.path().join("models")), Vec::<String>::new());
 }
 
 #[test]
-fn a_wrong_local_file_is_replaced_and_a_missing_one_named() {
-    let server = Server::start(shared_taesd(), HashMap::new());
+fn a_manifest_pinning_other_blob_ids_accepts_those_files_and_replaces_bad_local_ones() {
+    let Some(pth) = shared("taesd-pth") else {
+        return;
+    };
+    let blob = |name: &str| dreamd::pull::git_blob_hex(&read(&pth.join(name)));
+    let manifest = format!(
+        "[source.github]\nbase_url = \"http://unused.invalid/\"\n\n\
+         [[file]]\nname = \"taesd_decoder.pth\"\nfamily = \"taesd\"\ngit_blob = \"{}\"\n\n\
+         [[file]]\nname = \"taesd_encoder.pth\"\nfamily = \"taesd\"\ngit_blob = \"{}\"\n",
+        blob("taesd_decoder.pth"),
+        blob("taesd_encoder.pth")
+    );
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pins.toml"), manifest).unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
-    std::fs::write(models.join("taesd_decoder.safetensors"), b"not a model").unwrap();
-    let output = pull(dir.path(), &server.url, &["taesd"]);
+    std::fs::write(models.join("taesd_decoder.pth"), b"not a model").unwrap();
+    let server = Server::start(pth.clone(), HashMap::new());
+    let output = pull(dir.path(), &server.url, &["--manifest", "pins.toml"]);
     let out = text(&output);
     assert!(output.status.success(), "{out}");
-    assert!(out.contains("replaced a file with another hash"), "{out}");
+    assert!(out.contains("replaced a file that did not verify"), "{out}");
     assert_eq!(
-        std::fs::read(models.join("taesd_decoder.safetensors")).unwrap(),
-        std::fs::read(shared_taesd().join("taesd_decoder.safetensors")).unwrap()
+        read(&models.join("taesd_decoder.pth")),
+        read(&pth.join("taesd_decoder.pth"))
     );
+    // What was pulled loads as weights.
+    use dreamd::engine::taesd::weights::{Part, WeightFile};
+    let weights = WeightFile::load(&models.join("taesd_decoder.pth"), Part::Decoder).unwrap();
+    assert_eq!(weights.taesd_latent_channels(Part::Decoder).unwrap(), 4);
+    // The daemon's own check finds the pulled .pth files in ./models and accepts them.
+    let verify = support::isolate_models(&mut Command::new(BIN), dir.path())
+        .args(["models", "verify"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = text(&verify);
+    assert!(verify.status.success(), "{out}");
+    assert_eq!(out.matches("\nok    taesd_").count(), 2, "{out}");
 
     let empty = tempfile::tempdir().unwrap();
     let missing = Server::start(empty.path().to_path_buf(), HashMap::new());
@@ -215,10 +249,7 @@ fn a_wrong_local_file_is_replaced_and_a_missing_one_named() {
     let out = text(&output);
     assert!(!output.status.success(), "{out}");
     assert!(
-        out.contains(&format!(
-            "{}taesdxl_decoder.safetensors: HTTP 404",
-            missing.url
-        )),
+        out.contains(&format!("{}taesdxl_decoder.pth: HTTP 404", missing.url)),
         "{out}"
     );
 
@@ -226,4 +257,87 @@ fn a_wrong_local_file_is_replaced_and_a_missing_one_named() {
     let out = text(&output);
     assert!(!output.status.success(), "{out}");
     assert!(out.contains("unknown family \"sdxl\""), "{out}");
+}
+
+/// The shared index-layout safetensors as one diffusers `AutoencoderTiny` file.
+fn diffusers_safetensors(taesd: &Path) -> Vec<u8> {
+    let decoder = read(&taesd.join("taesd_decoder.safetensors"));
+    let encoder = read(&taesd.join("taesd_encoder.safetensors"));
+    let decoder = safetensors::SafeTensors::deserialize(&decoder).unwrap();
+    let encoder = safetensors::SafeTensors::deserialize(&encoder).unwrap();
+    let mut tensors = Vec::new();
+    for (file, prefix, offset) in [(&decoder, "decoder", 1), (&encoder, "encoder", 0)] {
+        for (name, view) in file.tensors() {
+            let (index, tail) = name.split_once('.').unwrap();
+            let index: usize = index.parse().unwrap();
+            tensors.push((format!("{prefix}.layers.{}.{tail}", index - offset), view));
+        }
+    }
+    safetensors::serialize(tensors, None).unwrap()
+}
+
+#[test]
+fn from_hf_pulls_a_diffusers_folder_verified_by_loading() {
+    let Some(taesd) = shared("taesd") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("madebyollin/taesd/resolve/main");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("diffusion_pytorch_model.safetensors"),
+        diffusers_safetensors(&taesd),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("config.json"),
+        br#"{"_class_name": "AutoencoderTiny", "latent_channels": 4}"#,
+    )
+    .unwrap();
+    let server = Server::start(root.path().to_path_buf(), HashMap::new());
+    let dir = tempfile::tempdir().unwrap();
+    let output = pull(dir.path(), &server.url, &["--from", "hf", "taesd"]);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert_eq!(out.matches("load check verified").count(), 2, "{out}");
+    let folder = dir.path().join("models/taesd");
+    assert_eq!(
+        files_in(&folder),
+        ["config.json", "diffusion_pytorch_model.safetensors"]
+    );
+    // The model search finds the folder and serves both halves from it.
+    use dreamd::engine::model_search::{search, Format, SearchInputs};
+    use dreamd::engine::taesd::weights::Part;
+    let report = search(&SearchInputs {
+        models_dir: Some(dir.path().join("models")),
+        ..SearchInputs::default()
+    });
+    let found = report
+        .find(dreamd::engine::taesd::Family::Taesd, Part::Encoder)
+        .unwrap();
+    assert_eq!(found.format, Format::Diffusers);
+
+    // A file that does not load is refused; a family HF does not carry is named.
+    std::fs::write(
+        repo.join("config.json"),
+        br#"{"_class_name": "AutoencoderKL"}"#,
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let output = pull(other.path(), &server.url, &["--from", "hf", "taesd"]);
+    let out = text(&output);
+    assert!(!output.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "taesd/config.json: the download does not load (_class_name is Some(\"AutoencoderKL\")"
+        ),
+        "{out}"
+    );
+    assert!(!other.path().join("models/taesd/config.json").exists());
+    let output = pull(other.path(), &server.url, &["--from", "hf", "taef2"]);
+    assert!(
+        text(&output).contains("source \"hf\" has no taef2 files"),
+        "{}",
+        text(&output)
+    );
 }

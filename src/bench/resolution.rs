@@ -177,7 +177,8 @@ impl ResolutionReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model_files::test_models_dir;
+    use crate::engine::taesd::Family;
+    use crate::test_weights::{models_dir, shared_file};
 
     #[test]
     fn psnr_of_known_errors() {
@@ -191,12 +192,15 @@ mod tests {
 
     #[test]
     fn smaller_decodes_cost_less_and_lose_detail() {
+        let (Some(images), Some(models)) = (shared_file("../images"), models_dir(Family::Taesd))
+        else {
+            return;
+        };
         let mut config = Config::default();
         config.generation.decoder = crate::config::DecoderChoice::Taesd;
-        config.generation.models_dir = Some(test_models_dir());
+        config.generation.models_dir = Some(models);
         config.generation.width = 128;
         config.generation.height = 64;
-        let images = test_models_dir().join("../images");
         let report = resolution(
             &config,
             &ResolutionOptions {

@@ -387,8 +387,8 @@ fn parse_dims(text: &str, flag: &str) -> anyhow::Result<[usize; 3]> {
 
 impl CodecArgs {
     /// Builds the engine for `width × height` frames, decoded at full size: the config's
-    /// `[generation]` replaced by `decoder` and the flags (defaults elsewhere, `models_dir`
-    /// kept).
+    /// `[generation]` replaced by `decoder` and the flags (defaults elsewhere, `models_dir` and
+    /// `comfyui_dir` kept).
     fn engine(
         &self,
         decoder: DecoderChoice,
@@ -405,6 +405,7 @@ impl CodecArgs {
             height: side(height),
             decode_divisor: Some(1),
             models_dir: config.generation.models_dir.clone(),
+            comfyui_dir: config.generation.comfyui_dir.clone(),
             ..GenerationConfig::default()
         };
         config.validate()?;

@@ -5,24 +5,26 @@ use std::path::PathBuf;
 
 use dreamd::config::locate;
 use dreamd::engine::model_files;
-use dreamd::pull::{Manifest, Pulled, Puller, BASE_URL_ENV};
+use dreamd::pull::{Manifest, Puller, BASE_URL_ENV};
 
 /// The `dreamd models` subcommands.
 #[derive(clap::Subcommand)]
 pub enum ModelsCommand {
-    /// Show which model files are found, and where dreamd looked.
+    /// Show which model files are found, where and through which setting, and which folders
+    /// and files were skipped and why.
     List {
-        /// Config file (for generation.models_dir).
+        /// Config file (for generation.models_dir and generation.comfyui_dir).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Load every model file found, check its tensors and run it once; exit 1 naming bad files.
     Verify {
-        /// Config file (for generation.models_dir).
+        /// Config file (for generation.models_dir and generation.comfyui_dir).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Download model files, keeping only those whose sha256 matches the manifest's pin.
+    /// Download model files (upstream .pth from GitHub by default, verified by git blob id; or
+    /// Hugging Face diffusers folders with --from hf), keeping only verified files.
     Pull(PullArgs),
 }
 
@@ -36,42 +38,57 @@ impl ModelsCommand {
     }
 }
 
-/// `dreamd models list` (and `verify`, which also loads and runs every file found).
+/// `dreamd models list` (and `verify`, which also loads and runs every file found): where each
+/// file was found, through which setting, and the folders and files passed over with the reason.
 fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
     let config = locate::load(config.as_deref())?.config;
-    let dirs = model_files::search_dirs(config.generation.models_dir.as_deref());
-    let found = model_files::list(&dirs);
-    println!(
-        "searched: {}",
-        if dirs.is_empty() {
-            "(no model folder exists)".to_string()
-        } else {
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+    let report = model_files::search_for(&config.generation);
+    if !verify {
+        if !report.skipped.is_empty() {
+            println!("skipped:");
+            for skipped in &report.skipped {
+                println!(
+                    "  {} ({}): {}",
+                    skipped.path.display(),
+                    skipped.origin,
+                    skipped.reason
+                );
+            }
         }
-    );
+        if !report.found.is_empty() {
+            println!("found:");
+        }
+        for file in &report.found {
+            println!(
+                "  {:40} {:>8.2} MB  {:11}  {} (via {})",
+                model_files::label(file),
+                file.bytes as f64 / 1e6,
+                file.format.to_string(),
+                file.path.display(),
+                file.origin
+            );
+        }
+    }
     anyhow::ensure!(
-        !found.is_empty(),
-        "no TAESD model files found (see models/README.md for how to get them)"
+        !report.found.is_empty(),
+        "no TAESD model files found (`dreamd models list` shows where dreamd looked; \
+         `dreamd models pull` downloads them; see models/README.md)"
+    );
+    if !verify {
+        return Ok(());
+    }
+    println!(
+        "verifying {} model files (`dreamd models list` shows where each was found)",
+        report.found.len()
     );
     let mut bad = Vec::new();
-    for model in &found {
-        let name = model.family.file_name(model.part);
-        if !verify {
-            println!(
-                "{name:32} {:>8.2} MB  {}",
-                model.bytes as f64 / 1e6,
-                model.path.display()
-            );
-            continue;
-        }
-        match model_files::verify(model) {
-            Ok(summary) => println!("ok    {name:32} {summary}"),
+    for file in &report.found {
+        let name = model_files::label(file);
+        match model_files::verify(file) {
+            Ok(summary) => println!("ok    {name:32} {summary}  ({})", file.path.display()),
             Err(e) => {
                 println!("FAIL  {name:32} {e}");
-                bad.push(model.path.display().to_string());
+                bad.push(file.path.display().to_string());
             }
         }
     }
@@ -82,8 +99,12 @@ fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
 /// Arguments of `dreamd models pull`.
 #[derive(clap::Args)]
 pub struct PullArgs {
-    /// Families to fetch (taesd, taesdxl, taesd3, taef1; default taesd).
+    /// Families to fetch (taesd, taesdxl, taesd3, taef1, taef2; default taesd).
     families: Vec<String>,
+    /// Where to fetch from: `github` (upstream .pth files, verified by git blob id) or `hf`
+    /// (Hugging Face diffusers folders).
+    #[arg(long, value_name = "SOURCE", default_value = dreamd::pull::DEFAULT_SOURCE)]
+    from: String,
     /// Fetch every family in the manifest.
     #[arg(long, conflicts_with = "families")]
     all: bool,
@@ -116,7 +137,7 @@ impl PullArgs {
             (false, true) => vec!["taesd".to_string()],
             (false, false) => self.families,
         };
-        let files = manifest.select(&families)?;
+        let files = manifest.select(&families, &self.from)?;
         let dest = match self.dir {
             Some(dir) => dir,
             None => locate::load(self.config.as_deref())?
@@ -125,10 +146,11 @@ impl PullArgs {
                 .models_dir
                 .unwrap_or_else(|| PathBuf::from("models")),
         };
+        let source_base = manifest.source(&self.from)?.base_url.clone();
         let base_url = self
             .base_url
             .or_else(|| std::env::var(BASE_URL_ENV).ok().filter(|u| !u.is_empty()))
-            .unwrap_or_else(|| manifest.base_url.clone());
+            .unwrap_or(source_base);
         println!(
             "pulling {} files from {base_url} into {}",
             files.len(),
@@ -138,22 +160,10 @@ impl PullArgs {
         let mut failed = Vec::new();
         for file in files {
             match puller.pull(&manifest, file) {
-                Ok(Pulled::AlreadyPresent) => {
-                    println!("ok    {:32} already present, sha256 matches", file.name)
-                }
-                Ok(Pulled::Downloaded { replaced }) => println!(
-                    "ok    {:32} downloaded {:.2} MB, sha256 verified{}",
-                    file.name,
-                    file.bytes as f64 / 1e6,
-                    if replaced {
-                        " (replaced a file with another hash)"
-                    } else {
-                        ""
-                    }
-                ),
+                Ok(pulled) => println!("ok    {:32} {}", file.display_name(), pulled.summary(file)),
                 Err(e) => {
-                    println!("FAIL  {:32} {e}", file.name);
-                    failed.push(file.name.clone());
+                    println!("FAIL  {:32} {e}", file.display_name());
+                    failed.push(file.display_name());
                 }
             }
         }

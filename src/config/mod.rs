@@ -154,6 +154,9 @@ pub enum DecoderChoice {
     Taesd3,
     /// TAESD for FLUX.1 latents (16 channels).
     Taef1,
+    /// TAESD for FLUX.2 latents (32 channels); runs on candle (its CPU backend on the CPU),
+    /// since dreamd's CPU networks lack its GroupNorm mid-blocks.
+    Taef2,
 }
 
 /// Arithmetic of the CPU TAESD convolutions.
@@ -201,6 +204,9 @@ pub struct GenerationConfig {
     pub keyframe_image: KeyframeImage,
     /// Extra frames each keyframe is held for (a gallery's dwell); 0 = none.
     pub keyframe_dwell_frames: u32,
+    /// A ComfyUI install whose `models/vae_approx` is searched for the upstream `.pth` files
+    /// (after models_dir, `$DREAMD_MODELS` and `./models`; `$COMFYUI_PATH` comes next).
+    pub comfyui_dir: Option<PathBuf>,
 }
 
 impl Default for GenerationConfig {
@@ -218,6 +224,7 @@ impl Default for GenerationConfig {
             keep_contrast: true,
             keyframe_image: KeyframeImage::Decoded,
             keyframe_dwell_frames: 0,
+            comfyui_dir: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Decoders come in families, one folder each: the built-in [`preview`] map and the learned
 //! [`taesd`] networks (which choose their backend, CPU or CUDA, in one place), on the CPU
-//! [`kernels`]. Model files are found by [`model_files`]; [`resize`] resamples to the output
+//! [`kernels`]. Model files are found by [`model_search`] (and loaded and checked through
+//! [`model_files`]); [`pth`] reads PyTorch checkpoints; [`resize`] resamples to the output
 //! size. A new backend or family (wgpu, in-process diffusion) is another folder beside `taesd`.
 //!
 //! [`Engine::decode_batch`] is stage 2 of the pipeline: it takes the GPU lock once, makes one
@@ -13,7 +14,9 @@
 pub mod gpu_lock;
 pub mod kernels;
 pub mod model_files;
+pub mod model_search;
 pub mod preview;
+pub mod pth;
 pub mod resize;
 pub mod taesd;
 
@@ -116,6 +119,21 @@ pub struct DecodeOutput {
     pub resize: Duration,
 }
 
+/// The folders a search looked in that exist, comma-separated (for error messages).
+fn searched_folders(report: &model_search::SearchReport) -> String {
+    let existing: Vec<String> = report
+        .searched
+        .iter()
+        .filter(|c| c.dir.is_dir())
+        .map(|c| c.dir.display().to_string())
+        .collect();
+    if existing.is_empty() {
+        "(no model folder exists)".to_string()
+    } else {
+        existing.join(", ")
+    }
+}
+
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
@@ -137,16 +155,18 @@ impl Engine {
             crate::config::parse_device(&g.device)
                 .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?,
         )?;
-        let dirs = model_files::search_dirs(g.models_dir.as_deref());
+        let report = model_files::search_for(g);
         let family = match g.decoder {
             DecoderChoice::Preview => None,
             DecoderChoice::Auto => {
-                let found =
-                    model_files::find(&dirs, Family::Taesd, Part::Decoder).map(|_| Family::Taesd);
+                let found = report
+                    .find(Family::Taesd, Part::Decoder)
+                    .map(|_| Family::Taesd);
                 if found.is_none() {
                     tracing::info!(
-                        searched = ?dirs,
-                        "decoder auto: no taesd_decoder.safetensors found; using the preview decoder"
+                        searched = %searched_folders(&report),
+                        "decoder auto: no taesd decoder (.safetensors, .pth or diffusers folder) \
+                         found; using the preview decoder"
                     );
                 }
                 found
@@ -155,23 +175,32 @@ impl Engine {
             DecoderChoice::Taesdxl => Some(Family::Taesdxl),
             DecoderChoice::Taesd3 => Some(Family::Taesd3),
             DecoderChoice::Taef1 => Some(Family::Taef1),
+            DecoderChoice::Taef2 => Some(Family::Taef2),
         };
         let (decoder, encoder): (Box<dyn Decoder>, _) = match family {
             None => (Box::new(preview::PreviewDecoder), None),
             Some(family) => {
-                let path = model_files::find(&dirs, family, Part::Decoder).ok_or_else(|| {
+                let found = report.find(family, Part::Decoder).ok_or_else(|| {
+                    let stem = family.file_stem(Part::Decoder);
                     EngineError::Model(format!(
-                        "generation.decoder = \"{family}\": {} not found in {dirs:?} \
-                         (see models/README.md for how to get it)",
-                        family.file_name(Part::Decoder)
+                        "generation.decoder = \"{family}\": {stem}.safetensors, {stem}.pth or a \
+                         {family} diffusers folder not found in {} (`dreamd models list` shows \
+                         where dreamd looked; `dreamd models pull {family}` downloads it; see \
+                         models/README.md)",
+                        searched_folders(&report)
                     ))
                 })?;
-                let decoder = taesd::load_decoder(&path, family, device, g.precision)?;
-                let encoder = match model_files::find(&dirs, family, Part::Encoder) {
-                    Some(path) => Some(TaesdEncoderModel::load(&path, device, g.precision)?),
+                let decoder = taesd::load_decoder(&found.path, family, device, g.precision)?;
+                let encoder = match report.find(family, Part::Encoder) {
+                    Some(found) => Some(TaesdEncoderModel::load(&found.path, device, g.precision)?),
                     None => None,
                 };
-                tracing::info!(decoder = family.name(), file = %path.display(), "loaded decoder");
+                tracing::info!(
+                    decoder = family.name(),
+                    file = %found.path.display(),
+                    found_via = %found.origin,
+                    "loaded decoder"
+                );
                 (decoder, encoder)
             }
         };

@@ -5,76 +5,67 @@
 //! `$DREAMD_MODELS`, then `./models`; in each, both the folder itself and its `taesd/`
 //! subfolder.
 
-use std::path::{Path, PathBuf};
+//! Model files for the engine and `dreamd models list|verify`: the search
+//! ([`super::model_search`]) run with the config's folders, and checking that a found file loads
+//! and runs.
+//!
+//! Where files are looked for, and in which order, is [`super::model_search`]'s business; this
+//! module turns its report into what the engine loads and what `models verify` prints.
 
 use image::RgbImage;
 
+use super::model_search::{search, Format, FoundFile, SearchInputs, SearchReport};
+use super::taesd::candle::TaesdDecoderModel;
 use super::taesd::cpu::TaesdCpuDecoder;
 use super::taesd::weights::{Part, WeightFile};
-use super::taesd::{Family, TaesdEncoderModel};
-use super::{Decoder, Device, EngineError};
-use crate::config::Precision;
+use super::taesd::{Backend, TaesdEncoderModel};
+use super::{Device, EngineError};
+use crate::config::{GenerationConfig, Precision};
 use crate::latent::{Latent, LatentBatch, LatentShape};
 
-/// The folders searched for model files, in order (only those that exist).
-pub fn search_dirs(configured: Option<&Path>) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    roots.extend(configured.map(Path::to_path_buf));
-    roots.extend(std::env::var_os("DREAMD_MODELS").map(PathBuf::from));
-    roots.push(PathBuf::from("models"));
-    roots
-        .into_iter()
-        .flat_map(|root| [root.join("taesd"), root])
-        .filter(|dir| dir.is_dir())
-        .collect()
+/// Searches for model files as `generation` configures it (`models_dir`, `comfyui_dir`) and
+/// this process's environment (`$DREAMD_MODELS`, `$COMFYUI_PATH`, the home folder, `./models`).
+pub fn search_for(generation: &GenerationConfig) -> SearchReport {
+    search(&SearchInputs::from_env(
+        generation.models_dir.as_deref(),
+        generation.comfyui_dir.as_deref(),
+    ))
 }
 
-/// The first file for `family`'s `part` in `dirs`.
-pub fn find(dirs: &[PathBuf], family: Family, part: Part) -> Option<PathBuf> {
-    let name = family.file_name(part);
-    dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file())
-}
-
-/// A model file found on disk.
-#[derive(Debug, Clone)]
-pub struct FoundModel {
-    pub family: Family,
-    pub part: Part,
-    pub path: PathBuf,
-    pub bytes: u64,
-}
-
-/// Every family member's files found in `dirs` (the first of each name wins).
-pub fn list(dirs: &[PathBuf]) -> Vec<FoundModel> {
-    Family::ALL
-        .iter()
-        .flat_map(|&family| [Part::Decoder, Part::Encoder].map(|part| (family, part)))
-        .filter_map(|(family, part)| {
-            let path = find(dirs, family, part)?;
-            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-            Some(FoundModel {
-                family,
-                part,
-                path,
-                bytes,
-            })
-        })
-        .collect()
+/// A found file as a person would name it: its file name (`taesd_decoder.pth`,
+/// `taesd_decoder.safetensors`), or for a diffusers folder the family, part and the file
+/// holding both halves.
+pub fn label(file: &FoundFile) -> String {
+    match file.format {
+        Format::Diffusers => format!(
+            "{} ({}/{})",
+            file.family.file_stem(file.part),
+            file.family,
+            file.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        Format::Safetensors | Format::Pth => file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| file.family.file_stem(file.part)),
+    }
 }
 
 /// Loads a found file, checks every tensor's name and shape, runs it once on a small input
 /// (the golden vectors' pattern) and checks the output; returns a one-line summary.
-pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
+pub fn verify(model: &FoundFile) -> Result<String, EngineError> {
     let channels = model.family.latent_channels();
     let fail = |what: String| EngineError::Model(format!("{}: {what}", model.path.display()));
     match model.part {
         Part::Decoder => {
             let weights = WeightFile::load(&model.path, Part::Decoder)?;
-            let decoder = TaesdCpuDecoder::new(model.family.name(), &weights, Precision::Exact)?;
-            if decoder.latent_channels() != channels {
+            let got = weights.taesd_latent_channels(Part::Decoder)?;
+            if got != channels {
                 return Err(fail(format!(
-                    "takes {}-channel latents; {} expects {channels}",
-                    decoder.latent_channels(),
+                    "takes {got}-channel latents; {} expects {channels}",
                     model.family
                 )));
             }
@@ -91,7 +82,17 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
             batch
                 .push(&Latent::new(shape, data).map_err(|e| fail(e.to_string()))?)
                 .map_err(|e| fail(e.to_string()))?;
-            let out = decoder.decode_raw(&batch);
+            // TAEF2's mid-blocks run on candle's CPU backend, the rest on dreamd's CPU networks.
+            let out = match Backend::for_weights(&weights, Device::Cpu, Precision::Exact)? {
+                Backend::Cpu(precision) => {
+                    TaesdCpuDecoder::new(model.family.name(), &weights, precision)?
+                        .decode_raw(&batch)
+                }
+                Backend::Candle(device) => {
+                    TaesdDecoderModel::on(&model.path, model.family.name(), device)?
+                        .decode_raw(&batch)?
+                }
+            };
             let mean = out.iter().sum::<f32>() / out.len() as f32;
             if out.len() != 3 * 64 * 64
                 || !out.iter().all(|v| v.is_finite())
@@ -132,22 +133,4 @@ pub fn verify(model: &FoundModel) -> Result<String, EngineError> {
             ))
         }
     }
-}
-
-/// Reads a little-endian f32 file (the golden vectors).
-#[cfg(test)]
-pub fn read_f32_file(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-/// Where the shared test models live: `$DREAMD_MODELS` or `../shared/models`.
-#[cfg(test)]
-pub fn test_models_dir() -> PathBuf {
-    std::env::var_os("DREAMD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"))
 }

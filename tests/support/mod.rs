@@ -1,5 +1,8 @@
 //! Shared by the end-to-end tests: the real `dreamd` binary on its embedded default, its server on
-//! a free loopback port, readers for the files it writes, and a tiny HTTP client.
+//! a free loopback port, readers for the files it writes, a tiny HTTP client, and the test
+//! weights ([`weights`], [`pth_weights`], [`weights_dir`], [`shared_file`]: the shared model
+//! folder or a verified pull cached under `target/`, else one loud skip line, or a failure
+//! under `DREAMD_REQUIRE_MODELS=1`).
 
 #![allow(dead_code)]
 
@@ -10,6 +13,25 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dreamd");
+
+// Not every test file uses all of these.
+#[allow(unused_imports)]
+pub use dreamd::engine::taesd::{weights::Part, Family};
+#[allow(unused_imports)]
+pub use dreamd::test_weights::{
+    models_dir as weights_dir, pth_weights, shared_file, shared_models_dir, weights,
+};
+
+/// Makes `command` see only the model folders a test names: no `$DREAMD_MODELS`,
+/// `$COMFYUI_PATH` or `$HF_HOME`, and `home` as the home folder, so that a ComfyUI, A1111 or
+/// Hugging Face cache on the developer's machine is not found.
+pub fn isolate_models<'c>(command: &'c mut Command, home: &Path) -> &'c mut Command {
+    command
+        .env_remove("DREAMD_MODELS")
+        .env_remove("COMFYUI_PATH")
+        .env_remove("HF_HOME")
+        .env("HOME", home)
+}
 
 /// The Rainmeter skin's keys, in the order its regex expects, then the original's other keys.
 pub const LEGACY_KEYS: [&str; 19] = [
@@ -177,11 +199,11 @@ pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
         .current_dir(dir)
         .env_remove("RUST_LOG")
         .env_remove("DREAMD_TOKEN")
-        // The tests assume the preview decoder unless they pass DREAMD_MODELS themselves.
-        .env_remove("DREAMD_MODELS")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+    // The tests assume the preview decoder unless they pass DREAMD_MODELS themselves.
+    isolate_models(&mut command, dir);
     for (key, value) in env {
         command.env(key, value);
     }

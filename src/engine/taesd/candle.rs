@@ -1,6 +1,8 @@
 //! TAESD, the Tiny AutoEncoder for Stable Diffusion (Ollin Boer Bohan, MIT licence), as candle
 //! modules. One architecture serves the whole family: taesd and taesdxl (4 latent channels),
-//! taesd3 and taef1 (16).
+//! taesd3 and taef1 (16), and taef2 (32), whose files add a GroupNorm mid-block to three blocks
+//! (`N.pool.*`: `x + conv1x1(256→64)(relu(GroupNorm(4, 256)(conv1x1(64→256)(x))))` before the
+//! block's convolutions), used when the weights have it.
 //!
 //! ```text
 //! decoder: tanh(z/3)·3 → conv(C,64) → ReLU → 3×Block
@@ -20,7 +22,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device as CandleDevice, Module, Result, Tensor};
-use candle_nn::{conv2d, conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{conv2d, conv2d_no_bias, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use image::RgbImage;
 
 use super::weights::{Part, WeightFile};
@@ -48,6 +50,38 @@ fn conv3x3(c_in: usize, c_out: usize, bias: bool, stride: usize, vb: VarBuilder)
 struct Block {
     conv: [Conv2d; 3],
     skip: Option<Conv2d>,
+    pool: Option<Box<MidBlock>>,
+}
+
+/// TAEF2's GroupNorm mid-block, added to the block's input: `pool.{0,1,3}`.
+#[derive(Debug, Clone)]
+struct MidBlock {
+    expand: Conv2d,
+    norm: GroupNorm,
+    project: Conv2d,
+}
+
+impl MidBlock {
+    /// Present when the weights have `pool.0.weight` under `vb`.
+    fn new(channels: usize, vb: &VarBuilder) -> Result<Option<Self>> {
+        if !vb.contains_tensor("pool.0.weight") {
+            return Ok(None);
+        }
+        let wide = channels * 4;
+        Ok(Some(Self {
+            expand: conv2d_no_bias(channels, wide, 1, Default::default(), vb.pp("pool.0"))?,
+            norm: group_norm(4, wide, 1e-5, vb.pp("pool.1"))?,
+            project: conv2d_no_bias(wide, channels, 1, Default::default(), vb.pp("pool.3"))?,
+        }))
+    }
+}
+
+impl Module for MidBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.expand.forward(x)?;
+        let h = self.norm.forward(&h)?.relu()?;
+        self.project.forward(&h)
+    }
 }
 
 impl Block {
@@ -68,12 +102,21 @@ impl Block {
                 vb.pp("skip"),
             )?)
         };
-        Ok(Self { conv, skip })
+        let pool = MidBlock::new(c_in, &vb)?.map(Box::new);
+        Ok(Self { conv, skip, pool })
     }
 }
 
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let pooled;
+        let x = match &self.pool {
+            Some(pool) => {
+                pooled = (x + pool.forward(x)?)?;
+                &pooled
+            }
+            None => x,
+        };
         let h = self.conv[0].forward(x)?.relu()?;
         let h = self.conv[1].forward(&h)?.relu()?;
         let h = self.conv[2].forward(&h)?;

@@ -5,6 +5,10 @@
 //! ([`Backend::for_device`]): on the CPU, dreamd's own networks ([`cpu`], over the
 //! [`kernels`](super::kernels)); on CUDA, candle's modules ([`candle`], also the reference the
 //! CPU networks are tested against). [`weights`] reads either layout of the weight files.
+//!
+//! TAEF2 (FLUX.2, 32 channels) adds GroupNorm mid-blocks that only the candle modules implement,
+//! so its files run on candle's CPU backend when the device is the CPU
+//! ([`Backend::for_weights`]).
 
 pub mod candle;
 pub mod cpu;
@@ -21,7 +25,7 @@ use crate::latent::Latent;
 use weights::{Part, WeightError, WeightFile};
 
 /// A member of the TAESD family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     /// SD 1.x / 2.x latents, 4 channels.
     Taesd,
@@ -31,39 +35,58 @@ pub enum Family {
     Taesd3,
     /// FLUX.1 latents, 16 channels.
     Taef1,
+    /// FLUX.2 latents, 32 channels (GroupNorm mid-blocks: candle backend only).
+    Taef2,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    /// Every member, in report order.
+    pub const ALL: [Family; 5] = [
         Family::Taesd,
         Family::Taesdxl,
         Family::Taesd3,
         Family::Taef1,
+        Family::Taef2,
     ];
 
+    /// The member's name, as in its file names and `generation.decoder`.
     pub fn name(self) -> &'static str {
         match self {
             Family::Taesd => "taesd",
             Family::Taesdxl => "taesdxl",
             Family::Taesd3 => "taesd3",
             Family::Taef1 => "taef1",
+            Family::Taef2 => "taef2",
         }
     }
 
+    /// The member called `name` (as [`Family::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Channels of the latents it decodes and encodes.
     pub fn latent_channels(self) -> usize {
         match self {
             Family::Taesd | Family::Taesdxl => 4,
             Family::Taesd3 | Family::Taef1 => 16,
+            Family::Taef2 => 32,
         }
     }
 
-    /// File name of one half, e.g. `taesd_decoder.safetensors`.
-    pub fn file_name(self, part: Part) -> String {
+    /// File name of one half without its extension, e.g. `taesd_decoder` (found as `.safetensors`
+    /// or as the upstream `.pth`).
+    pub fn file_stem(self, part: Part) -> String {
         let part = match part {
             Part::Decoder => "decoder",
             Part::Encoder => "encoder",
         };
-        format!("{}_{part}.safetensors", self.name())
+        format!("{}_{part}", self.name())
+    }
+
+    /// File name of one half in dreamd's own layout, e.g. `taesd_decoder.safetensors`.
+    pub fn file_name(self, part: Part) -> String {
+        format!("{}.safetensors", self.file_stem(part))
     }
 }
 
@@ -90,6 +113,29 @@ impl Backend {
             Device::Cuda(_) => Ok(Backend::Candle(candle::candle_device(device)?)),
         }
     }
+
+    /// The backend for these weights on `device`: as [`Backend::for_device`], except that
+    /// weights with GroupNorm mid-blocks (TAEF2), which dreamd's CPU networks do not implement,
+    /// run on candle's CPU backend (`precision` does not apply there).
+    pub fn for_weights(
+        weights: &WeightFile,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Backend, EngineError> {
+        if device == Device::Cpu && has_mid_blocks(weights) {
+            tracing::info!(
+                file = %weights.path().display(),
+                "GroupNorm mid-blocks (TAEF2): running on candle's CPU backend, not dreamd's CPU networks"
+            );
+            return Ok(Backend::Candle(candle_core::Device::Cpu));
+        }
+        Backend::for_device(device, precision)
+    }
+}
+
+/// Whether any block of these weights has a GroupNorm mid-block (`N.pool.0.weight`, TAEF2).
+pub fn has_mid_blocks(weights: &WeightFile) -> bool {
+    (0..32).any(|index| weights.contains(&format!("{index}.pool.0.weight")))
 }
 
 /// Loads `family`'s decoder file at `path` on the backend for `device`.
@@ -99,15 +145,13 @@ pub fn load_decoder(
     device: Device,
     precision: Precision,
 ) -> Result<Box<dyn Decoder>, EngineError> {
-    Ok(match Backend::for_device(device, precision)? {
-        Backend::Cpu(precision) => {
-            let weights = WeightFile::load(path, Part::Decoder)?;
-            Box::new(cpu::TaesdCpuDecoder::new(
-                family.name(),
-                &weights,
-                precision,
-            )?)
-        }
+    let weights = WeightFile::load(path, Part::Decoder)?;
+    Ok(match Backend::for_weights(&weights, device, precision)? {
+        Backend::Cpu(precision) => Box::new(cpu::TaesdCpuDecoder::new(
+            family.name(),
+            &weights,
+            precision,
+        )?),
         Backend::Candle(device) => {
             Box::new(candle::TaesdDecoderModel::on(path, family.name(), device)?)
         }
@@ -130,7 +174,7 @@ impl TaesdEncoderModel {
     /// `precision` applies on the CPU.
     pub fn load(path: &Path, device: Device, precision: Precision) -> Result<Self, EngineError> {
         let weights = WeightFile::load(path, Part::Encoder)?;
-        let inner = match Backend::for_device(device, precision)? {
+        let inner = match Backend::for_weights(&weights, device, precision)? {
             Backend::Cpu(precision) => {
                 EncoderImpl::Cpu(cpu::TaesdCpuEncoder::new(&weights, precision)?)
             }

@@ -2,34 +2,25 @@
 
 use super::candle::TaesdDecoderModel;
 use super::*;
-use crate::engine::model_files::{find, read_f32_file, search_dirs, test_models_dir};
 use crate::latent::{LatentBatch, LatentShape};
-use std::path::PathBuf;
+use crate::test_weights::{read_f32_file, shared_file, weights};
 
-fn model_file(family: Family, part: Part) -> PathBuf {
-    let dirs = search_dirs(Some(&test_models_dir()));
-    find(&dirs, family, part).unwrap_or_else(|| {
-        panic!(
-            "{} not found under {} (set DREAMD_MODELS)",
-            family.file_name(part),
-            test_models_dir().display()
-        )
-    })
-}
-
+/// The golden decode of `family`: needs the shared golden vectors and the weights they were
+/// made from, so it skips (loudly) without the shared folder.
 fn golden(family: Family, channels: usize) {
-    let dir = test_models_dir().join("golden");
-    let input = read_f32_file(&dir.join(format!("{family}_dec_in_{channels}x8x8_f32le.bin")));
-    let expected = read_f32_file(&dir.join(format!("{family}_dec_out_3x64x64_f32le.bin")));
+    let (Some(input), Some(expected), Some(path)) = (
+        shared_file(&format!("golden/{family}_dec_in_{channels}x8x8_f32le.bin")),
+        shared_file(&format!("golden/{family}_dec_out_3x64x64_f32le.bin")),
+        weights(family, Part::Decoder),
+    ) else {
+        return;
+    };
+    let input = read_f32_file(&input);
+    let expected = read_f32_file(&expected);
     let shape = LatentShape::new(channels, 8, 8);
     let mut batch = LatentBatch::with_capacity(shape, 1);
     batch.push(&Latent::new(shape, input).unwrap()).unwrap();
-    let decoder = TaesdDecoderModel::load(
-        &model_file(family, Part::Decoder),
-        family.name(),
-        Device::Cpu,
-    )
-    .unwrap();
+    let decoder = TaesdDecoderModel::load(&path, family.name(), Device::Cpu).unwrap();
     assert_eq!(decoder.latent_channels(), channels);
     let got = decoder.decode_raw(&batch).unwrap();
     assert_eq!(got.len(), expected.len());
@@ -53,12 +44,10 @@ fn taef1_decoder_matches_golden() {
 
 #[test]
 fn batched_decode_equals_one_by_one() {
-    let decoder = TaesdDecoderModel::load(
-        &model_file(Family::Taesd, Part::Decoder),
-        "taesd",
-        Device::Cpu,
-    )
-    .unwrap();
+    let Some(path) = weights(Family::Taesd, Part::Decoder) else {
+        return;
+    };
+    let decoder = TaesdDecoderModel::load(&path, "taesd", Device::Cpu).unwrap();
     let shape = LatentShape::new(4, 4, 6);
     let latents: Vec<Latent> = (0..3)
         .map(|n| {
@@ -93,33 +82,70 @@ fn batched_decode_equals_one_by_one() {
 #[test]
 fn every_family_member_loads_with_its_channel_count() {
     for family in Family::ALL {
-        let d = TaesdDecoderModel::load(
-            &model_file(family, Part::Decoder),
-            family.name(),
-            Device::Cpu,
-        )
-        .unwrap();
+        let (Some(decoder), Some(encoder)) = (
+            weights(family, Part::Decoder),
+            weights(family, Part::Encoder),
+        ) else {
+            continue;
+        };
+        let d = TaesdDecoderModel::load(&decoder, family.name(), Device::Cpu).unwrap();
         assert_eq!(d.latent_channels(), family.latent_channels(), "{family}");
-        let e = TaesdEncoderModel::load(
-            &model_file(family, Part::Encoder),
-            Device::Cpu,
-            Precision::Exact,
-        )
-        .unwrap();
+        let e = TaesdEncoderModel::load(&encoder, Device::Cpu, Precision::Exact).unwrap();
         assert_eq!(e.latent_channels(), family.latent_channels(), "{family}");
     }
 }
 
 #[test]
 fn decoder_file_given_as_encoder_is_a_clear_error() {
-    let err = TaesdEncoderModel::load(
-        &model_file(Family::Taesd, Part::Decoder),
-        Device::Cpu,
-        Precision::Exact,
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(err.contains("taesd_decoder.safetensors"), "{err}");
+    let Some(path) = weights(Family::Taesd, Part::Decoder) else {
+        return;
+    };
+    let err = TaesdEncoderModel::load(&path, Device::Cpu, Precision::Exact)
+        .err()
+        .unwrap()
+        .to_string();
+    // taesd_decoder.safetensors from the shared folder, taesd_decoder.pth when pulled.
+    let name = path.file_name().unwrap().to_string_lossy();
+    assert!(name.starts_with("taesd_decoder."), "{name}");
+    assert!(err.contains(name.as_ref()), "{err}");
     assert!(err.contains("14.weight"), "{err}");
+}
+
+/// TAEF2's GroupNorm mid-blocks: the engine's loaders pick candle's CPU backend for them (the
+/// CPU networks refuse); its decode against the golden output is in `engine::pth`'s tests.
+#[test]
+fn taef2_runs_on_candle_on_the_cpu() {
+    let (Some(decoder), Some(encoder)) = (
+        weights(Family::Taef2, Part::Decoder),
+        weights(Family::Taef2, Part::Encoder),
+    ) else {
+        return;
+    };
+    let loaded = WeightFile::load(&decoder, Part::Decoder).unwrap();
+    assert!(has_mid_blocks(&loaded));
+    assert!(matches!(
+        Backend::for_weights(&loaded, Device::Cpu, Precision::Fast).unwrap(),
+        Backend::Candle(_)
+    ));
+    let d = load_decoder(&decoder, Family::Taef2, Device::Cpu, Precision::Fast).unwrap();
+    assert_eq!(d.latent_channels(), 32);
+    let e = TaesdEncoderModel::load(&encoder, Device::Cpu, Precision::Fast).unwrap();
+    assert_eq!(e.latent_channels(), 32);
+    let picture = RgbImage::from_fn(64, 32, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 8) as u8, 60])
+    });
+    let latent = e.encode(&[picture]).unwrap().remove(0);
+    assert_eq!(latent.shape(), LatentShape::new(32, 4, 8));
+    let mut batch = LatentBatch::with_capacity(latent.shape(), 1);
+    batch.push(&latent).unwrap();
+    assert_eq!(d.decode(&batch).unwrap()[0].dimensions(), (64, 32));
+    // Other families stay on dreamd's CPU networks.
+    if let Some(taesd) = weights(Family::Taesd, Part::Decoder) {
+        let loaded = WeightFile::load(&taesd, Part::Decoder).unwrap();
+        assert!(!has_mid_blocks(&loaded));
+        assert!(matches!(
+            Backend::for_weights(&loaded, Device::Cpu, Precision::Fast).unwrap(),
+            Backend::Cpu(Precision::Fast)
+        ));
+    }
 }

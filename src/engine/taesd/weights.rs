@@ -33,6 +33,8 @@ pub enum WeightError {
     },
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
+    #[error(transparent)]
+    Pth(#[from] crate::engine::pth::PthError),
 }
 
 /// Which half of an autoencoder a file is read for.
@@ -51,7 +53,11 @@ pub struct WeightFile {
 
 impl WeightFile {
     /// Reads `path` and keeps the tensors of `part` (all of them for an index-layout file).
+    /// A PyTorch `.pth` checkpoint (by extension or zip magic) is read by [`crate::engine::pth`].
     pub fn load(path: &Path, part: Part) -> Result<WeightFile, WeightError> {
+        if crate::engine::pth::is_pth(path) {
+            return Self::from_named(path, part, crate::engine::pth::read_tensors(path)?);
+        }
         let bytes = std::fs::read(path).map_err(|error| WeightError::Read {
             path: path.to_path_buf(),
             error,
@@ -89,6 +95,39 @@ impl WeightFile {
             let tensor = view
                 .load(&Device::Cpu)
                 .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| WeightError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name}: {e}"),
+                })?;
+            tensors.insert(renamed, tensor);
+        }
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// The tensors of `part` among already-read `(name, tensor)` pairs (a `.pth` file's),
+    /// renamed and widened to F32 as [`WeightFile::load`] does for safetensors.
+    fn from_named(
+        path: &Path,
+        part: Part,
+        named: Vec<(String, Tensor)>,
+    ) -> Result<WeightFile, WeightError> {
+        let diffusers = named
+            .iter()
+            .any(|(n, _)| n.starts_with("decoder.layers.") || n.starts_with("encoder.layers."));
+        let mut tensors = HashMap::new();
+        for (name, tensor) in named {
+            let renamed = match diffusers {
+                true => match diffusers_to_index(&name, part) {
+                    Some(renamed) => renamed,
+                    None => continue,
+                },
+                false => name.clone(),
+            };
+            let tensor = tensor
+                .to_dtype(DType::F32)
                 .map_err(|e| WeightError::Format {
                     path: path.to_path_buf(),
                     message: format!("tensor {name}: {e}"),
