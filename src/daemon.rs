@@ -174,12 +174,6 @@ pub async fn run_observed(
     );
 
     let telemetry = Arc::new(Telemetry::default());
-    {
-        let telemetry = Arc::clone(&telemetry);
-        archive.set_display_floor(Box::new(move || {
-            telemetry.display.current_sequence().unwrap_or(first_seq)
-        }));
-    }
     let live = Arc::new(LiveSettings::new(&config));
     let buffer = Arc::new(FrameBuffer::new(first_seq));
     let control = Arc::new(Control::new(source.name(), source.has_themes()));

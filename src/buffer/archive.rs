@@ -26,14 +26,7 @@ pub struct FrameArchive {
     keep: AtomicUsize,
     kept: Mutex<VecDeque<PathBuf>>,
     faults: Arc<Faults>,
-    /// Frames at or after this sequence number are never pruned: the display has not shown
-    /// them yet, and `/frames/{seq}` must serve every frame it shows. Unset: no limit (frames of
-    /// earlier runs, at start-up).
-    display_floor: std::sync::OnceLock<DisplayFloor>,
 }
-
-/// The sequence number on screen now (the oldest frame the display may still need).
-pub type DisplayFloor = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl FrameArchive {
     /// Opens (creating) `dir`, keeping at most `keep` frames. Returns the archive and the
@@ -58,7 +51,6 @@ impl FrameArchive {
             keep: AtomicUsize::new(keep),
             kept: Mutex::new(existing.into_iter().map(|(_, path)| path).collect()),
             faults: Faults::none(),
-            display_floor: std::sync::OnceLock::new(),
         };
         archive.prune()?;
         Ok((archive, next_seq))
@@ -68,13 +60,6 @@ impl FrameArchive {
     pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
         self.faults = faults;
         self
-    }
-
-    /// From now on, never prune frames at or after `floor()`: retention counts only frames the
-    /// display has moved past, so a small `keep_frames` cannot delete a frame before it is shown
-    /// (the folder then briefly holds up to the buffer's frames on top). Set once.
-    pub fn set_display_floor(&self, floor: DisplayFloor) {
-        let _ = self.display_floor.set(floor);
     }
 
     /// Changes the retention count (a config reload); the surplus goes with the next save.
@@ -124,14 +109,6 @@ impl FrameArchive {
             let oldest = {
                 let mut kept = self.kept.lock();
                 if kept.len() <= self.keep.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let floor = self.display_floor.get().map(|f| f());
-                let shown = |path: &PathBuf| match (floor, parse_seq(path)) {
-                    (Some(floor), Some(seq)) => seq < floor,
-                    _ => true,
-                };
-                if !kept.front().is_some_and(shown) {
                     return Ok(());
                 }
                 kept.pop_front()
@@ -200,23 +177,6 @@ mod tests {
             ["00000002.png", "00000003.png", "00000004.png"]
         );
         assert_eq!(archive.len(), 3);
-    }
-
-    #[test]
-    fn frames_not_yet_shown_are_never_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let (archive, _) = FrameArchive::open(dir.path(), 2).unwrap();
-        let shown = Arc::new(std::sync::atomic::AtomicU64::new(1));
-        let floor = Arc::clone(&shown);
-        archive.set_display_floor(Box::new(move || floor.load(Ordering::Relaxed)));
-        for seq in 0..6 {
-            archive.save(&frame(seq)).unwrap();
-        }
-        // Frame 1 is on screen: only frame 0 may go, whatever the count.
-        assert_eq!(files(dir.path()).len(), 5);
-        shown.store(5, Ordering::Relaxed);
-        archive.save(&frame(6)).unwrap();
-        assert_eq!(files(dir.path()), ["00000005.png", "00000006.png"]);
     }
 
     #[test]
