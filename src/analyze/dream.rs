@@ -666,3 +666,270 @@ pub fn to_text(out: &mut String, d: &Direction) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::aggregate::Aggregator;
+    use crate::analyze::jsonl::{parse_line, Parsed};
+    use crate::analyze::record::Record;
+    use crate::direction::injection::InjectionKind;
+
+    /// A synthetic ComfyUI run (tests/fixtures/dream.jsonl): 20 keyframes 3 s apart, themes
+    /// nebula (0–7), forest (8–15), nebula (16–19); seed injections at 3 and 17, cache
+    /// injections at 9 (forced by collapse) and 15; collapse analyses from keyframe 1 on,
+    /// converging at 7, 13, 14 and collapsed at 8; every third offer to a 6-entry cache turned
+    /// away.
+    const FIXTURE: &str = include_str!("../../tests/fixtures/dream.jsonl");
+
+    fn report_of(log: &str) -> crate::analyze::Report {
+        let mut agg = Aggregator::default();
+        for line in log.lines() {
+            match parse_line(line) {
+                Parsed::Record(r) => agg.add(r),
+                other => panic!("{other:?}: {line}"),
+            }
+        }
+        agg.finish(Vec::new())
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-6)
+    }
+
+    #[test]
+    fn themes_in_order_of_first_appearance_with_spans() {
+        let report = report_of(FIXTURE);
+        assert_eq!(report.keyframes.count, 20, "still counted as keyframes");
+        let t = report.direction.unwrap().themes.unwrap();
+        assert_eq!((t.keyframes, t.switches), (16, 2));
+        let origins: Vec<(&str, u64)> = t.by_origin.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            origins,
+            [("cache", 2), ("comfyui", 15), ("fallback", 1), ("seed", 2)]
+        );
+        let names: Vec<&str> = t.shown.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["nebula", "forest"]);
+        let nebula = &t.shown[0];
+        assert_eq!((nebula.keyframes, nebula.spans_total), (10, 2));
+        assert_eq!(nebula.first, "2025-03-01T20:00:01Z");
+        assert_eq!(nebula.last, "2025-03-01T20:00:58Z");
+        assert_eq!(nebula.last_prompt.as_deref(), Some("nebula dreamscape, night"));
+        // The seed injection at keyframe 3 neither ends nor extends the first run.
+        let spans: Vec<(f64, f64, u64)> = nebula
+            .spans
+            .iter()
+            .map(|s| (s.from_s, s.duration_s, s.keyframes))
+            .collect();
+        assert_eq!(spans, [(0.0, 21.0, 7), (48.0, 9.0, 3)]);
+        let forest = &t.shown[1];
+        assert_eq!((forest.keyframes, forest.spans_total), (6, 1));
+        assert_eq!(forest.spans[0].from, "2025-03-01T20:00:25Z");
+        assert_eq!(forest.spans[0].duration_s, 18.0);
+    }
+
+    #[test]
+    fn collapse_status_over_time() {
+        let c = report_of(FIXTURE).direction.unwrap().collapse.unwrap();
+        assert_eq!((c.analyses, c.ok, c.converging, c.collapsed), (19, 15, 3, 1));
+        let first = c.first_converging.unwrap();
+        assert_eq!((first.at.as_str(), first.index), ("2025-03-01T20:00:22Z", 7));
+        assert!((first.t_s - 21.2).abs() < 1e-6, "{}", first.t_s);
+        assert_eq!(c.first_collapsed.unwrap().index, 8);
+        // f32 in the log.
+        assert!((c.max_color_delta.unwrap() - 0.33).abs() < 1e-6);
+        assert!((c.max_structure_delta.unwrap() - 0.12).abs() < 1e-6);
+        assert_eq!(c.max_severity, Some(1.0));
+        assert_eq!(c.final_state, "ok");
+        let changes: Vec<(u64, &str)> = c.changes.iter().map(|s| (s.index, s.state)).collect();
+        assert_eq!(
+            changes,
+            [
+                (1, "ok"),
+                (7, "converging"),
+                (8, "collapsed"),
+                (9, "ok"),
+                (13, "converging"),
+                (15, "ok")
+            ]
+        );
+        assert_eq!(c.changes_total, 6);
+    }
+
+    #[test]
+    fn injections_by_kind_and_reason() {
+        let i = report_of(FIXTURE).direction.unwrap().injections.unwrap();
+        assert_eq!(i.total, 4);
+        let cache = &i.by_kind["cache"];
+        assert_eq!(cache.count, 2);
+        assert!(close(cache.mean_weight, 0.35));
+        let reasons: Vec<(&str, u64)> =
+            cache.reasons.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(reasons, [("chance", 1), ("forced by collapse", 1)]);
+        assert_eq!(cache.first.as_ref().unwrap().index, 9);
+        let seed = &i.by_kind["seed"];
+        assert_eq!(seed.count, 2);
+        let reasons: Vec<&str> = seed.reasons.keys().map(String::as_str).collect();
+        assert_eq!(reasons, ["adaptive chance", "bootstrap"]);
+        assert_eq!(seed.last_source, "tide.png");
+        assert_eq!(seed.last_reason, "adaptive chance 12.5 %");
+    }
+
+    #[test]
+    fn cache_acceptance_rate() {
+        let c = report_of(FIXTURE).direction.unwrap().cache.unwrap();
+        assert_eq!((c.offered, c.accepted, c.redundant), (20, 14, 6));
+        assert!(close(c.acceptance_rate, 0.7));
+        assert_eq!((c.evicted, c.final_size, c.max_size), (8, 6, 6));
+    }
+
+    #[test]
+    fn series_and_text() {
+        let report = report_of(FIXTURE);
+        let d = report.direction.as_ref().unwrap();
+        assert!(d.eventful());
+        let s = &d.series;
+        assert_eq!(s.color_delta.iter().map(|p| p.count).sum::<u64>(), 16);
+        assert_eq!(s.collapse_state.iter().map(|p| p.count).sum::<u64>(), 19);
+        assert_eq!(s.collapse_state.iter().filter(|p| p.max == 2.0).count(), 1);
+        assert_eq!(s.cache_injections.len(), 2);
+        assert_eq!(s.seed_injections[0].t_s, 8.5);
+
+        let text = crate::analyze::report::to_text(&report);
+        for expected in [
+            "\nCreative direction:\n",
+            "  Themes: 2 shown, 16 keyframes under a theme, 2 switches; keyframes by origin: cache 2, comfyui 15, fallback 1, seed 2\n",
+            "    1. nebula: 10 keyframes in 2 span(s): 2025-03-01T20:00:01Z +21 s (7), 2025-03-01T20:00:49Z +9 s (3)\n",
+            "  Collapse: 19 analyses (ok 15, converging 3, collapsed 1); latest ok\n",
+            "    first converging 2025-03-01T20:00:22Z (keyframe 7, +21.2 s); first collapsed 2025-03-01T20:00:25Z (keyframe 8, +24.2 s)\n",
+            "    max colour delta 0.330, max structure delta 0.120, max severity 1.00\n",
+            "    over time: +3.2 s ok -> +21.2 s converging -> +24.2 s collapsed -> +27.2 s ok -> +39.2 s converging -> +45.2 s ok\n",
+            "  Injections: 4 (cache 2, seed 2)\n",
+            "    cache: mean weight 0.35; reasons: chance 1, forced by collapse 1; last cache_00000007 (chance 25 %)\n",
+            "  Cache: 14 of 20 offers accepted (70.0 %), 8 evicted, final size 6 (max 6)\n",
+        ] {
+            assert!(text.contains(expected), "{expected}\n---\n{text}");
+        }
+        // After the failures, before the verdict.
+        assert!(text.find("Failures:").unwrap() < text.find("Creative direction:").unwrap());
+        assert!(text.find("Creative direction:").unwrap() < text.find("Bottlenecks:").unwrap());
+    }
+
+    #[test]
+    fn logs_without_direction_events_have_no_section() {
+        let log = r#"{"timestamp":"2024-05-01T12:00:00Z","event":"keyframe","index":1,"seq":5,"source":"procedural","ms":2.0,"outcome":"ok"}
+{"timestamp":"2024-05-01T12:00:01Z","event":"keyframe","index":2,"seq":10,"source":"comfyui","ms":2.0,"outcome":"ok","prompt_id":"abc","seed":3}"#;
+        let report = report_of(log);
+        assert!(report.direction.is_none());
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json.get("direction").is_none());
+        assert!(!crate::analyze::report::to_text(&report).contains("Creative direction"));
+    }
+
+    #[test]
+    fn a_calm_detector_alone_is_not_eventful() {
+        let log = r#"{"timestamp":"2024-05-01T12:00:00Z","event":"collapse","index":11,"state":"ok","color_similarity":2.4,"structure_similarity":0.65,"color_delta":0.018,"structure_delta":0.007,"severity":0.0,"reason":"colour delta 0.018, structure delta 0.007"}"#;
+        let d = report_of(log).direction.unwrap();
+        assert!(d.themes.is_none() && d.injections.is_none() && d.cache.is_none());
+        assert_eq!(d.collapse.as_ref().unwrap().changes_total, 1);
+        assert!(!d.eventful());
+    }
+
+    #[test]
+    fn reasons_are_classed_without_their_numbers() {
+        for (reason, class) in [
+            ("bootstrap: cache holds 3 < 10 (chance 50 %)", "bootstrap"),
+            ("adaptive chance 12.5 %", "adaptive chance"),
+            ("chance 20 %", "chance"),
+            ("forced by collapse (colour delta 0.400 > 0.300)", "forced by collapse"),
+            (
+                "cache injections at 40 % of recent keyframes > 30 %",
+                "cache injections",
+            ),
+            (
+                "collapse verdicts at 60 % of recent analyses > 50 %",
+                "collapse verdicts",
+            ),
+            ("", "unspecified"),
+            ("42", "unspecified"),
+        ] {
+            assert_eq!(reason_class(reason), class, "{reason}");
+        }
+    }
+
+    #[test]
+    fn names_spans_and_changes_are_bounded() {
+        let mut agg = DirectionAggregator::default();
+        let keyframe = |ts: f64| KeyframeRecord {
+            ts,
+            source: "comfyui".to_string(),
+            ms: Some(1.0),
+            ok: true,
+            error: None,
+        };
+        let themed = |theme: String| KeyframeDirection {
+            theme: Some(theme),
+            prompt: Some("p".repeat(1000)),
+            origin: None,
+        };
+        // 100 themes, then two themes alternating 40 times.
+        for i in 0..100 {
+            agg.keyframe(&keyframe(i as f64), &themed(format!("theme{i}")));
+        }
+        for i in 0..80 {
+            agg.keyframe(&keyframe(100.0 + i as f64), &themed(format!("theme{}", i % 2)));
+        }
+        for i in 0..200u64 {
+            agg.collapse(&CollapseRecord {
+                ts: i as f64,
+                index: i,
+                state: if i % 2 == 0 {
+                    CollapseState::Ok
+                } else {
+                    CollapseState::Converging
+                },
+                color_similarity: 2.0,
+                structure_similarity: 0.5,
+                color_delta: Some(0.1),
+                structure_delta: None,
+                severity: 0.5,
+            });
+        }
+        for i in 0..100 {
+            agg.injection(&InjectionRecord {
+                ts: i as f64,
+                index: i,
+                kind: InjectionKind::Seed,
+                source_id: "s.png".to_string(),
+                weight: 0.5,
+                reason: format!("reason{} x", "abcdefghijklmnopqrstuvwxyz".repeat(2).get(..i as usize % 50).unwrap_or("")),
+            });
+        }
+        let d = agg.finish(0.0).unwrap();
+        let t = d.themes.unwrap();
+        assert_eq!(t.shown.len(), MAX_NAMES + 1);
+        assert_eq!(t.shown[MAX_NAMES].name, OTHER);
+        assert_eq!(t.shown[MAX_NAMES].keyframes, 100 - MAX_NAMES as u64);
+        let theme0 = &t.shown[0];
+        assert_eq!(theme0.spans_total, 41);
+        assert_eq!(theme0.spans.len(), MAX_SPANS);
+        assert_eq!(theme0.last_prompt.as_ref().unwrap().len(), TEXT_CHARS);
+        let c = d.collapse.unwrap();
+        assert_eq!(c.changes_total, 200);
+        assert_eq!(c.changes.len(), MAX_CHANGES);
+        let seed = &d.injections.unwrap().by_kind["seed"];
+        assert_eq!(seed.reasons.len(), MAX_NAMES + 1);
+        assert_eq!(seed.reasons.values().sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn the_jsonl_reader_keeps_direction_apart_from_plain_keyframes() {
+        let line = FIXTURE.lines().next().unwrap();
+        let Parsed::Record(Record::DirectedKeyframe(k, d)) = parse_line(line) else {
+            panic!("not a directed keyframe: {line}");
+        };
+        assert_eq!((k.source.as_str(), k.ok), ("comfyui", true));
+        assert_eq!(d.theme.as_deref(), Some("nebula"));
+        assert_eq!(d.origin.as_deref(), Some("comfyui"));
+    }
+}
