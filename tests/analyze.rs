@@ -338,9 +338,15 @@ fn creative_direction_from_jsonl() {
     assert_eq!(shown[1]["name"], "forest");
     assert_eq!(d["collapse"]["converging"], 3);
     assert_eq!(d["collapse"]["collapsed"], 1);
-    assert_eq!(d["collapse"]["first_collapsed"]["at"], "2025-03-01T20:00:25Z");
+    assert_eq!(
+        d["collapse"]["first_collapsed"]["at"],
+        "2025-03-01T20:00:25Z"
+    );
     assert_eq!(d["injections"]["by_kind"]["cache"]["count"], 2);
-    assert_eq!(d["injections"]["by_kind"]["seed"]["reasons"]["bootstrap"], 1);
+    assert_eq!(
+        d["injections"]["by_kind"]["seed"]["reasons"]["bootstrap"],
+        1
+    );
     assert_eq!(d["cache"]["acceptance_rate"], 0.7);
     assert_eq!(d["cache"]["final_size"], 6);
     assert!(!d["series"]["color_delta"].as_array().unwrap().is_empty());
@@ -357,7 +363,10 @@ fn creative_direction_from_jsonl() {
         ],
     ));
     assert!(text.contains("\nCreative direction:\n"), "{text}");
-    assert!(text.contains("  Injections: 4 (cache 2, seed 2)\n"), "{text}");
+    assert!(
+        text.contains("  Injections: 4 (cache 2, seed 2)\n"),
+        "{text}"
+    );
     assert!(
         text.contains("  Cache: 14 of 20 offers accepted (70.0 %)"),
         "{text}"
@@ -375,10 +384,7 @@ fn logs_without_direction_events_report_no_direction() {
     for name in ["legacy_batched.log", "legacy_per_frame.log", "rotated"] {
         let report = json(&[fixture(name).to_str().unwrap()]);
         assert!(report.get("direction").is_none(), "{name}");
-        let text = stdout(&dreamd(
-            None,
-            &["analyze", fixture(name).to_str().unwrap()],
-        ));
+        let text = stdout(&dreamd(None, &["analyze", fixture(name).to_str().unwrap()]));
         assert!(!text.contains("Creative direction"), "{name}");
     }
 }

@@ -200,7 +200,10 @@ pub fn reason_class(reason: &str) -> String {
         }
         words.push(word);
     }
-    while words.last().is_some_and(|w| matches!(*w, "at" | "of" | "by" | "=")) {
+    while words
+        .last()
+        .is_some_and(|w| matches!(*w, "at" | "of" | "by" | "="))
+    {
         words.pop();
     }
     if words.is_empty() {
@@ -714,7 +717,10 @@ mod tests {
         assert_eq!((nebula.keyframes, nebula.spans_total), (10, 2));
         assert_eq!(nebula.first, "2025-03-01T20:00:01Z");
         assert_eq!(nebula.last, "2025-03-01T20:00:58Z");
-        assert_eq!(nebula.last_prompt.as_deref(), Some("nebula dreamscape, night"));
+        assert_eq!(
+            nebula.last_prompt.as_deref(),
+            Some("nebula dreamscape, night")
+        );
         // The seed injection at keyframe 3 neither ends nor extends the first run.
         let spans: Vec<(f64, f64, u64)> = nebula
             .spans
@@ -731,9 +737,15 @@ mod tests {
     #[test]
     fn collapse_status_over_time() {
         let c = report_of(FIXTURE).direction.unwrap().collapse.unwrap();
-        assert_eq!((c.analyses, c.ok, c.converging, c.collapsed), (19, 15, 3, 1));
+        assert_eq!(
+            (c.analyses, c.ok, c.converging, c.collapsed),
+            (19, 15, 3, 1)
+        );
         let first = c.first_converging.unwrap();
-        assert_eq!((first.at.as_str(), first.index), ("2025-03-01T20:00:22Z", 7));
+        assert_eq!(
+            (first.at.as_str(), first.index),
+            ("2025-03-01T20:00:22Z", 7)
+        );
         assert!((first.t_s - 21.2).abs() < 1e-6, "{}", first.t_s);
         assert_eq!(c.first_collapsed.unwrap().index, 8);
         // f32 in the log.
@@ -763,8 +775,11 @@ mod tests {
         let cache = &i.by_kind["cache"];
         assert_eq!(cache.count, 2);
         assert!(close(cache.mean_weight, 0.35));
-        let reasons: Vec<(&str, u64)> =
-            cache.reasons.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let reasons: Vec<(&str, u64)> = cache
+            .reasons
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
         assert_eq!(reasons, [("chance", 1), ("forced by collapse", 1)]);
         assert_eq!(cache.first.as_ref().unwrap().index, 9);
         let seed = &i.by_kind["seed"];
@@ -841,7 +856,10 @@ mod tests {
             ("bootstrap: cache holds 3 < 10 (chance 50 %)", "bootstrap"),
             ("adaptive chance 12.5 %", "adaptive chance"),
             ("chance 20 %", "chance"),
-            ("forced by collapse (colour delta 0.400 > 0.300)", "forced by collapse"),
+            (
+                "forced by collapse (colour delta 0.400 > 0.300)",
+                "forced by collapse",
+            ),
             (
                 "cache injections at 40 % of recent keyframes > 30 %",
                 "cache injections",
@@ -877,7 +895,10 @@ mod tests {
             agg.keyframe(&keyframe(i as f64), &themed(format!("theme{i}")));
         }
         for i in 0..80 {
-            agg.keyframe(&keyframe(100.0 + i as f64), &themed(format!("theme{}", i % 2)));
+            agg.keyframe(
+                &keyframe(100.0 + i as f64),
+                &themed(format!("theme{}", i % 2)),
+            );
         }
         for i in 0..200u64 {
             agg.collapse(&CollapseRecord {
@@ -902,7 +923,13 @@ mod tests {
                 kind: InjectionKind::Seed,
                 source_id: "s.png".to_string(),
                 weight: 0.5,
-                reason: format!("reason{} x", "abcdefghijklmnopqrstuvwxyz".repeat(2).get(..i as usize % 50).unwrap_or("")),
+                reason: format!(
+                    "reason{} x",
+                    "abcdefghijklmnopqrstuvwxyz"
+                        .repeat(2)
+                        .get(..i as usize % 50)
+                        .unwrap_or("")
+                ),
             });
         }
         let d = agg.finish(0.0).unwrap();

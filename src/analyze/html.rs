@@ -203,15 +203,24 @@ fn direction_plot(d: &Direction, span_s: f64) -> Result<String, AnalyzeError> {
             }
             chart
                 .draw_series(kind.iter().map(|p| {
-                    PathElement::new(vec![(p.t_s, y_lo), (p.t_s, line_top)], color.mix(0.6))
+                    PathElement::new(
+                        vec![(p.t_s, y_lo), (p.t_s, line_top)],
+                        color.mix(0.7).stroke_width(2),
+                    )
                 }))
                 .map_err(|e| err(e.to_string()))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], color));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], color.stroke_width(2))
+                });
         }
         for (name, points, color) in [
             ("colour delta (0-3 scale)", &s.color_delta, BLUE),
-            ("structure delta (0-1 scale)", &s.structure_delta, structure_color),
+            (
+                "structure delta (0-1 scale)",
+                &s.structure_delta,
+                structure_color,
+            ),
         ] {
             if points.is_empty() {
                 continue;
@@ -229,11 +238,7 @@ fn direction_plot(d: &Direction, span_s: f64) -> Result<String, AnalyzeError> {
             ("converging", 1.0, converging_color),
             ("collapsed", 2.0, RED),
         ] {
-            let marked: Vec<_> = s
-                .collapse_state
-                .iter()
-                .filter(|p| p.max == level)
-                .collect();
+            let marked: Vec<_> = s.collapse_state.iter().filter(|p| p.max == level).collect();
             if marked.is_empty() {
                 continue;
             }
@@ -249,8 +254,9 @@ fn direction_plot(d: &Direction, span_s: f64) -> Result<String, AnalyzeError> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
+            // The detector's warm-up leaves the start of the plot empty.
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.7))
             .border_style(BLACK)
             .draw()
             .map_err(|e| err(e.to_string()))?;
