@@ -398,6 +398,19 @@ mod tests {
                 AnyEvent::ConfigReload(_) => false,
             };
             match parse_line(line) {
+                // A keyframe that says its theme, prompt or origin feeds the direction too.
+                Parsed::Record(Record::Keyframe(_)) => {
+                    assert!(matches!(sent, AnyEvent::Keyframe(_)), "{line}");
+                    assert!(!line.contains("\"theme\""), "{line}");
+                }
+                Parsed::Record(Record::DirectedKeyframe(_, direction)) => {
+                    let AnyEvent::Keyframe(k) = sent else {
+                        panic!("{line}")
+                    };
+                    assert_eq!(direction.theme, k.detail.theme, "{line}");
+                    assert_eq!(direction.prompt, k.detail.prompt, "{line}");
+                    assert_eq!(direction.origin, k.detail.origin, "{line}");
+                }
                 Parsed::Record(_) => assert!(used, "{line}"),
                 Parsed::Ignored => assert!(!used, "{line}"),
                 Parsed::Unparseable => panic!("unparseable: {line}"),
