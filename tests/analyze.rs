@@ -320,3 +320,71 @@ fn golden_text_report() {
     let expected = std::fs::read_to_string(&golden).unwrap();
     assert_eq!(text, expected);
 }
+
+/// Creative direction (themes, collapse, injections, cache) from a synthetic ComfyUI run; the
+/// figures themselves are checked in `src/analyze/dream.rs`.
+#[test]
+fn creative_direction_from_jsonl() {
+    let log = fixture("dream.jsonl");
+    let report = json(&[log.to_str().unwrap()]);
+    assert_eq!(report["totals"]["unparseable_lines"], 0);
+    assert_eq!(report["totals"]["ignored_lines"], 0);
+    assert_eq!(report["keyframes"]["count"], 20);
+    let d = &report["direction"];
+    let shown = d["themes"]["shown"].as_array().unwrap();
+    assert_eq!(shown.len(), 2);
+    assert_eq!(shown[0]["name"], "nebula");
+    assert_eq!(shown[0]["spans_total"], 2);
+    assert_eq!(shown[1]["name"], "forest");
+    assert_eq!(d["collapse"]["converging"], 3);
+    assert_eq!(d["collapse"]["collapsed"], 1);
+    assert_eq!(
+        d["collapse"]["first_collapsed"]["at"],
+        "2025-03-01T20:00:25Z"
+    );
+    assert_eq!(d["injections"]["by_kind"]["cache"]["count"], 2);
+    assert_eq!(
+        d["injections"]["by_kind"]["seed"]["reasons"]["bootstrap"],
+        1
+    );
+    assert_eq!(d["cache"]["acceptance_rate"], 0.7);
+    assert_eq!(d["cache"]["final_size"], 6);
+    assert!(!d["series"]["color_delta"].as_array().unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("dream.html");
+    let text = stdout(&dreamd(
+        None,
+        &[
+            "analyze",
+            log.to_str().unwrap(),
+            "--html",
+            page.to_str().unwrap(),
+        ],
+    ));
+    assert!(text.contains("\nCreative direction:\n"), "{text}");
+    assert!(
+        text.contains("  Injections: 4 (cache 2, seed 2)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  Cache: 14 of 20 offers accepted (70.0 %)"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("Collapse deltas over time, with injections"));
+    assert_eq!(html.matches("<svg").count(), 1, "no pairs: only this plot");
+    for external in ["<script", "<link", "src=", "url("] {
+        assert!(!html.contains(external), "external asset: {external}");
+    }
+}
+
+#[test]
+fn logs_without_direction_events_report_no_direction() {
+    for name in ["legacy_batched.log", "legacy_per_frame.log", "rotated"] {
+        let report = json(&[fixture(name).to_str().unwrap()]);
+        assert!(report.get("direction").is_none(), "{name}");
+        let text = stdout(&dreamd(None, &["analyze", fixture(name).to_str().unwrap()]));
+        assert!(!text.contains("Creative direction"), "{name}");
+    }
+}

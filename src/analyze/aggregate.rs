@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use super::bottleneck;
+use super::dream::DirectionAggregator;
 use super::input::InputStats;
 use super::model::{self, Report, SeriesPoint};
-use super::record::{format_timestamp, Outcome, Record, Timestamp};
+use super::record::{format_timestamp, KeyframeRecord, Outcome, Record, Timestamp};
 use super::sketch::{Series, Sketch};
 use crate::config::DEFAULT_TARGET_FPS;
 
@@ -153,6 +154,8 @@ pub struct Aggregator {
 
     failures: BTreeMap<String, u64>,
     last_error: BTreeMap<String, String>,
+
+    direction: DirectionAggregator,
 }
 
 /// `name` if the map already has it or has room, else [`OTHER`].
@@ -183,6 +186,21 @@ impl Aggregator {
         *self.failures.entry(stage.clone()).or_default() += 1;
         if let Some(error) = error {
             self.last_error.insert(stage, clip(error));
+        }
+    }
+
+    fn keyframe(&mut self, k: KeyframeRecord) {
+        let source = bounded_name(&self.keyframes, &k.source);
+        let entry = self.keyframes.entry(source).or_default();
+        entry.0 += 1;
+        if k.ok {
+            if let Some(ms) = k.ms {
+                entry.2.add(ms);
+                self.keyframe_ms.add(ms);
+            }
+        } else {
+            entry.1 += 1;
+            self.failure("keyframe", k.error.as_deref());
         }
     }
 
@@ -245,20 +263,14 @@ impl Aggregator {
                     self.lock_contention += 1;
                 }
             }
-            Record::Keyframe(k) => {
-                let source = bounded_name(&self.keyframes, &k.source);
-                let entry = self.keyframes.entry(source).or_default();
-                entry.0 += 1;
-                if k.ok {
-                    if let Some(ms) = k.ms {
-                        entry.2.add(ms);
-                        self.keyframe_ms.add(ms);
-                    }
-                } else {
-                    entry.1 += 1;
-                    self.failure("keyframe", k.error.as_deref());
-                }
+            Record::Keyframe(k) => self.keyframe(k),
+            Record::DirectedKeyframe(k, direction) => {
+                self.direction.keyframe(&k, &direction);
+                self.keyframe(k);
             }
+            Record::Collapse(c) => self.direction.collapse(&c),
+            Record::Cache(c) => self.direction.cache(&c),
+            Record::Injection(i) => self.direction.injection(&i),
             Record::Late { late_ms, .. } => {
                 self.late += 1;
                 self.late_ms.add(late_ms);
@@ -448,6 +460,7 @@ impl Aggregator {
             failures,
             bottlenecks: model::Bottlenecks::default(),
             series,
+            direction: self.direction.finish(self.first.unwrap_or(0.0)),
         };
         report.bottlenecks = bottleneck::judge(&report);
         report

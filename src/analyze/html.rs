@@ -1,11 +1,14 @@
 //! `--html FILE`: one self-contained HTML page (inline CSS and SVG, no external assets) with
 //! the text report and four plots drawn with plotters' SVG backend: decode ms per pair over
-//! time, the lock-wait distribution, buffer seconds over time, and display interval error.
+//! time, the lock-wait distribution, buffer seconds over time, and display interval error; and,
+//! when the logs hold collapse verdicts other than `ok` or injections, collapse deltas over time
+//! with the injections marked.
 //! Text in the SVGs is emitted as `<text>` elements, so no fonts are needed to draw them.
 
 use plotters::prelude::*;
 
 use super::compare::Comparison;
+use super::dream::Direction;
 use super::model::{Report, SeriesPoint};
 use super::report::{num, to_text};
 use super::AnalyzeError;
@@ -143,6 +146,146 @@ fn lock_wait_plot(report: &Report) -> Result<String, AnalyzeError> {
     Ok(svg)
 }
 
+/// Collapse colour and structure deltas over time, the detector's converging/collapsed
+/// verdicts as marks along the top, and cache and seed injections as vertical lines.
+fn direction_plot(d: &Direction, span_s: f64) -> Result<String, AnalyzeError> {
+    let plot = "Collapse deltas over time, with injections";
+    let err = plot_error(plot);
+    let s = &d.series;
+    let deltas = s.color_delta.iter().chain(&s.structure_delta);
+    let marks = s
+        .collapse_state
+        .iter()
+        .chain(&s.cache_injections)
+        .chain(&s.seed_injections);
+    let (mut x_max, mut y_lo, mut y_hi) = (span_s.max(1.0), 0.0f64, 0.0f64);
+    for p in deltas.clone() {
+        y_lo = y_lo.min(p.mean);
+        y_hi = y_hi.max(p.mean);
+    }
+    for p in deltas.chain(marks) {
+        x_max = x_max.max(p.t_s);
+    }
+    if y_hi - y_lo <= 0.0 {
+        y_hi = y_lo + 0.1;
+    }
+    // Headroom above the deltas for the verdict marks.
+    let range = y_hi - y_lo;
+    let (y_mark, y_top) = (y_hi + range * 0.12, y_hi + range * 0.2);
+    let (y_lo, line_top) = (y_lo - range * 0.05, y_hi + range * 0.06);
+    let structure_color = RGBColor(0, 140, 70);
+    let converging_color = RGBColor(230, 150, 0);
+    let cache_color = RGBColor(140, 60, 170);
+    let seed_color = RGBColor(200, 90, 40);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(plot, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, y_lo..y_top)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the first record")
+            .y_desc("delta (recent - early similarity)")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (name, kind, color) in [
+            ("cache injection", &s.cache_injections, cache_color),
+            ("seed injection", &s.seed_injections, seed_color),
+        ] {
+            if kind.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(kind.iter().map(|p| {
+                    PathElement::new(
+                        vec![(p.t_s, y_lo), (p.t_s, line_top)],
+                        color.mix(0.7).stroke_width(2),
+                    )
+                }))
+                .map_err(|e| err(e.to_string()))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], color.stroke_width(2))
+                });
+        }
+        for (name, points, color) in [
+            ("colour delta (0-3 scale)", &s.color_delta, BLUE),
+            (
+                "structure delta (0-1 scale)",
+                &s.structure_delta,
+                structure_color,
+            ),
+        ] {
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.t_s, p.mean)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(e.to_string()))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        }
+        for (name, level, color) in [
+            ("converging", 1.0, converging_color),
+            ("collapsed", 2.0, RED),
+        ] {
+            let marked: Vec<_> = s.collapse_state.iter().filter(|p| p.max == level).collect();
+            if marked.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(
+                    marked
+                        .iter()
+                        .map(|p| TriangleMarker::new((p.t_s, y_mark), 5, color.filled())),
+                )
+                .map_err(|e| err(e.to_string()))?
+                .label(name)
+                .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 5, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            // The detector's warm-up leaves the start of the plot empty.
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.7))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// The creative-direction plot, or a line saying why there is none.
+fn direction_figure(d: &Direction, span_s: f64) -> Result<String, AnalyzeError> {
+    if d.eventful() {
+        return figure(direction_plot(d, span_s), false, "");
+    }
+    let why = match &d.collapse {
+        Some(c) => format!(
+            "the collapse detector stayed ok over {} analyses (max colour delta {}, structure \
+             delta {}) and nothing was injected",
+            c.analyses,
+            num(c.max_color_delta, 3),
+            num(c.max_structure_delta, 3)
+        ),
+        None => "no collapse verdict or injection in these logs".to_string(),
+    };
+    Ok(format!(
+        "<p class=\"empty\">Creative direction: {}; nothing to plot.</p>\n",
+        escape(&why)
+    ))
+}
+
 fn figure(
     svg: Result<String, AnalyzeError>,
     empty: bool,
@@ -231,6 +374,9 @@ fn report_body(report: &Report) -> Result<String, AnalyzeError> {
         s.interval_error_p50_ms.is_empty() && s.late_ms.is_empty(),
         "Display interval error (needs display_stats or late events)",
     )?);
+    if let Some(direction) = &report.direction {
+        body.push_str(&direction_figure(direction, span)?);
+    }
     body.push_str("<h2>Report</h2>\n<pre>");
     body.push_str(&escape(&to_text(report)));
     body.push_str("</pre>\n");

@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::record::{
-    parse_timestamp, DisplayStatsRecord, KeyframeRecord, Outcome, PairRecord, Record, Timestamp,
+    parse_timestamp, CacheRecord, CollapseRecord, DisplayStatsRecord, InjectionRecord,
+    KeyframeDirection, KeyframeRecord, Outcome, PairRecord, Record, Timestamp,
 };
 use crate::events::{AnyEvent, DisplayEvent, KeyframeOutcome, LogEvent, PairOutcome};
 
@@ -95,13 +96,26 @@ pub fn parse_line(line: &str) -> Parsed {
             });
             Record::Pair(pair)
         }
-        AnyEvent::Keyframe(k) => Record::Keyframe(KeyframeRecord {
-            ts,
-            source: non_empty(&k.source).unwrap_or_else(|| "unknown".to_string()),
-            ms: k.ms,
-            ok: k.outcome != KeyframeOutcome::Failed,
-            error: k.error.as_deref().and_then(non_empty),
-        }),
+        AnyEvent::Keyframe(k) => {
+            let keyframe = KeyframeRecord {
+                ts,
+                source: non_empty(&k.source).unwrap_or_else(|| "unknown".to_string()),
+                ms: k.ms,
+                ok: k.outcome != KeyframeOutcome::Failed,
+                error: k.error.as_deref().and_then(non_empty),
+            };
+            let detail = k.detail;
+            let direction = KeyframeDirection {
+                theme: detail.theme.as_deref().and_then(non_empty),
+                prompt: detail.prompt.as_deref().and_then(non_empty),
+                origin: detail.origin.as_deref().and_then(non_empty),
+            };
+            if direction == KeyframeDirection::default() {
+                Record::Keyframe(keyframe)
+            } else {
+                Record::DirectedKeyframe(keyframe, direction)
+            }
+        }
         AnyEvent::Display(DisplayEvent::Late { late_ms }) => Record::Late { ts, late_ms },
         AnyEvent::Display(DisplayEvent::Held { .. }) => Record::Held { ts },
         AnyEvent::Display(DisplayEvent::Skipped { .. }) => Record::Skipped { ts },
@@ -129,11 +143,33 @@ pub fn parse_line(line: &str) -> Parsed {
             interval_error_p50_ms: d.interval_error_p50_ms,
             interval_error_p99_ms: d.interval_error_p99_ms,
         }),
-        AnyEvent::Display(DisplayEvent::SkipRequest { .. })
-        | AnyEvent::ConfigReload(_)
-        | AnyEvent::Collapse(_)
-        | AnyEvent::Cache(_)
-        | AnyEvent::Injection(_) => return Parsed::Ignored,
+        AnyEvent::Collapse(c) => Record::Collapse(CollapseRecord {
+            ts,
+            index: c.index,
+            state: c.state,
+            color_similarity: f64::from(c.color_similarity),
+            structure_similarity: f64::from(c.structure_similarity),
+            color_delta: c.color_delta.map(f64::from),
+            structure_delta: c.structure_delta.map(f64::from),
+            severity: f64::from(c.severity),
+        }),
+        AnyEvent::Cache(c) => Record::Cache(CacheRecord {
+            ts,
+            accepted: c.accepted,
+            size: c.size,
+            evicted: c.evicted.is_some(),
+        }),
+        AnyEvent::Injection(i) => Record::Injection(InjectionRecord {
+            ts,
+            index: i.index,
+            kind: i.kind,
+            source_id: i.source_id,
+            weight: i.weight,
+            reason: i.reason,
+        }),
+        AnyEvent::Display(DisplayEvent::SkipRequest { .. }) | AnyEvent::ConfigReload(_) => {
+            return Parsed::Ignored
+        }
     };
     Parsed::Record(record)
 }
@@ -354,14 +390,27 @@ mod tests {
                 | AnyEvent::Keyframe(_)
                 | AnyEvent::Buffer(_)
                 | AnyEvent::State(_)
-                | AnyEvent::DisplayStats(_) => true,
-                AnyEvent::Display(d) => !matches!(d, DisplayEvent::SkipRequest { .. }),
-                AnyEvent::ConfigReload(_)
+                | AnyEvent::DisplayStats(_)
                 | AnyEvent::Collapse(_)
                 | AnyEvent::Cache(_)
-                | AnyEvent::Injection(_) => false,
+                | AnyEvent::Injection(_) => true,
+                AnyEvent::Display(d) => !matches!(d, DisplayEvent::SkipRequest { .. }),
+                AnyEvent::ConfigReload(_) => false,
             };
             match parse_line(line) {
+                // A keyframe that says its theme, prompt or origin feeds the direction too.
+                Parsed::Record(Record::Keyframe(_)) => {
+                    assert!(matches!(sent, AnyEvent::Keyframe(_)), "{line}");
+                    assert!(!line.contains("\"theme\""), "{line}");
+                }
+                Parsed::Record(Record::DirectedKeyframe(_, direction)) => {
+                    let AnyEvent::Keyframe(k) = sent else {
+                        panic!("{line}")
+                    };
+                    assert_eq!(direction.theme, k.detail.theme, "{line}");
+                    assert_eq!(direction.prompt, k.detail.prompt, "{line}");
+                    assert_eq!(direction.origin, k.detail.origin, "{line}");
+                }
                 Parsed::Record(_) => assert!(used, "{line}"),
                 Parsed::Ignored => assert!(!used, "{line}"),
                 Parsed::Unparseable => panic!("unparseable: {line}"),

@@ -5,12 +5,14 @@
 //! line and read by [`jsonl`] or [`legacy`] into [`record::Record`]s, which the
 //! [`aggregate::Aggregator`] folds into a [`model::Report`] in bounded memory (quantile sketches
 //! and downsampled series from [`sketch`]). [`bottleneck`] judges it against documented
-//! thresholds; [`report`] prints text or JSON, [`html`] a self-contained HTML page with SVG
+//! thresholds; [`dream`] sums up the creative direction (themes, collapse, injections, cache);
+//! [`report`] prints text or JSON, [`html`] a self-contained HTML page with SVG
 //! plots, and [`compare`] puts two runs side by side.
 
 pub mod aggregate;
 pub mod bottleneck;
 pub mod compare;
+pub mod dream;
 pub mod html;
 pub mod input;
 pub mod jsonl;

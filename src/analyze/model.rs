@@ -26,6 +26,10 @@ pub struct Report {
     pub failures: Failures,
     pub bottlenecks: Bottlenecks,
     pub series: SeriesSet,
+    /// Themes, collapse, injections and cache ([`super::dream`]); absent (not `null`) when
+    /// the logs hold no such events, so older reports stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<super::dream::Direction>,
 }
 
 /// Line counts over all inputs.

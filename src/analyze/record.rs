@@ -49,6 +49,15 @@ pub enum Record {
         ts: Timestamp,
         wait_ms: f64,
     },
+    /// A keyframe attempt whose event also says how it was made (dreamd's creative direction:
+    /// theme, prompt, origin); counted as a keyframe and by [`super::dream`].
+    DirectedKeyframe(KeyframeRecord, KeyframeDirection),
+    /// One analysis of the mode-collapse detector (`collapse` event).
+    Collapse(CollapseRecord),
+    /// A keyframe offered to the diverse-frame cache (`cache` event).
+    Cache(CacheRecord),
+    /// A keyframe made by blending in a cached frame or a seed picture (`injection` event).
+    Injection(InjectionRecord),
 }
 
 impl Record {
@@ -58,6 +67,10 @@ impl Record {
             Record::Pair(p) => p.ts,
             Record::Keyframe(k) => k.ts,
             Record::DisplayStats(d) => d.ts,
+            Record::DirectedKeyframe(k, _) => k.ts,
+            Record::Collapse(c) => c.ts,
+            Record::Cache(c) => c.ts,
+            Record::Injection(i) => i.ts,
             Record::Late { ts, .. }
             | Record::Held { ts }
             | Record::Skipped { ts }
@@ -130,6 +143,55 @@ pub struct KeyframeRecord {
     pub ms: Option<f64>,
     pub ok: bool,
     pub error: Option<String>,
+}
+
+/// How a keyframe was made, as far as the creative direction goes (`keyframe` event's
+/// `theme`, `prompt`, `origin`); each `None` when the line does not say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyframeDirection {
+    pub theme: Option<String>,
+    pub prompt: Option<String>,
+    /// `comfyui`/`fallback` for the ComfyUI source, `cache`/`seed` for an injected keyframe.
+    pub origin: Option<String>,
+}
+
+/// One collapse analysis. Similarities and deltas as the detector reports them: colour in
+/// histogram-intersection units (0–3), structure 0–1; deltas are recent minus early.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollapseRecord {
+    pub ts: Timestamp,
+    /// The keyframe analysed.
+    pub index: u64,
+    pub state: crate::direction::collapse::CollapseState,
+    pub color_similarity: f64,
+    pub structure_similarity: f64,
+    pub color_delta: Option<f64>,
+    pub structure_delta: Option<f64>,
+    pub severity: f64,
+}
+
+/// One offer to the diverse-frame cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheRecord {
+    pub ts: Timestamp,
+    pub accepted: bool,
+    /// Entries after the offer.
+    pub size: u64,
+    /// Whether an entry was evicted to make room.
+    pub evicted: bool,
+}
+
+/// One injection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectionRecord {
+    pub ts: Timestamp,
+    /// The keyframe it became.
+    pub index: u64,
+    pub kind: crate::direction::injection::InjectionKind,
+    pub source_id: String,
+    /// Share of the injected picture's latent.
+    pub weight: f64,
+    pub reason: String,
 }
 
 /// Cumulative display figures (dreamd's `display_stats` event).

@@ -213,6 +213,10 @@ pub fn to_text(report: &Report) -> String {
         }
     }
 
+    if let Some(direction) = &report.direction {
+        super::dream::to_text(&mut out, direction);
+    }
+
     let verdict = &report.bottlenecks;
     let _ = writeln!(out, "\nBottlenecks:");
     if verdict.healthy && report.pairs.count == 0 {
