@@ -25,6 +25,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod priority;
 pub mod pull;
+pub mod regular_file;
 pub mod server;
 pub mod service;
 pub mod stats;

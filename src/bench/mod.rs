@@ -16,6 +16,7 @@ use crate::daemon::{self, RunReport, Started};
 pub mod codec;
 pub mod http;
 pub mod pacing;
+pub mod renames;
 pub mod resolution;
 pub mod soak;
 

@@ -20,6 +20,9 @@ mod validate;
 /// `display.target_fps` when the file does not set it (the original Dream Window's rate too).
 pub const DEFAULT_TARGET_FPS: f64 = 4.0;
 
+/// Largest config file read (1 MiB; the commented default is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// The commented default configuration, as written by `dreamd init`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../assets/dreamd.toml");
 
@@ -499,9 +502,14 @@ impl ServerConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
+        };
+        // A regular file only (a FIFO would block), and bounded: a huge file is refused.
+        let bytes = crate::regular_file::read_bounded(path, MAX_CONFIG_BYTES).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
         })?;
         Config::parse(&text, &path.display().to_string())
     }
