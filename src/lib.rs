@@ -21,6 +21,7 @@ pub mod faults;
 pub mod frame;
 pub mod keyframes;
 pub mod latent;
+pub mod limits;
 pub mod logging;
 pub mod pipeline;
 pub mod priority;

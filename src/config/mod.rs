@@ -395,6 +395,17 @@ pub struct ServerConfig {
     pub request_timeout_seconds: f64,
     /// `/healthz` answers 503 once the daemon has been `degraded` this long without a break.
     pub unhealthy_after_seconds: f64,
+    /// HTTP connections open at once (event streams included); never more than the open-file
+    /// limit minus the descriptors kept for the daemon's own files. Further ones get 503.
+    pub max_connections: usize,
+    /// A connection must send its request headers within this time, or it is closed.
+    pub header_timeout_seconds: f64,
+    /// A connection that neither sends nor receives a byte for this long is closed (event
+    /// streams send a keep-alive every 15 s, so keep it above that).
+    pub idle_timeout_seconds: f64,
+    /// Host names (besides IP addresses and `localhost`) accepted in the `Host` header, e.g.
+    /// `["kiosk.lan"]`; `["*"]` accepts any. Guards against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -406,6 +417,10 @@ impl Default for ServerConfig {
             max_sse_clients: 256,
             request_timeout_seconds: 10.0,
             unhealthy_after_seconds: 60.0,
+            max_connections: 512,
+            header_timeout_seconds: 10.0,
+            idle_timeout_seconds: 60.0,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -496,6 +511,14 @@ impl ServerConfig {
 
     pub fn unhealthy_after(&self) -> Duration {
         Duration::from_secs_f64(self.unhealthy_after_seconds)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_seconds)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout_seconds)
     }
 }
 
