@@ -23,6 +23,7 @@ pub mod keyframes;
 pub mod latent;
 pub mod limits;
 pub mod logging;
+pub mod output_lock;
 pub mod pipeline;
 pub mod priority;
 pub mod pull;
