@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// Renames on either side whose phase sets a rename's schedule.
+const WINDOW: usize = 25;
 /// The name prefix of the file watched.
 const TARGET: &[u8] = b"current_frame.";
 
@@ -39,8 +41,9 @@ pub struct RenameFigures {
     pub interval_error_p99_ms: f64,
     pub interval_error_max_ms: f64,
     /// How long after its tick each rename landed, the schedule being `anchor + k·interval`
-    /// fitted from outside (the anchor is the earliest phase seen, so this is relative to the
-    /// most punctual rename: an upper bound on how far they spread, not an absolute lateness).
+    /// fitted from outside: the anchor is the most punctual of the 25 renames either side, so
+    /// this is lateness relative to the most punctual rename nearby (which is itself at least
+    /// the pacer's wake-up and the inotify delivery after the true deadline).
     pub lateness_p50_ms: f64,
     pub lateness_p99_ms: f64,
     pub lateness_max_ms: f64,
@@ -157,20 +160,28 @@ impl RenameLog {
             let whole = (gap / period).round().max(1.0);
             errors.push((gap - whole * period).abs());
         }
-        let mut lateness = Vec::new();
-        if let Some(&first) = self.renames.first() {
-            let phases: Vec<f64> = self
-                .renames
-                .iter()
-                .map(|t| {
-                    let since = (*t - first).as_secs_f64();
-                    let phase = since - (since / period).round() * period;
-                    phase
-                })
-                .collect();
-            let anchor = phases.iter().copied().fold(f64::INFINITY, f64::min);
-            lateness = phases.iter().map(|p| p - anchor).collect();
-        }
+        // Each rename's phase against its neighbours' (±WINDOW renames): the schedule is
+        // `anchor + k·interval`, the anchor being the most punctual neighbour, so a re-anchored
+        // schedule (after a tick more than an interval late) only disturbs its own window.
+        let lateness: Vec<f64> = (0..self.renames.len())
+            .map(|i| {
+                let lo = i.saturating_sub(WINDOW);
+                let hi = (i + WINDOW + 1).min(self.renames.len());
+                let earliest = self.renames[lo..hi]
+                    .iter()
+                    .map(|t| {
+                        let d = if *t >= self.renames[i] {
+                            (*t - self.renames[i]).as_secs_f64()
+                        } else {
+                            -(self.renames[i] - *t).as_secs_f64()
+                        };
+                        d - (d / period).round() * period
+                    })
+                    .fold(0.0, f64::min);
+                -earliest
+            })
+            .collect();
+        let mut lateness = lateness;
         let ms = |v: f64| crate::stats::round(v * 1000.0, 3);
         let q = |values: &mut Vec<f64>, q: f64| ms(quantile(values, q));
         RenameFigures {
