@@ -78,11 +78,12 @@ pub fn run(
         }
         Some(path) => {
             let url = format!("{base}/control/{path}");
-            let mut request = agent.post(&url);
+            // JSON (a non-simple content type) marks the request as not coming from a web page.
+            let mut request = agent.post(&url).header("Content-Type", "application/json");
             if let Some(token) = token {
                 request = request.header("Authorization", &format!("Bearer {token}"));
             }
-            (url.clone(), request.send_empty())
+            (url.clone(), request.send("{}"))
         }
     };
     let mut response =

@@ -145,6 +145,11 @@ pub async fn run_observed(
     duration: Option<Duration>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<RunReport> {
+    // One daemon per output folder, before anything is written there (or a port is taken).
+    let output = &config.paths.output_dir;
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create output folder {}", output.display()))?;
+    let _output_lock = crate::output_lock::lock(output)?;
     // Bind first: a bad address, a port in use or a missing token stops start-up at once.
     let bound = match config.server.enabled {
         true => Some(BoundServer::bind(&config.server).await?),

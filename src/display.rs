@@ -6,6 +6,15 @@
 //! `current_frame.png`) happens on a second thread with bytes that stage 3 already encoded, so a
 //! slow disk never delays a tick.
 //!
+//! Frames reach file watchers on the tick: right after showing a frame the pacer hands the
+//! *next* ready frame to the publisher, which writes, fsyncs and closes it as a temp file during
+//! the interval ([`crate::atomic_file::stage`]). At the next tick only a rename is left, so the
+//! new `current_frame` lands within a fraction of a millisecond of its deadline (before, the
+//! write and fsync came after the tick: p99 2.8 ms on a quiet machine, ≈12 ms under load). When
+//! the frame shown is not the one staged (a skip, a hole) the publisher writes it the old way.
+//! The in-memory current frame (`/frame/current`, the live events) is switched by the pacer
+//! itself at the tick.
+//!
 //! Holes never freeze the screen: a failed slot is skipped at once; a slot still pending holds
 //! the current frame for one interval, then the display skips to the next ready frame. With
 //! nothing ready it goes back to `buffering` until the start gate refills.
@@ -24,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::{watch, Notify};
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::{stage, write_atomic, StagedFile};
 use crate::buffer::{FrameBuffer, Front};
 use crate::config::live::LiveSettings;
 use crate::control::Control;
@@ -81,7 +90,7 @@ impl Display {
             let faults = Arc::clone(&settings.faults);
             std::thread::Builder::new()
                 .name("display-publish".into())
-                .spawn(move || publish_loop(publish_rx, dir, telemetry, current_tx, &faults))?
+                .spawn(move || publish_loop(publish_rx, dir, telemetry, &faults))?
         };
         let pacer = Pacer {
             settings,
@@ -92,6 +101,7 @@ impl Display {
             skips_served: Cell::new(0),
             stop: stop_rx,
             publish: publish_tx,
+            current: current_tx,
         };
         let pacer = std::thread::Builder::new()
             .name("display-pacer".into())
@@ -149,7 +159,17 @@ struct Pacer {
     /// Skip requests carried out (compared with [`Control::skips_requested`]).
     skips_served: Cell<u64>,
     stop: Receiver<()>,
-    publish: Sender<Arc<EncodedFrame>>,
+    publish: Sender<Publish>,
+    /// The in-memory current frame, switched at the tick.
+    current: watch::Sender<Option<Arc<EncodedFrame>>>,
+}
+
+/// What the pacer asks of the publisher.
+enum Publish {
+    /// This frame is on screen now: make it `current_frame.<ext>` (a rename when it was staged).
+    Show(Arc<EncodedFrame>),
+    /// This frame is probably next: write it to a temp file, ready to rename at its tick.
+    Stage(Arc<EncodedFrame>),
 }
 
 impl Pacer {
@@ -317,9 +337,17 @@ impl Pacer {
 
     fn show(&self, frame: Arc<EncodedFrame>, at: Instant) {
         self.telemetry.display.shown(frame.seq, at);
-        if let Err(crossbeam_channel::TrySendError::Full(_)) = self.publish.try_send(frame) {
+        // An in-memory swap that never blocks: `/frame/current` and the events switch now.
+        self.current.send_replace(Some(Arc::clone(&frame)));
+        if let Err(crossbeam_channel::TrySendError::Full(_)) =
+            self.publish.try_send(Publish::Show(frame))
+        {
             // The publisher is behind (slow disk); the file will catch up with a later frame.
             self.telemetry.display.publish_failures.fetch_add(1, ORDER);
+        }
+        // Prepare the next frame's file during the interval, when it is already made.
+        if let Front::Ready(next) = self.buffer.front() {
+            let _ = self.publish.try_send(Publish::Stage(next));
         }
     }
 }
@@ -335,32 +363,61 @@ fn phase_name(phase: DisplayPhase) -> &'static str {
     }
 }
 
-/// Writes the newest queued frame to `current_frame.<ext>`, atomically, until the display stops.
-/// Also hands each frame to `current` first (an in-memory swap that never blocks).
+/// Makes each shown frame `current_frame.<ext>` until the display stops: by renaming the temp
+/// file staged for it when there is one, else by writing it (temp file, fsync, close, rename).
+/// Of several queued requests only the newest `Show`, and the `Stage` after it, are carried out.
 fn publish_loop(
-    queue: Receiver<Arc<EncodedFrame>>,
+    queue: Receiver<Publish>,
     dir: PathBuf,
     telemetry: Arc<Telemetry>,
-    current: watch::Sender<Option<Arc<EncodedFrame>>>,
     faults: &Faults,
 ) {
-    while let Ok(mut frame) = queue.recv() {
-        // Only the newest frame matters; older queued ones are already off screen.
-        if let Some(newest) = queue.try_iter().last() {
-            frame = newest;
+    let path_of = |frame: &EncodedFrame| dir.join(format!("current_frame.{}", frame.format.extension()));
+    let mut staged: Option<(u64, StagedFile)> = None;
+    while let Ok(first) = queue.recv() {
+        let mut requests = vec![first];
+        requests.extend(queue.try_iter());
+        let last_show = requests
+            .iter()
+            .rposition(|r| matches!(r, Publish::Show(_)));
+        let next = requests[last_show.map_or(0, |i| i + 1)..]
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Publish::Stage(frame) => Some(Arc::clone(frame)),
+                Publish::Show(_) => None,
+            });
+        if let Some(Publish::Show(frame)) = last_show.map(|i| &requests[i]) {
+            let path = path_of(frame);
+            let written = match staged.take() {
+                Some((seq, file)) if seq == frame.seq && file.dest() == path => file.commit(),
+                // Not the frame staged (a skip, a hole): the staged file is dropped (deleted).
+                _ => faults
+                    .before_frame_write()
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+                    })
+                    .and_then(|()| write_atomic(&path, &frame.bytes)),
+            };
+            if let Err(e) = written {
+                telemetry.display.publish_failures.fetch_add(1, ORDER);
+                telemetry
+                    .pipeline
+                    .record_failure(Stage::Publish, e.to_string());
+                tracing::warn!(seq = frame.seq, "cannot publish current frame: {e}");
+            }
         }
-        current.send_replace(Some(Arc::clone(&frame)));
-        let path = dir.join(format!("current_frame.{}", frame.format.extension()));
-        let written = faults
-            .before_frame_write()
-            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
-            .and_then(|()| write_atomic(&path, &frame.bytes));
-        if let Err(e) = written {
-            telemetry.display.publish_failures.fetch_add(1, ORDER);
-            telemetry
-                .pipeline
-                .record_failure(Stage::Publish, e.to_string());
-            tracing::warn!(seq = frame.seq, "cannot publish current frame: {e}");
+        if let Some(frame) = next {
+            if staged.as_ref().is_some_and(|(seq, _)| *seq == frame.seq) {
+                continue;
+            }
+            staged = None;
+            let path = path_of(&frame);
+            // A failure here is not counted: the frame is written again when shown.
+            match faults.before_frame_write().and_then(|()| stage(&path, &frame.bytes)) {
+                Ok(file) => staged = Some((frame.seq, file)),
+                Err(e) => tracing::debug!(seq = frame.seq, "cannot stage the next frame: {e}"),
+            }
         }
     }
 }

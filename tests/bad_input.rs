@@ -191,3 +191,120 @@ fn corrupt_images_degrade_at_run_time_naming_the_file() {
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// A PNG of `width × height` that is only a header and a token of data: what a hostile file
+/// needs to claim a size.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    let mut idat = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut idat, &[0; 64]).unwrap();
+    chunk(&mut out, b"IDAT", &idat.finish().unwrap());
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+/// Peak resident memory of process `pid` (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Issue 18 (1, 6): a few-KB 65535×1 PNG used to be scaled to hundreds of gigabytes before the
+/// crop (abort), a 20000×20000 one to be decoded at gigabytes, and a picture replaced by a FIFO
+/// to block a thread for ever. Now the wide one is cropped first, the huge one is refused from
+/// its header, the FIFO is refused at open, and peak memory stays within the README's bound.
+#[test]
+fn hostile_pictures_are_skipped_and_memory_stays_bounded() {
+    let pictures = tempfile::tempdir().unwrap();
+    let dir = pictures.path();
+    std::fs::write(dir.join("a_huge.png"), png_header_only(20_000, 20_000)).unwrap();
+    image::RgbImage::from_pixel(65535, 1, image::Rgb([200, 40, 40]))
+        .save(dir.join("b_wide.png"))
+        .unwrap();
+    assert!(std::fs::metadata(dir.join("b_wide.png")).unwrap().len() < 8 * 1024);
+    let real = std::fs::read_dir(shared().join("../images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    std::fs::copy(&real, dir.join("c_real.png")).unwrap();
+    std::fs::copy(&real, dir.join("d_fifo.png")).unwrap();
+    let models = shared().display().to_string();
+    // Keys before the first header land in the test config's [generation] section.
+    let daemon = Daemon::start_with_env(
+        &format!(
+            "width = 256\nheight = 128\n[keyframes]\nsource = \"images\"\nimages_dir = {:?}\n",
+            dir.display().to_string()
+        ),
+        &[("DREAMD_MODELS", models.as_str())],
+    );
+    // Replaced by a FIFO after the folder was listed: visited within the cycle of four.
+    std::fs::remove_file(dir.join("d_fifo.png")).unwrap();
+    mkfifo(&dir.join("d_fifo.png"));
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keyframes = daemon
+            .status()
+            .map_or(0, |s| s["keyframes_generated"].as_u64().unwrap_or(0));
+        let log = daemon.log();
+        if keyframes >= 6 && log.contains("d_fifo.png") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{keyframes} keyframes, log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("a_huge.png") && log.contains("20000x20000") && log.contains("budget"),
+        "the huge picture is not named\n{log}"
+    );
+    assert!(log.contains("FIFO"), "the FIFO is not named\n{log}");
+    assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
+    let peak = peak_rss_mb(daemon.child.id());
+    eprintln!("peak RSS {peak:.0} MB");
+    assert!(peak < 1024.0, "peak RSS {peak:.0} MB");
+    let mut daemon = daemon;
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
+
+/// Issue 18 (6): a config file that is a FIFO stops start-up at once, naming it.
+#[test]
+fn a_fifo_as_config_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("dreamd.toml"));
+    let started = Instant::now();
+    let output = std::process::Command::new(BIN)
+        .args(["run", "--config", "dreamd.toml", "--duration", "5"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_start_error(&output, &["dreamd.toml", "FIFO"]);
+}

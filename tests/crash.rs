@@ -185,3 +185,35 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
         found.frames_seen.lock().unwrap().len()
     );
 }
+
+/// Issue 18 (7): SIGHUP, SIGUSR1/2, SIGQUIT and SIGALRM used to kill the daemon at once with
+/// status.json left at `playing`. SIGUSR1, SIGUSR2 and SIGALRM are now ignored (logged), and
+/// SIGQUIT stops gracefully like SIGTERM: exit 0, status.json `stopped`. (SIGHUP reloads the
+/// config: tests/reload.rs.)
+#[test]
+fn stray_signals_are_ignored_and_sigquit_stops_gracefully() {
+    let mut daemon = support::Daemon::start("");
+    daemon.wait_for_first_frame();
+    for signal in ["USR1", "USR2", "ALRM", "HUP"] {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &daemon.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !(daemon.log().contains("SIGUSR1 received: ignored")
+        && daemon.log().contains("SIGUSR2 received: ignored")
+        && daemon.log().contains("SIGALRM received: ignored"))
+    {
+        assert!(Instant::now() < until, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(daemon.child.try_wait().unwrap().is_none(), "{}", daemon.log());
+    assert_ne!(daemon.status().unwrap()["state"], "stopped");
+    let (status, took) = daemon.signal_and_wait("QUIT", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(took < Duration::from_secs(3));
+    assert_eq!(daemon.status().unwrap()["state"], "stopped");
+}

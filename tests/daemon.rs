@@ -308,3 +308,35 @@ fn version_is_printed() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// Issue 18 (4): a second daemon on the same output folder exits 1 naming the first one's PID,
+/// and leaves the first one's files alone (no lock file appears in output/ either).
+#[test]
+fn a_second_daemon_on_the_same_output_folder_exits_naming_the_holder() {
+    let first = Daemon::start("");
+    first.wait_for_first_frame();
+    let started = Instant::now();
+    let second = Command::new(BIN)
+        .args(["run", "--config", "dreamd.toml"])
+        .current_dir(first.dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let pid = first.child.id();
+    assert!(
+        stderr.contains("in use by another dreamd") && stderr.contains(&format!("pid {pid}")),
+        "{stderr}"
+    );
+    let status = first.status().unwrap();
+    assert_eq!(status["pid"], pid);
+    let mut names: Vec<String> = std::fs::read_dir(first.path("output"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["current_frame.png", "frames", "status.json"]);
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{get, post, request, tool_missing, Daemon, BIN};
+use support::{get, post, raw_request, request, tool_missing, Daemon, BIN};
 
 /// Keyframes sit at multiples of frames_per_pair + 1 (the test config has 4 in-betweens).
 const KEYFRAME_EVERY: u64 = 5;
@@ -459,7 +459,10 @@ fn non_loopback_bind_needs_a_token_and_control_checks_it() {
         &daemon.url,
         "POST",
         "/control/pause",
-        &[("Authorization", "Bearer s3cret-tokem")],
+        &[
+            ("Authorization", "Bearer s3cret-tokem"),
+            ("Content-Type", "application/json"),
+        ],
     );
     assert_eq!(wrong.status, 401);
     assert_eq!(
@@ -470,7 +473,10 @@ fn non_loopback_bind_needs_a_token_and_control_checks_it() {
         &daemon.url,
         "POST",
         "/control/pause",
-        &[("Authorization", "Bearer s3cret-token")],
+        &[
+            ("Authorization", "Bearer s3cret-token"),
+            ("Content-Type", "application/json"),
+        ],
     );
     assert_eq!(right.status, 200, "{}", right.text());
     assert_eq!(status(&daemon)["state"], "paused");
@@ -578,4 +584,250 @@ fn bad_bind_and_port_in_use_fail_at_start_with_one_clear_error() {
     }
     // Nothing was started: no frames were made.
     assert!(!dir.path().join("output/frames").exists());
+}
+
+/// `status.json`'s `updated_at` and `display.frames_displayed`.
+fn progress(daemon: &Daemon) -> (String, u64) {
+    let s = daemon.status().unwrap_or_default();
+    (
+        s["updated_at"].as_str().unwrap_or_default().to_string(),
+        s["display"]["frames_displayed"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Issue 18 (3): a web page can neither control the daemon nor read it through DNS rebinding:
+/// cross-site and simple (text/plain) control requests are refused, a foreign Host is refused,
+/// and the kiosk page's own origin still works.
+#[test]
+fn cross_site_control_and_foreign_hosts_are_refused() {
+    let daemon = Daemon::start("");
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    let control = |headers: &str| {
+        raw_request(
+            &daemon.url,
+            format!(
+                "POST /control/pause HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 {headers}Content-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    // What a cross-origin fetch/form from a page can send without a preflight.
+    let simple = control("Content-Type: text/plain\r\nOrigin: http://evil.example\r\n");
+    assert_eq!(simple.status, 403, "{}", simple.text());
+    let plain = control("Content-Type: text/plain\r\n");
+    assert_eq!(plain.status, 415, "{}", plain.text());
+    let form = control("Content-Type: application/x-www-form-urlencoded\r\n");
+    assert_eq!(form.status, 415, "{}", form.text());
+    let cross = control("Content-Type: application/json\r\nSec-Fetch-Site: cross-site\r\n");
+    assert_eq!(cross.status, 403, "{}", cross.text());
+    let same_site = control("X-Dreamd-Control: 1\r\nSec-Fetch-Site: same-site\r\n");
+    assert_eq!(same_site.status, 403, "{}", same_site.text());
+    let null_origin = control("Content-Type: application/json\r\nOrigin: null\r\n");
+    assert_eq!(null_origin.status, 403, "{}", null_origin.text());
+    assert_ne!(status(&daemon)["state"], "paused");
+    // The daemon's own origin (a same-origin fetch from the kiosk page) and dreamd ctl work.
+    let same = control(&format!(
+        "Content-Type: application/json\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n"
+    ));
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(status(&daemon)["state"], "paused");
+    let custom = raw_request(
+        &daemon.url,
+        format!(
+            "POST /control/resume HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             X-Dreamd-Control: 1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(custom.status, 200, "{}", custom.text());
+
+    // DNS rebinding: the page's own name in Host.
+    let get_as = |host: &str, path: &str| {
+        raw_request(
+            &daemon.url,
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let port = addr.rsplit(':').next().unwrap();
+    for path in ["/status", "/", "/frame/current", "/metrics", "/events"] {
+        let rebound = get_as(&format!("evil.example:{port}"), path);
+        assert_eq!(rebound.status, 421, "{path}: {}", rebound.text());
+        assert!(!rebound.text().contains("frames_displayed"));
+    }
+    assert_eq!(get_as(&format!("localhost:{port}"), "/status").status, 200);
+    assert_eq!(get_as(&addr, "/status").status, 200);
+}
+
+/// Issue 18 (3): a Host name can be allowed by configuration.
+#[test]
+fn allowed_hosts_admit_a_configured_name() {
+    let daemon =
+        Daemon::start("[server]\nbind = \"127.0.0.1:0\"\nallowed_hosts = [\"kiosk.lan\"]\n");
+    let ask = |host: &str| {
+        raw_request(
+            &daemon.url,
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(ask("kiosk.lan:8765"), 200);
+    assert_eq!(ask("other.lan:8765"), 421);
+}
+
+/// Issue 18 (8): a chunked or oversized body on a control route is refused before it is read.
+#[test]
+fn control_bodies_must_be_short_and_sized() {
+    let daemon = Daemon::start("");
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    let mut chunked = format!(
+        "POST /control/pause HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"1000\r\n");
+        chunked.extend_from_slice(&[b' '; 4096]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_request(&daemon.url, &chunked);
+    assert_eq!(answer.status, 411, "{}", answer.text());
+    let big = format!(
+        "POST /control/pause HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\nConnection: close\r\n\r\n{}",
+        " ".repeat(100_000)
+    );
+    assert_eq!(raw_request(&daemon.url, big.as_bytes()).status, 413);
+    assert_ne!(status(&daemon)["state"], "paused");
+    // `dreamd ctl`'s request ({} as JSON) is fine.
+    let ok = format!(
+        "POST /control/pause HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    assert_eq!(raw_request(&daemon.url, ok.as_bytes()).status, 200);
+}
+
+/// A local non-loopback IPv4 address of this machine, if it has one.
+fn outward_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Issue 18 (3): error texts in /status and /healthz name absolute paths only to local callers
+/// and to callers holding the token.
+#[test]
+fn remote_callers_without_the_token_see_no_absolute_paths() {
+    let Some(ip) = outward_ip() else {
+        eprintln!("*** SKIPPED: no non-loopback address to call from ***");
+        return;
+    };
+    let daemon = Daemon::start_with_env(
+        "[paths]\noutput_dir = \"{DIR}/output\"\n\
+         [faults]\nwrite_error = { after_seconds = 0.5, for_seconds = 600 }\n\
+         [server]\nbind = \"0.0.0.0:0\"\n",
+        &[("DREAMD_TOKEN", "s3cret-token")],
+    );
+    let dir = daemon.dir.path().display().to_string();
+    wait_until("an error naming a path", Duration::from_secs(10), || {
+        status(&daemon)["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&dir))
+    });
+    let port = daemon.url.rsplit(':').next().unwrap();
+    let remote = format!("http://{ip}:{port}");
+    let answer = get(&remote, "/status");
+    assert_eq!(answer.status, 200);
+    let message = serde_json::from_slice::<Value>(&answer.body).unwrap()["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!message.contains(&dir) && message.contains("…/"), "{message}");
+    let with_token = request(
+        &remote,
+        "GET",
+        "/status",
+        &[("Authorization", "Bearer s3cret-token")],
+    );
+    assert!(with_token.text().contains(&dir));
+}
+
+/// Issue 18 (2): more idle connections than the open-file limit allows used to stop
+/// status.json, frame saves and publishing. Under `ulimit -n 256`, 400 idle connections are
+/// capped (the rest answered 503), and the daemon's own files keep being written.
+#[test]
+fn idle_connections_cannot_starve_the_daemons_files() {
+    let daemon = Daemon::start_with_nofile("[server]\nbind = \"127.0.0.1:0\"\nheader_timeout_seconds = 30.0\n", 256);
+    daemon.wait_for_first_frame();
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        match TcpStream::connect(&addr) {
+            Ok(stream) => idle.push(stream),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let (updated, shown) = progress(&daemon);
+    let frames_before = std::fs::read_dir(daemon.path("output/frames")).unwrap().count();
+    let current_before = std::fs::metadata(daemon.path("output/current_frame.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let (updated_after, shown_after) = progress(&daemon);
+    assert_ne!(updated, updated_after, "status.json stopped\n{}", daemon.log());
+    assert!(shown_after > shown + 10, "{shown} -> {shown_after}");
+    let current_after = std::fs::metadata(daemon.path("output/current_frame.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(current_after > current_before, "current_frame.png stopped");
+    let names: Vec<String> = std::fs::read_dir(daemon.path("output/frames"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.is_empty() && frames_before > 0);
+    // Some of the later connections were answered 503 and closed.
+    let mut refused = 0;
+    for stream in idle.iter_mut().rev().take(50) {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok(n) = std::io::Read::read(stream, &mut buf) {
+            if buf[..n].starts_with(b"HTTP/1.1 503") {
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no connection was refused");
+    let log = daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("cannot write status"), "{log}");
+    drop(idle);
+    // Once they are gone, the server answers again.
+    wait_until("the server answers", Duration::from_secs(5), || {
+        get(&daemon.url, "/healthz").status == 200
+    });
+}
+
+/// Issue 18 (2): a connection that sends no request headers is closed after
+/// `server.header_timeout_seconds`.
+#[test]
+fn silent_connections_are_closed_after_the_header_timeout() {
+    let daemon = Daemon::start("[server]\nbind = \"127.0.0.1:0\"\nheader_timeout_seconds = 1.0\n");
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let opened = Instant::now();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut silent, &mut buf);
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
 }

@@ -137,3 +137,86 @@ fn clearing_a_fault_by_reload_ends_it() {
         daemon.log()
     );
 }
+
+/// How many times `text` is in the log.
+fn count_in_log(daemon: &Daemon, text: &str) -> usize {
+    daemon.log().matches(text).count()
+}
+
+/// Issue 18 (5): reading the file used to trigger the watcher again, so an unchanged file was
+/// re-read many times a second and a broken edit logged its error ~3×/s for ever. Now a broken
+/// edit is reported once, and a later real edit is applied.
+#[test]
+fn a_broken_edit_is_reported_once_and_reads_do_not_retrigger() {
+    let daemon = Daemon::start("");
+    assert!(wait_for_log(&daemon, Duration::from_secs(5), "for changes"));
+    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = -1.0"));
+    assert!(wait_for_log(&daemon, Duration::from_secs(5), "config reload rejected"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count_in_log(&daemon, "config reload rejected"),
+        1,
+        "{}",
+        daemon.log()
+    );
+    // Touching the file without changing it is not a change either.
+    let text = std::fs::read_to_string(daemon.path("dreamd.toml")).unwrap();
+    rewrite(&daemon, &text);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count_in_log(&daemon, "config reload rejected"), 1);
+    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = 6.0"));
+    assert!(wait_for(&daemon, Duration::from_secs(5), |s| {
+        field(s, "display/target_fps") == 6.0
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count_in_log(&daemon, "reloaded: applied"), 1, "{}", daemon.log());
+}
+
+/// Issue 18 (5, 6): a config replaced by a FIFO used to block the reload thread for ever (later
+/// edits silently ignored), and a huge one burned a core. Both are refused, and the next real
+/// edit is applied.
+#[test]
+fn a_fifo_or_huge_config_is_refused_and_later_edits_still_apply() {
+    let daemon = Daemon::start("");
+    assert!(wait_for_log(&daemon, Duration::from_secs(5), "for changes"));
+    std::fs::remove_file(daemon.path("dreamd.toml")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(daemon.path("dreamd.toml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_for_log(&daemon, Duration::from_secs(5), "FIFO"),
+        "{}",
+        daemon.log()
+    );
+    rewrite(&daemon, &"# padding\n".repeat(200_000));
+    assert!(
+        wait_for_log(&daemon, Duration::from_secs(5), "more than the 1048576 allowed"),
+        "{}",
+        daemon.log()
+    );
+    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = 6.0"));
+    assert!(
+        wait_for(&daemon, Duration::from_secs(5), |s| {
+            field(s, "display/target_fps") == 6.0
+        }),
+        "the edit after the FIFO was not applied\n{}",
+        daemon.log()
+    );
+}
+
+/// Issue 18 (7): SIGHUP reads the config file at once.
+#[test]
+fn sighup_reloads_the_config() {
+    let mut daemon = Daemon::start("");
+    assert!(wait_for_log(&daemon, Duration::from_secs(5), "for changes"));
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_for_log(&daemon, Duration::from_secs(5), "SIGHUP: reading"));
+    assert!(daemon.child.try_wait().unwrap().is_none(), "SIGHUP killed the daemon");
+    assert!(wait_for(&daemon, Duration::from_secs(5), |s| s["state"] == "playing"));
+}

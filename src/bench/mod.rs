@@ -17,6 +17,7 @@ pub mod codec;
 pub mod http;
 pub mod motion;
 pub mod pacing;
+pub mod renames;
 pub mod resolution;
 pub mod soak;
 

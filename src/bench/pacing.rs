@@ -1,7 +1,8 @@
 //! `dreamd bench pacing`: the whole daemon (pipeline, display, status writer) in this process on
 //! the embedded default for a fixed time, with the start gate at 0 and its output in a
 //! [`Scratch`] folder, reporting display interval error, held/skipped frames, time to first
-//! frame, GPU-lock figures and resident memory at start and end.
+//! frame, GPU-lock figures and resident memory at start and end, and, from outside, when each
+//! new `current_frame.*` lands as an inotify watcher sees it ([`super::renames`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::renames::{RenameFigures, RenameWatch};
 use super::Scratch;
 use crate::config::Config;
 use crate::daemon;
@@ -45,6 +47,8 @@ pub struct PacingReport {
     pub rss_start_mb: f64,
     pub rss_end_mb: f64,
     pub rss_max_mb: f64,
+    /// `current_frame.*` renames as an inotify watcher on the output folder saw them.
+    pub watcher: RenameFigures,
 }
 
 /// Runs the daemon for `options.seconds` on `config` (gate forced to 0, output and logs in a
@@ -56,6 +60,10 @@ pub async fn run(mut config: Config, options: PacingOptions) -> anyhow::Result<P
     // Pacing is measured without HTTP (`bench http` measures with it).
     config.server.enabled = false;
     let target_fps = config.display.target_fps;
+    let output = config.paths.output_dir.clone();
+    std::fs::create_dir_all(&output)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
+    let watch = RenameWatch::start(&output)?;
 
     let started = Instant::now();
     let shutdown = CancellationToken::new();
@@ -83,6 +91,7 @@ pub async fn run(mut config: Config, options: PacingOptions) -> anyhow::Result<P
     let report = daemon::run(config, None, shutdown.clone(), Some(duration)).await;
     shutdown.cancel();
     let rss = sampler.await.unwrap_or_default();
+    let renames = watch.stop();
     drop(scratch);
     let report = report?;
 
@@ -119,6 +128,7 @@ pub async fn run(mut config: Config, options: PacingOptions) -> anyhow::Result<P
         rss_start_mb: rss.first().copied().map_or(0.0, mb),
         rss_end_mb: rss.last().copied().map_or(0.0, mb),
         rss_max_mb: rss.iter().copied().max().map_or(0.0, mb),
+        watcher: renames.figures(Duration::from_secs_f64(1.0 / target_fps)),
     })
 }
 
@@ -135,7 +145,9 @@ impl PacingReport {
              late / held / skipped {} / {} / {}\n\
              first frame           {first}\n\
              GPU lock              {} acquisitions for {} pairs ({:.3} per pair), avg wait {:.4} ms, max {:.3} ms\n\
-             RSS                   start {:.1} MB, end {:.1} MB, max {:.1} MB\n",
+             RSS                   start {:.1} MB, end {:.1} MB, max {:.1} MB\n\
+             file watcher          {} renames; interval error p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
+             after its tick p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} close-writes after the rename\n",
             self.seconds,
             self.target_fps,
             self.decoder,
@@ -155,6 +167,14 @@ impl PacingReport {
             self.rss_start_mb,
             self.rss_end_mb,
             self.rss_max_mb,
+            self.watcher.renames,
+            self.watcher.interval_error_p50_ms,
+            self.watcher.interval_error_p99_ms,
+            self.watcher.interval_error_max_ms,
+            self.watcher.lateness_p50_ms,
+            self.watcher.lateness_p99_ms,
+            self.watcher.lateness_max_ms,
+            self.watcher.close_writes_on_target,
         )
     }
 }

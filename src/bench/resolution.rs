@@ -8,13 +8,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use image::RgbImage;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::{Engine, LockAccount};
-use crate::keyframes::images::{fit, list_images};
+use crate::keyframes::images::{list_images, load_fitted};
 use crate::latent::LatentBatch;
 use crate::stats::round;
 
@@ -80,9 +79,7 @@ pub fn resolution(
     let (width, height) = (config.generation.width, config.generation.height);
     let mut pictures = Vec::new();
     for path in list_images(&options.images)? {
-        let picture = image::open(&path)
-            .with_context(|| format!("cannot read picture {}", path.display()))?;
-        pictures.push(fit(picture, width, height, config.keyframes.fit)?);
+        pictures.push(load_fitted(&path, width, height, config.keyframes.fit)?);
     }
     let account = LockAccount::default();
     let timeout = Duration::from_secs(3600);

@@ -129,11 +129,13 @@ impl FrameArchive {
     }
 }
 
-/// `00000123.png` → 123; anything else → None.
+/// `00000123.png` → 123, `123456789.png` → 123456789 (numbers past 99,999,999 simply have
+/// more digits); anything else → None.
 fn parse_seq(path: &Path) -> Option<u64> {
     let stem = path.file_stem()?.to_str()?;
     let ext = path.extension()?.to_str()?;
-    if stem.len() != SEQ_DIGITS || !matches!(ext, "png" | "jpg") {
+    let canonical = stem.len() == SEQ_DIGITS || (stem.len() > SEQ_DIGITS && !stem.starts_with('0'));
+    if !canonical || !stem.bytes().all(|b| b.is_ascii_digit()) || !matches!(ext, "png" | "jpg") {
         return None;
     }
     stem.parse().ok()
@@ -177,6 +179,23 @@ mod tests {
             ["00000002.png", "00000003.png", "00000004.png"]
         );
         assert_eq!(archive.len(), 3);
+    }
+
+    #[test]
+    fn numbering_continues_past_eight_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (archive, _) = FrameArchive::open(dir.path(), 10).unwrap();
+            for seq in [99_999_998, 99_999_999, 100_000_000] {
+                archive.save(&frame(seq)).unwrap();
+            }
+        }
+        assert!(dir.path().join("100000000.png").exists());
+        let (archive, next) = FrameArchive::open(dir.path(), 10).unwrap();
+        assert_eq!(next, 100_000_001);
+        assert_eq!(archive.len(), 3);
+        assert_eq!(parse_seq(Path::new("+1234567.png")), None);
+        assert_eq!(parse_seq(Path::new("012345678.png")), None);
     }
 
     #[test]

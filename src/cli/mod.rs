@@ -123,18 +123,58 @@ impl Runtime {
     }
 }
 
+/// What a signal does: SIGTERM, SIGINT and SIGQUIT stop gracefully; SIGHUP reloads the config
+/// file; SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored (their default action would kill
+/// the daemon at once, leaving status.json at `playing`).
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with the duration or kill");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    #[derive(Clone, Copy)]
+    enum Action {
+        Stop,
+        Reload,
+        Ignore,
     }
-    shutdown.cancel();
+    let handled = [
+        (SignalKind::terminate(), "SIGTERM", Action::Stop),
+        (SignalKind::interrupt(), "SIGINT", Action::Stop),
+        (SignalKind::quit(), "SIGQUIT", Action::Stop),
+        (SignalKind::hangup(), "SIGHUP", Action::Reload),
+        (SignalKind::user_defined1(), "SIGUSR1", Action::Ignore),
+        (SignalKind::user_defined2(), "SIGUSR2", Action::Ignore),
+        (SignalKind::alarm(), "SIGALRM", Action::Ignore),
+    ];
+    let (tx, mut received) = tokio::sync::mpsc::channel(8);
+    for (kind, name, action) in handled {
+        let mut stream = match signal(kind) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!("cannot handle {name}: {e}");
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send((name, action)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    while let Some((name, action)) = received.recv().await {
+        match action {
+            Action::Stop => {
+                tracing::info!("{name} received: stopping");
+                shutdown.cancel();
+                return;
+            }
+            Action::Reload => {
+                if !dreamd::config::reload::request_reload() {
+                    tracing::info!("{name} received: no config file is watched, nothing to reload");
+                }
+            }
+            Action::Ignore => tracing::info!("{name} received: ignored"),
+        }
+    }
 }

@@ -49,6 +49,15 @@ impl RunArgs {
         let duration = self.duration.map(super::seconds).transpose()?;
         let _logs = logging::init(&config.logging, &config.paths.log_dir)?;
         tracing::info!("{origin}");
+        match dreamd::limits::raise_nofile() {
+            Ok(limit) => tracing::info!(
+                soft = limit.soft,
+                hard = limit.hard,
+                "open-file limit {} (soft raised to the hard limit)",
+                limit.soft
+            ),
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        }
         super::runtime()?
             .block_on_with_signals(|shutdown| daemon::run(config, file, shutdown, duration))?;
         Ok(())

@@ -23,6 +23,9 @@ mod validate;
 /// `display.target_fps` when the file does not set it (the original Dream Window's rate too).
 pub const DEFAULT_TARGET_FPS: f64 = 4.0;
 
+/// Largest config file read (1 MiB; the commented default is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// The commented default configuration, as written by `dreamd init`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../assets/dreamd.toml");
 
@@ -449,6 +452,17 @@ pub struct ServerConfig {
     pub request_timeout_seconds: f64,
     /// `/healthz` answers 503 once the daemon has been `degraded` this long without a break.
     pub unhealthy_after_seconds: f64,
+    /// HTTP connections open at once (event streams included); never more than the open-file
+    /// limit minus the descriptors kept for the daemon's own files. Further ones get 503.
+    pub max_connections: usize,
+    /// A connection must send its request headers within this time, or it is closed.
+    pub header_timeout_seconds: f64,
+    /// A connection that neither sends nor receives a byte for this long is closed (event
+    /// streams send a keep-alive every 15 s, so keep it above that).
+    pub idle_timeout_seconds: f64,
+    /// Host names (besides IP addresses and `localhost`) accepted in the `Host` header, e.g.
+    /// `["kiosk.lan"]`; `["*"]` accepts any. Guards against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -460,6 +474,10 @@ impl Default for ServerConfig {
             max_sse_clients: 256,
             request_timeout_seconds: 10.0,
             unhealthy_after_seconds: 60.0,
+            max_connections: 512,
+            header_timeout_seconds: 10.0,
+            idle_timeout_seconds: 60.0,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -551,14 +569,27 @@ impl ServerConfig {
     pub fn unhealthy_after(&self) -> Duration {
         Duration::from_secs_f64(self.unhealthy_after_seconds)
     }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_seconds)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout_seconds)
+    }
 }
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
+        };
+        // A regular file only (a FIFO would block), and bounded: a huge file is refused.
+        let bytes = crate::regular_file::read_bounded(path, MAX_CONFIG_BYTES).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
         })?;
         Config::parse(&text, &path.display().to_string())
     }

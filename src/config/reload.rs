@@ -5,17 +5,25 @@
 //! Which keys are which is [`RELOAD_KEYS`], the one table of them (the README shows it): the
 //! reloader compares the running and the new config row by row and hands each changed live key
 //! to what takes it ([`Effect`]).
+//!
+//! Only real changes count: reading the file makes the kernel report an access, which used to
+//! trigger the next read (a loop), so access events are ignored and a file whose bytes are
+//! those last read is not parsed again; a rejected edit is logged once until the file changes.
+//! The file is read as a regular file only, at most [`MAX_CONFIG_BYTES`], under a deadline, so
+//! a FIFO or a huge file cannot hang or burn the reloader. SIGHUP ([`request_reload`]) reads the
+//! file at once.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::live::{Effect, LiveSettings, RELOAD_KEYS};
-use super::Config;
+use super::{Config, ConfigError, MAX_CONFIG_BYTES};
 use crate::buffer::archive::FrameArchive;
 use crate::engine::Engine;
 use crate::events::{ConfigReloadEvent, LogEvent};
@@ -25,6 +33,29 @@ use crate::logging;
 
 /// Quiet time after the last file event before the file is read (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a read of the config file may take.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Woken by SIGHUP ([`request_reload`]).
+static HANGUP: LazyLock<Notify> = LazyLock::new(Notify::new);
+/// Whether a reloader is watching a file.
+static WATCHING: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running reloader to read its file now (SIGHUP); false when none runs (no config
+/// file, or reload is off).
+pub fn request_reload() -> bool {
+    HANGUP.notify_one();
+    WATCHING.load(Ordering::Relaxed)
+}
+
+/// What the reloader last read, so that only real changes are applied or reported.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The bytes last read (at most [`MAX_CONFIG_BYTES`]).
+    bytes: Option<Vec<u8>>,
+    /// The last error logged, so an unchanged broken file is reported once.
+    error: Option<String>,
+}
 
 /// What a reload changes, besides the config it keeps.
 pub struct Reloader {
@@ -54,61 +85,128 @@ pub struct ReloadOutcome {
 
 impl Reloader {
     /// Watches the file until `stop`. Errors setting up the watch are logged; the daemon runs
-    /// on without reload.
+    /// on without reload (SIGHUP still reads the file).
     pub async fn watch(mut self, stop: CancellationToken) {
+        WATCHING.store(true, Ordering::Relaxed);
         let (tx, mut events) = mpsc::channel::<()>(1);
         let name = self.path.file_name().map(|n| n.to_os_string());
-        let mut watcher =
-            match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let ours = event.is_ok_and(|e| {
-                    e.paths
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reads (ours included) are not changes.
+            let ours = event.is_ok_and(|e| {
+                !matches!(e.kind, EventKind::Access(_))
+                    && e.paths
                         .iter()
                         .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                });
-                if ours {
-                    let _ = tx.try_send(());
-                }
-            }) {
-                Ok(watcher) => watcher,
-                Err(e) => {
-                    tracing::warn!("config reload is off: cannot watch files: {e}");
-                    return;
-                }
-            };
+            });
+            if ours {
+                let _ = tx.try_send(());
+            }
+        });
         // Watch the folder: editors and `mv` replace the file rather than write into it.
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            tracing::warn!("config reload is off: cannot watch {}: {e}", dir.display());
-            return;
-        }
-        tracing::info!("watching {} for changes", self.path.display());
+        let _watcher = match watcher {
+            Ok(mut watcher) => match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::info!("watching {} for changes", self.path.display());
+                    Some(watcher)
+                }
+                Err(e) => {
+                    tracing::warn!("config reload is off: cannot watch {}: {e}", dir.display());
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("config reload is off: cannot watch files: {e}");
+                None
+            }
+        };
+        let mut seen = Seen::default();
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                event = events.recv() => if event.is_none() { return },
+                _ = stop.cancelled() => break,
+                _ = HANGUP.notified() => {
+                    tracing::info!("SIGHUP: reading {}", self.path.display());
+                    seen.error = None;
+                    self.reload_seen(&mut seen, true).await;
+                    continue;
+                }
+                event = events.recv() => if event.is_none() { break },
             }
             // Debounce: wait until the file has been quiet for a moment.
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {
+                        WATCHING.store(false, Ordering::Relaxed);
+                        return;
+                    }
                     _ = tokio::time::sleep(DEBOUNCE) => break,
                     _ = events.recv() => {}
                 }
             }
-            self.reload_from_disk().await;
+            self.reload_seen(&mut seen, false).await;
         }
+        WATCHING.store(false, Ordering::Relaxed);
     }
 
     /// Reads the file and applies it, or logs why not.
     pub async fn reload_from_disk(&mut self) {
+        self.reload_seen(&mut Seen::default(), true).await;
+    }
+
+    /// Reads the file (a regular file, bounded, under [`READ_DEADLINE`]); unless `forced`,
+    /// bytes equal to the last read are not parsed again, and an error equal to the last one
+    /// logged is not logged again.
+    async fn reload_seen(&mut self, seen: &mut Seen, forced: bool) {
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-        match loaded {
-            Ok(Ok(new)) if new == self.running => {}
-            Ok(Ok(new)) => {
+        let read = tokio::task::spawn_blocking(move || {
+            crate::regular_file::read_bounded(&path, MAX_CONFIG_BYTES)
+        });
+        let bytes = match tokio::time::timeout(READ_DEADLINE, read).await {
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(error))) => Err(ConfigError::Read {
+                path: self.path.clone(),
+                error,
+            }
+            .to_string()),
+            Ok(Err(e)) => Err(format!("config reload failed: {e}")),
+            Err(_) => Err(format!(
+                "cannot read config file {}: no answer within {READ_DEADLINE:?}",
+                self.path.display()
+            )),
+        };
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                seen.bytes = None;
+                self.reject(seen, error);
+                return;
+            }
+        };
+        if !forced && seen.bytes.as_deref() == Some(&bytes[..]) {
+            return;
+        }
+        seen.bytes = Some(bytes.clone());
+        let path = self.path.clone();
+        let parsed = String::from_utf8(bytes)
+            .map_err(|e| {
+                ConfigError::Read {
+                    path: path.clone(),
+                    error: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+                }
+                .to_string()
+            })
+            .and_then(|text| {
+                Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(new) => {
+                seen.error = None;
+                if new == self.running {
+                    return;
+                }
                 let outcome = self.apply(new);
                 ConfigReloadEvent::Applied {
                     file: self.path.display().to_string(),
@@ -117,12 +215,18 @@ impl Reloader {
                 }
                 .emit();
             }
-            Ok(Err(e)) => ConfigReloadEvent::Rejected {
-                error: e.to_string(),
-            }
-            .emit(),
-            Err(e) => tracing::error!("config reload failed: {e}"),
+            Err(error) => self.reject(seen, error),
         }
+    }
+
+    /// Logs a rejected reload, unless it is the error last logged.
+    fn reject(&self, seen: &mut Seen, error: String) {
+        if seen.error.as_deref() == Some(error.as_str()) {
+            tracing::debug!("config still rejected: {error}");
+            return;
+        }
+        seen.error = Some(error.clone());
+        ConfigReloadEvent::Rejected { error }.emit();
     }
 
     /// Applies what can change live and keeps `new` as the running config (so a key that needs

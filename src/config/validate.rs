@@ -187,6 +187,38 @@ impl Config {
                 ">= 0 and <= 86400",
             ));
         }
+        if !(1..=100_000).contains(&server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                server.max_connections,
+                "between 1 and 100000",
+            ));
+        }
+        check_range(
+            "server.header_timeout_seconds",
+            server.header_timeout_seconds,
+            0.0,
+            3600.0,
+            "> 0 and <= 3600",
+        )?;
+        check_range(
+            "server.idle_timeout_seconds",
+            server.idle_timeout_seconds,
+            15.0,
+            86_400.0,
+            "> 15 (the event stream's keep-alive) and <= 86400",
+        )?;
+        if let Some(bad) = server
+            .allowed_hosts
+            .iter()
+            .find(|h| h.trim().is_empty() || h.contains(['/', ' ', ':']))
+        {
+            return Err(invalid(
+                "server.allowed_hosts",
+                format!("{bad:?}"),
+                "host names without scheme, port or path (or \"*\")",
+            ));
+        }
         Ok(())
     }
 }

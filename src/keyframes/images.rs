@@ -4,10 +4,16 @@
 //!
 //! A picture that cannot be read or decoded is skipped with a warning naming the file; the
 //! source fails a keyframe only when every picture in the folder fails.
+//!
+//! Pictures are hostile input: every one is loaded through [`decode_bounded`] (regular files
+//! only, size from the header checked against [`MAX_PICTURE_PIXELS`] before decoding, decoder
+//! allocations capped) and fitted by [`fit`] cropping before it scales, so any file costs at
+//! most the budget's memory. [`load_bounded`] is the same loader for other callers. The folder
+//! is listed again every [`RELIST_EVERY`], so pictures added while the daemon runs are used.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use image::{DynamicImage, RgbImage};
@@ -18,6 +24,8 @@ use crate::engine::resize::resize_rgb;
 use crate::engine::{Engine, EngineError, LockAccount};
 
 const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+/// How often the folder is listed again while the source runs.
+pub const RELIST_EVERY: Duration = Duration::from_secs(10);
 
 /// Lists the pictures in `dir`, sorted by name; an unreadable or empty folder is an error.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, KeyframeError> {
@@ -50,47 +58,187 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, KeyframeError> {
     Ok(files)
 }
 
-/// Fits `image` to `width × height`: transparency flattened onto black, then scaled to cover
-/// (crop) or to fit inside (pad) and centred. The aspect ratio is always kept.
+/// Largest picture decoded, in pixels (24 MP: 6000×4000). Checked on the file's header before
+/// anything is decoded; a larger picture is skipped with a warning naming it.
+pub const MAX_PICTURE_PIXELS: u64 = 24_000_000;
+/// Largest picture file read (256 MiB).
+pub const MAX_PICTURE_BYTES: u64 = 256 * 1024 * 1024;
+/// The decoder's allocation cap: a 24 MP picture at 16-bit RGBA (8 bytes a pixel), plus slack.
+const MAX_DECODE_ALLOC: u64 = MAX_PICTURE_PIXELS * 8 + 16 * 1024 * 1024;
+
+/// Why a picture could not be used; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PictureError {
+    /// The file could not be opened (missing, unreadable, a FIFO or other non-regular file).
+    #[error("cannot open picture {path}: {error}")]
+    Open { path: PathBuf, error: std::io::Error },
+    /// Larger than [`MAX_PICTURE_BYTES`].
+    #[error("picture {path} is {bytes} bytes, more than the {max} allowed; skipped")]
+    TooManyBytes { path: PathBuf, bytes: u64, max: u64 },
+    /// Its header gives more pixels than [`MAX_PICTURE_PIXELS`].
+    #[error(
+        "picture {path} is {width}x{height} ({pixels} pixels), over the budget of {max} pixels; \
+         skipped"
+    )]
+    TooManyPixels {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    /// Not a picture the decoders read, or a corrupt one.
+    #[error("cannot read picture {path}: {message}")]
+    Decode { path: PathBuf, message: String },
+    /// Fitting it to the frame failed.
+    #[error("cannot fit picture {path}: {error}")]
+    Fit { path: PathBuf, error: EngineError },
+}
+
+/// Decodes `path` within the pixel budget: a regular file only (never blocks on a FIFO), at
+/// most [`MAX_PICTURE_BYTES`] long, its size read from the header and checked against
+/// [`MAX_PICTURE_PIXELS`] before decoding, and the decoder capped at that budget's bytes.
+pub fn decode_bounded(path: &Path) -> Result<DynamicImage, PictureError> {
+    let open_error = |error| PictureError::Open {
+        path: path.to_path_buf(),
+        error,
+    };
+    let decode_error = |message: String| PictureError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = crate::regular_file::open_regular(path).map_err(open_error)?;
+    let bytes = file.metadata().map_err(open_error)?.len();
+    if bytes > MAX_PICTURE_BYTES {
+        return Err(PictureError::TooManyBytes {
+            path: path.to_path_buf(),
+            bytes,
+            max: MAX_PICTURE_BYTES,
+        });
+    }
+    let header = file.try_clone().map_err(open_error)?;
+    let (width, height) = image::ImageReader::new(std::io::BufReader::new(header))
+        .with_guessed_format()
+        .map_err(|e| decode_error(e.to_string()))?
+        .into_dimensions()
+        .map_err(|e| decode_error(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_PICTURE_PIXELS {
+        return Err(PictureError::TooManyPixels {
+            path: path.to_path_buf(),
+            width,
+            height,
+            pixels,
+            max: MAX_PICTURE_PIXELS,
+        });
+    }
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(open_error)?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|e| decode_error(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width.max(1));
+    limits.max_image_height = Some(height.max(1));
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    reader.decode().map_err(|e| decode_error(e.to_string()))
+}
+
+/// The one way to load a picture from disk: [`decode_bounded`], then transparency flattened
+/// onto black. For callers that fit the picture themselves (seed or cache pictures); keyframe
+/// pictures go through [`load_fitted`], which never holds more than the visible part in RGB.
+pub fn load_bounded(path: &Path) -> Result<RgbImage, PictureError> {
+    let picture = decode_bounded(path)?;
+    let (w, h) = (picture.width(), picture.height());
+    Ok(flatten_region(&picture, 0, 0, w, h))
+}
+
+/// [`decode_bounded`] and [`fit`]: the picture at `path` fitted to `width × height`.
+pub fn load_fitted(
+    path: &Path,
+    width: u32,
+    height: u32,
+    mode: FitMode,
+) -> Result<RgbImage, PictureError> {
+    let picture = decode_bounded(path)?;
+    fit(picture, width, height, mode).map_err(|error| PictureError::Fit {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// The region `x, y, w × h` of `image` as RGB, transparency flattened onto black.
+fn flatten_region(image: &DynamicImage, x: u32, y: u32, w: u32, h: u32) -> RgbImage {
+    if let DynamicImage::ImageRgb8(rgb) = image {
+        return image::imageops::crop_imm(rgb, x, y, w, h).to_image();
+    }
+    use image::GenericImageView;
+    RgbImage::from_fn(w, h, |px, py| {
+        let [r, g, b, a] = image.get_pixel(x + px, y + py).0;
+        let over = |v: u8| ((u16::from(v) * u16::from(a) + 127) / 255) as u8;
+        image::Rgb([over(r), over(g), over(b)])
+    })
+}
+
+/// Fits `image` to `width × height`: scaled to cover (crop) or to fit inside (pad) and centred,
+/// transparency flattened onto black. The aspect ratio is always kept.
+///
+/// Memory stays bounded whatever the picture's shape: for `Crop` the visible region is cut out
+/// of the source first and only that is scaled, straight to the output size; for `Pad` the
+/// scaled picture fits inside the output. So besides the decoded picture, fitting holds one RGB
+/// copy of at most the picture's pixels and the output (a 65535×1 picture used to be scaled to
+/// 16.7 M × 256 before cropping: hundreds of gigabytes).
 pub fn fit(
     image: DynamicImage,
     width: u32,
     height: u32,
     mode: FitMode,
 ) -> Result<RgbImage, EngineError> {
-    let rgb = match image {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => {
-            let rgba = other.to_rgba8();
-            RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                let [r, g, b, a] = rgba.get_pixel(x, y).0;
-                let over = |v: u8| ((u16::from(v) * u16::from(a) + 127) / 255) as u8;
-                image::Rgb([over(r), over(g), over(b)])
-            })
+    let (iw, ih) = (image.width(), image.height());
+    if iw == 0 || ih == 0 {
+        return Err(EngineError::Resize {
+            from: (iw, ih),
+            to: (width, height),
+            what: "the picture is empty".to_string(),
+        });
+    }
+    let (fw, fh) = (f64::from(iw), f64::from(ih));
+    let target_aspect = f64::from(width) / f64::from(height);
+    match mode {
+        FitMode::Crop => {
+            // The largest centred region with the output's aspect ratio.
+            let (rw, rh) = if fw / fh > target_aspect {
+                (((fh * target_aspect).round() as u32).clamp(1, iw), ih)
+            } else {
+                (iw, ((fw / target_aspect).round() as u32).clamp(1, ih))
+            };
+            let region = flatten_region(&image, (iw - rw) / 2, (ih - rh) / 2, rw, rh);
+            drop(image);
+            resize_rgb(region, width, height)
         }
-    };
-    let (iw, ih) = (
-        f64::from(rgb.width().max(1)),
-        f64::from(rgb.height().max(1)),
-    );
-    let (sx, sy) = (f64::from(width) / iw, f64::from(height) / ih);
-    let scale = match mode {
-        FitMode::Crop => sx.max(sy),
-        FitMode::Pad => sx.min(sy),
-    };
-    let sw = ((iw * scale).round() as u32).max(1);
-    let sh = ((ih * scale).round() as u32).max(1);
-    let scaled = resize_rgb(rgb, sw, sh)?;
-    let mut out = RgbImage::new(width, height);
-    let dx = i64::from(width) - i64::from(sw);
-    let dy = i64::from(height) - i64::from(sh);
-    image::imageops::overlay(&mut out, &scaled, dx / 2, dy / 2);
-    Ok(out)
+        FitMode::Pad => {
+            let scale = (f64::from(width) / fw).min(f64::from(height) / fh);
+            let sw = ((fw * scale).round() as u32).clamp(1, width);
+            let sh = ((fh * scale).round() as u32).clamp(1, height);
+            let rgb = flatten_region(&image, 0, 0, iw, ih);
+            drop(image);
+            let scaled = resize_rgb(rgb, sw, sh)?;
+            let mut out = RgbImage::new(width, height);
+            let dx = i64::from(width) - i64::from(sw);
+            let dy = i64::from(height) - i64::from(sh);
+            image::imageops::overlay(&mut out, &scaled, dx / 2, dy / 2);
+            Ok(out)
+        }
+    }
 }
 
 /// Pictures from a folder; see the module docs.
 pub struct ImageSource {
+    dir: PathBuf,
     files: Vec<PathBuf>,
+    /// When `files` was last read from `dir`.
+    listed_at: Instant,
     order: ImageOrder,
     fit: FitMode,
     seed: u64,
@@ -124,7 +272,9 @@ impl ImageSource {
         let files = list_images(dir)?;
         tracing::info!(folder = %dir.display(), pictures = files.len(), "image keyframe source");
         Ok(Self {
+            dir: dir.to_path_buf(),
             files,
+            listed_at: Instant::now(),
             order,
             fit,
             seed,
@@ -143,6 +293,34 @@ impl ImageSource {
             ImageOrder::Shuffle => shuffled_position(position, index / n, n, self.seed),
         };
         &self.files[slot as usize]
+    }
+}
+
+impl ImageSource {
+    /// Reads the folder again when the list is older than [`RELIST_EVERY`], so pictures added
+    /// (or removed) while the daemon runs are used; a folder that cannot be read keeps the old
+    /// list (logged).
+    async fn relist_if_due(&mut self) {
+        if self.listed_at.elapsed() < RELIST_EVERY {
+            return;
+        }
+        self.listed_at = Instant::now();
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || list_images(&dir)).await {
+            Ok(Ok(files)) => {
+                if files != self.files {
+                    tracing::info!(
+                        folder = %self.dir.display(),
+                        pictures = files.len(),
+                        "image folder changed: {} pictures now",
+                        files.len()
+                    );
+                    self.files = files;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("keeping the last list of pictures: {e}"),
+            Err(e) => tracing::warn!("keeping the last list of pictures: {e}"),
+        }
     }
 }
 
@@ -183,16 +361,15 @@ impl KeyframeSource for ImageSource {
     }
 
     async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        self.relist_if_due().await;
         let mut last_error = String::new();
         for attempt in 0..self.files.len() as u64 {
             let path = self.pick(index + attempt).to_path_buf();
             let (engine, fit_mode, lock_timeout) =
                 (Arc::clone(&self.engine), self.fit, self.lock_timeout);
             let made = tokio::task::spawn_blocking(move || {
-                let picture = image::open(&path)
-                    .map_err(|e| format!("cannot read picture {}: {e}", path.display()))?;
                 let (w, h) = engine.output_size();
-                let framed = fit(picture, w, h, fit_mode).map_err(|e| e.to_string())?;
+                let framed = load_fitted(&path, w, h, fit_mode).map_err(|e| e.to_string())?;
                 let account = LockAccount::default();
                 let mut latents = engine
                     .encode_batch(std::slice::from_ref(&framed), &account, lock_timeout)
@@ -265,6 +442,84 @@ mod tests {
         let rgba = image::RgbaImage::from_pixel(8, 8, image::Rgba([255, 255, 255, 128]));
         let out = fit(DynamicImage::ImageRgba8(rgba), 8, 8, FitMode::Crop).unwrap();
         assert_eq!(out.get_pixel(0, 0).0, [128, 128, 128]);
+    }
+
+    /// A PNG that is a signature, an IHDR for `width × height`, a tiny IDAT and an IEND: enough
+    /// for the header check, far too little to decode.
+    pub(crate) fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        let mut idat = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut idat, &[0; 64]).unwrap();
+        chunk(&mut out, b"IDAT", &idat.finish().unwrap());
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_fit_in_bounded_memory() {
+        // 65535×1 used to be scaled to 16.7 M × 256 before the crop (an abort).
+        let wide = DynamicImage::ImageRgb8(RgbImage::from_pixel(65535, 1, image::Rgb([9, 99, 199])));
+        let cropped = fit(wide.clone(), 512, 256, FitMode::Crop).unwrap();
+        assert_eq!(cropped.dimensions(), (512, 256));
+        assert!(cropped.pixels().all(|p| p.0 == [9, 99, 199]));
+        let padded = fit(wide, 512, 256, FitMode::Pad).unwrap();
+        assert_eq!(padded.dimensions(), (512, 256));
+        let tall = DynamicImage::ImageLumaA8(image::GrayAlphaImage::new(1, 65535));
+        assert_eq!(
+            fit(tall.clone(), 512, 256, FitMode::Crop).unwrap().dimensions(),
+            (512, 256)
+        );
+        assert_eq!(
+            fit(tall, 512, 256, FitMode::Pad).unwrap().dimensions(),
+            (512, 256)
+        );
+    }
+
+    #[test]
+    fn pictures_over_the_pixel_budget_are_refused_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.png");
+        std::fs::write(&huge, png_header_only(20_000, 20_000)).unwrap();
+        let err = load_bounded(&huge).unwrap_err();
+        assert!(matches!(err, PictureError::TooManyPixels { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("huge.png") && text.contains("20000x20000"), "{text}");
+        // Within the budget, a real picture loads.
+        let small = dir.path().join("small.png");
+        RgbImage::from_pixel(65535, 1, image::Rgb([1, 2, 3]))
+            .save(&small)
+            .unwrap();
+        assert!(std::fs::metadata(&small).unwrap().len() < 8 * 1024);
+        let loaded = load_fitted(&small, 512, 256, FitMode::Crop).unwrap();
+        assert_eq!(loaded.dimensions(), (512, 256));
+        assert_eq!(load_bounded(&small).unwrap().dimensions(), (65535, 1));
+    }
+
+    #[test]
+    fn a_picture_replaced_by_a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("a.png");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = Instant::now();
+        let err = load_bounded(&fifo).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(err.contains("a.png") && err.contains("FIFO"), "{err}");
     }
 
     #[test]
@@ -348,6 +603,29 @@ mod tests {
         let keyframe = source.keyframe(0).await.unwrap();
         assert_eq!(keyframe.image.unwrap().dimensions(), (512, 256));
         assert_eq!(keyframe.latent.shape(), engine.latent_shape());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pictures_added_while_running_are_listed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = list_images(&shared_images()).unwrap().remove(0);
+        std::fs::copy(&real, dir.path().join("a.png")).unwrap();
+        let mut source = ImageSource::new(
+            dir.path(),
+            ImageOrder::Cycle,
+            FitMode::Crop,
+            1,
+            taesd_engine(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        std::fs::copy(&real, dir.path().join("b.png")).unwrap();
+        source.relist_if_due().await;
+        assert_eq!(source.files.len(), 1, "listed again before it was due");
+        source.listed_at -= RELIST_EVERY;
+        source.relist_if_due().await;
+        assert_eq!(source.files.len(), 2);
+        assert_eq!(source.pick(1), dir.path().join("b.png"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `POST /control/{pause,resume,skip,next-theme}`: operator control, answered in JSON.
 //!
-//! Each route accepts POST only (other methods get 405 with `Allow: POST`); when a token is in
-//! force every control request must carry it ([`super::auth`]).
+//! Each route accepts POST only (other methods get 405 with `Allow: POST`). Every control
+//! request must be same-site, say `Content-Type: application/json` (or carry an
+//! `X-Dreamd-Control` header) and have a short body ([`super::guard`]); when a token is in force
+//! it must carry it too ([`super::auth`]).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{auth, App};
+use super::{auth, guard, App};
 use crate::status::{self, Lifecycle};
 
 /// The control routes, behind the token check.
@@ -26,6 +28,8 @@ pub fn routes(state: App) -> Router<App> {
             Arc::clone(&state),
             auth::require_token,
         ))
+        // Outermost, so it runs first: framing, cross-site and content-type checks.
+        .route_layer(axum::middleware::from_fn(guard::control_guard))
 }
 
 fn done(app: &App, action: &str, changed: bool) -> Response {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::App;
+use super::{guard, App};
 use crate::daemon::Shared;
 use crate::status::{self, DaemonState, Lifecycle};
 
@@ -95,9 +95,15 @@ fn observe(shared: &Shared, degraded_since: Option<Instant>) -> Health {
     }
 }
 
-/// The same document as status.json, built now.
-pub async fn status(State(app): State<App>) -> Response {
-    let document = status::document(&app.shared, Lifecycle::Running);
+/// The same document as status.json, built now (error texts without absolute paths for a
+/// caller that is neither local nor holding the token: [`guard::redact_paths`]).
+pub async fn status(State(app): State<App>, request: Request) -> Response {
+    let mut document = status::document(&app.shared, Lifecycle::Running);
+    if !guard::trusted(&app, &request) {
+        if let Some(error) = document.last_error.as_mut() {
+            error.message = guard::redact_paths(&error.message);
+        }
+    }
     match serde_json::to_vec_pretty(&document) {
         Ok(bytes) => (
             [
@@ -113,8 +119,11 @@ pub async fn status(State(app): State<App>) -> Response {
 
 /// 200 while playing, buffering, paused or starting; 503 when degraded for longer than
 /// `server.unhealthy_after_seconds` (the body names the last failure), or stopping.
-pub async fn healthz(State(app): State<App>) -> Response {
-    let health = app.health.borrow().clone();
+pub async fn healthz(State(app): State<App>, request: Request) -> Response {
+    let mut health = app.health.borrow().clone();
+    if !guard::trusted(&app, &request) {
+        health.reason = health.reason.map(|r| guard::redact_paths(&r));
+    }
     let after = app.unhealthy_after;
     let state = serde_json::to_value(health.state)
         .ok()

@@ -297,6 +297,26 @@ pub fn render(app: &App) -> String {
         &[],
         app.sse_rejected.load(Ordering::Relaxed) as f64,
     );
+    out.family(
+        "dreamd_http_connections_refused_total",
+        "counter",
+        "Connections closed at once because the connection cap was reached.",
+    );
+    out.sample(
+        "dreamd_http_connections_refused_total",
+        &[],
+        app.connections_refused.load(Ordering::Relaxed) as f64,
+    );
+    out.family(
+        "dreamd_http_connections_timed_out_total",
+        "counter",
+        "Connections closed for idling past server.idle_timeout_seconds.",
+    );
+    out.sample(
+        "dreamd_http_connections_timed_out_total",
+        &[],
+        app.connections_timed_out.load(Ordering::Relaxed) as f64,
+    );
     out.text
 }
 

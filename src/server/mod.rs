@@ -15,7 +15,13 @@
 //! | `/events` | [`events`] |
 //! | `/status`, `/healthz` | [`health`] |
 //! | `/metrics` | [`metrics`] |
-//! | `POST /control/{pause,resume,skip,next-theme}` | [`control`], guarded by [`auth`] |
+//! | `POST /control/{pause,resume,skip,next-theme}` | [`control`], guarded by [`guard`] and [`auth`] |
+//!
+//! Every request passes [`guard::host_guard`] (DNS rebinding). Connections are served by this
+//! module's own accept loop over hyper rather than `axum::serve`, because it needs what that
+//! does not offer: a cap on open connections that never eats into the descriptors the daemon
+//! keeps for its own files ([`crate::limits`]), a deadline for a request's headers, and an idle
+//! timeout, so idle sockets cannot exhaust the process's descriptors.
 //!
 //! [`Telemetry`]: crate::stats::Telemetry
 
@@ -23,6 +29,7 @@ pub mod auth;
 pub mod control;
 pub mod events;
 pub mod frames;
+pub mod guard;
 pub mod health;
 pub mod kiosk;
 pub mod metrics;
@@ -45,8 +52,15 @@ use crate::config::ServerConfig;
 use crate::daemon::Shared;
 use crate::display::CurrentFrame;
 
-/// Largest request body accepted (control requests carry none).
-const BODY_LIMIT: usize = 4 * 1024;
+/// Largest request body accepted (control requests carry none, or `{}`).
+pub const BODY_LIMIT: usize = 4 * 1024;
+/// How often a connection's idle time is looked at.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// Pause after an accept error (out of descriptors, say) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Answer to a connection over the cap, written without waiting, then the socket is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+Content-Type: text/plain\r\nRetry-After: 5\r\nContent-Length: 21\r\n\r\ntoo many connections\n";
 /// Interval of the keep-alive comments on the event stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -126,6 +140,14 @@ pub struct AppState {
     pub sse_rejected: AtomicU64,
     pub unhealthy_after: Duration,
     pub shutdown: CancellationToken,
+    /// Accepted `Host` values.
+    pub hosts: guard::HostPolicy,
+    /// Connections open at once at most (see [`crate::limits::http_connection_cap`]).
+    pub connection_cap: usize,
+    /// Connections closed at once because `connection_cap` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for sending no headers in time or for idling.
+    pub connections_timed_out: AtomicU64,
 }
 
 /// Shared handler state.
@@ -150,6 +172,10 @@ pub fn router(state: App, request_timeout: Duration) -> Router {
         .route("/events", get(events::events))
         .merge(timed)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::host_guard,
+        ))
         .with_state(state)
 }
 
@@ -167,6 +193,8 @@ pub fn spawn(
         config.unhealthy_after(),
         shutdown.clone(),
     );
+    let soft = crate::limits::nofile().map_or(1024, |l| l.soft);
+    let connection_cap = crate::limits::http_connection_cap(config.max_connections, soft);
     let state = Arc::new(AppState {
         shared,
         current,
@@ -177,16 +205,219 @@ pub fn spawn(
         sse_rejected: AtomicU64::new(0),
         unhealthy_after: config.unhealthy_after(),
         shutdown: shutdown.clone(),
+        hosts: guard::HostPolicy::new(&config.allowed_hosts),
+        connection_cap,
+        connections_refused: AtomicU64::new(0),
+        connections_timed_out: AtomicU64::new(0),
     });
-    let app = router(state, config.request_timeout());
+    let app = router(Arc::clone(&state), config.request_timeout());
     let addr = bound.addr;
-    tracing::info!(url = %format!("http://{addr}"), "http server listening on http://{addr}");
-    tokio::spawn(async move {
-        let served = axum::serve(bound.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!("http server on {addr} failed: {e}");
+    tracing::info!(
+        url = %format!("http://{addr}"),
+        max_connections = connection_cap,
+        open_file_limit = soft,
+        "http server listening on http://{addr}"
+    );
+    let timeouts = (config.header_timeout(), config.idle_timeout());
+    tokio::spawn(serve(bound.listener, app, state, timeouts, shutdown))
+}
+
+/// The accept loop: one task per connection, at most `state.connection_cap` at once (a
+/// connection over the cap is answered 503 and closed at once); accept errors (out of
+/// descriptors) back off instead of spinning. At `shutdown` it stops accepting, asks every
+/// connection to finish, and returns once they have.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    state: App,
+    (header_timeout, idle_timeout): (Duration, Duration),
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let cap = state.connection_cap;
+    let slots = Arc::new(Semaphore::new(cap));
+    let mut accept_errors = 0u64;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::warn!(count = accept_errors, "http: cannot accept a connection: {e}");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            let refused = state.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    "http: {cap} connections open (server.max_connections and the open-file \
+                     limit); refusing more"
+                );
+            }
+            let _ = stream.try_write(TOO_MANY);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, state, stop) = (app.clone(), Arc::clone(&state), shutdown.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, app, &state, header_timeout, idle_timeout, stop).await;
+            drop(slot);
+        });
+    }
+    // Every slot back means every connection has ended.
+    let _ = slots.acquire_many(cap as u32).await;
+}
+
+/// Serves one connection until it ends, idles past `idle_timeout`, or shutdown has let its
+/// request in flight finish.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    state: &AppState,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let activity = Arc::new(activity::Activity::new());
+    let io = hyper_util::rt::TokioIo::new(activity::Tracked::new(stream, Arc::clone(&activity)));
+    let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, request).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = shutdown.cancelled(), if !stopping => {
+                connection.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            _ = tokio::time::sleep(IDLE_CHECK) => {
+                if activity.idle() >= idle_timeout {
+                    state.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
-    })
+    }
+}
+
+/// Byte-level activity of a connection, for the idle timeout.
+mod activity {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// When a byte last moved, as milliseconds since the connection opened.
+    pub struct Activity {
+        opened: Instant,
+        last_ms: AtomicU64,
+    }
+
+    impl Activity {
+        pub fn new() -> Activity {
+            Activity {
+                opened: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            }
+        }
+
+        fn touch(&self) {
+            let now = self.opened.elapsed().as_millis() as u64;
+            self.last_ms.store(now, Ordering::Relaxed);
+        }
+
+        /// How long since a byte was read or written.
+        pub fn idle(&self) -> Duration {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            self.opened.elapsed().saturating_sub(last)
+        }
+    }
+
+    /// A stream that records its activity.
+    pub struct Tracked<S> {
+        inner: S,
+        activity: std::sync::Arc<Activity>,
+    }
+
+    impl<S> Tracked<S> {
+        pub fn new(inner: S, activity: std::sync::Arc<Activity>) -> Self {
+            Tracked { inner, activity }
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.activity.touch();
+            }
+            polled
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+                self.activity.touch();
+            }
+            polled
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+                self.activity.touch();
+            }
+            polled
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    }
 }

@@ -83,14 +83,38 @@ impl Daemon {
     }
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(extra, env, None)
+    }
+
+    /// [`Daemon::start`] under an open-file limit of `nofile` (soft and hard, `ulimit -n`).
+    pub fn start_with_nofile(extra: &str, nofile: u64) -> Daemon {
+        Daemon::start_full(extra, &[], Some(nofile))
+    }
+
+    /// `{DIR}` in `extra` becomes the daemon's (absolute) folder.
+    fn start_full(extra: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra.replace("{DIR}", &dir.path().display().to_string());
         let extra = if extra.contains("[server]") {
-            extra.to_string()
+            extra
         } else {
             format!("{extra}\n[server]\nbind = \"127.0.0.1:0\"\n")
         };
         std::fs::write(dir.path().join("dreamd.toml"), config(&extra)).unwrap();
-        let child = spawn(dir.path(), &["run", "--config", "dreamd.toml"], env);
+        let args = ["run", "--config", "dreamd.toml"];
+        let child = match nofile {
+            None => spawn(dir.path(), &args, env),
+            Some(n) => spawn_program(
+                "sh",
+                dir.path(),
+                &[
+                    &["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN][..],
+                    &args[..],
+                ]
+                .concat(),
+                env,
+            ),
+        };
         let mut daemon = Daemon {
             child,
             dir,
@@ -193,7 +217,12 @@ impl Drop for Daemon {
 
 /// Starts the binary in `dir` with output to files (never to an unread pipe).
 pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(BIN);
+    spawn_program(BIN, dir, args, env)
+}
+
+/// [`spawn`] through another program (a shell that sets limits, say).
+pub fn spawn_program(program: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(program);
     command
         .args(args)
         .current_dir(dir)
@@ -257,8 +286,22 @@ pub fn get(url: &str, path: &str) -> Answer {
     request(url, "GET", path, &[])
 }
 
+/// A control request as `dreamd ctl` sends it (JSON content type).
 pub fn post(url: &str, path: &str) -> Answer {
-    request(url, "POST", path, &[])
+    request(url, "POST", path, &[("Content-Type", "application/json")])
+}
+
+/// Sends `raw` (a whole request, byte for byte) and reads the answer until the server closes.
+pub fn raw_request(url: &str, raw: &[u8]) -> Answer {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    parse(&answer)
 }
 
 fn parse(raw: &[u8]) -> Answer {
