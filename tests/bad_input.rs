@@ -217,7 +217,10 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
 }
 
 fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -273,10 +276,7 @@ fn hostile_pictures_are_skipped_and_memory_stays_bounded() {
         if keyframes >= 6 && log.contains("d_fifo.png") {
             break;
         }
-        assert!(
-            Instant::now() < until,
-            "{keyframes} keyframes, log:\n{log}"
-        );
+        assert!(Instant::now() < until, "{keyframes} keyframes, log:\n{log}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = daemon.log();
@@ -285,7 +285,10 @@ fn hostile_pictures_are_skipped_and_memory_stays_bounded() {
         "the huge picture is not named\n{log}"
     );
     assert!(log.contains("FIFO"), "the FIFO is not named\n{log}");
-    assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains("memory allocation"),
+        "{log}"
+    );
     let peak = peak_rss_mb(daemon.child.id());
     eprintln!("peak RSS {peak:.0} MB");
     assert!(peak < 1024.0, "peak RSS {peak:.0} MB");
