@@ -30,8 +30,8 @@ pub fn nofile() -> io::Result<NofileLimit> {
         return Err(io::Error::last_os_error());
     }
     Ok(NofileLimit {
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 
