@@ -364,8 +364,7 @@ impl Director {
 }
 
 fn read_picture(path: &Path) -> Result<RgbImage, String> {
-    image::open(path)
-        .map(|p| p.to_rgb8())
+    crate::keyframes::images::load_bounded(path)
         .map_err(|e| format!("cannot read seed picture {}: {e}", path.display()))
 }
 

@@ -145,11 +145,13 @@ pub fn from_config(config: &Config, engine: &Arc<Engine>) -> Result<BuiltSource,
 /// The first picture of `dir` (by name) that reads, if any: where a ComfyUI dream starts.
 fn first_picture(dir: &std::path::Path) -> Option<image::RgbImage> {
     let files = images::list_images(dir).ok()?;
-    files.iter().find_map(|path| match image::open(path) {
-        Ok(picture) => Some(picture.to_rgb8()),
-        Err(e) => {
-            tracing::warn!("skipping picture {}: {e}", path.display());
-            None
-        }
-    })
+    files
+        .iter()
+        .find_map(|path| match images::load_bounded(path) {
+            Ok(picture) => Some(picture),
+            Err(e) => {
+                tracing::warn!("skipping picture {}: {e}", path.display());
+                None
+            }
+        })
 }
