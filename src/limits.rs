@@ -59,10 +59,17 @@ pub fn reserved_descriptors(soft: u64) -> u64 {
     RESERVED_FDS.min(soft / 2)
 }
 
+/// How many connections over the cap may be held at once while their 503 is delivered (a
+/// second each at most); these descriptors are kept apart from the connection cap too.
+pub fn refusal_descriptors(soft: u64) -> usize {
+    (soft / 16).clamp(1, 32) as usize
+}
+
 /// How many HTTP connections may be open at once under a soft limit of `soft`: `configured`,
 /// capped so that [`reserved_descriptors`] (plus a few for the listener and runtime) stay free.
 pub fn http_connection_cap(configured: usize, soft: u64) -> usize {
-    let available = soft.saturating_sub(reserved_descriptors(soft) + 16);
+    let available =
+        soft.saturating_sub(reserved_descriptors(soft) + 16 + refusal_descriptors(soft) as u64);
     (configured as u64).min(available).max(1) as usize
 }
 
@@ -73,8 +80,8 @@ mod tests {
     #[test]
     fn connections_never_take_the_reserve() {
         assert_eq!(http_connection_cap(512, 1024), 512);
-        assert_eq!(http_connection_cap(512, 256), 112);
-        assert_eq!(http_connection_cap(512, 64), 16);
+        assert_eq!(http_connection_cap(512, 256), 96);
+        assert_eq!(http_connection_cap(512, 64), 12);
         assert_eq!(http_connection_cap(512, 8), 1);
         assert_eq!(http_connection_cap(100, 1 << 20), 100);
     }

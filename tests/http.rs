@@ -817,13 +817,18 @@ fn idle_connections_cannot_starve_the_daemons_files() {
         }
     }
     assert!(refused > 0, "no connection was refused");
+    // A client that sends a request over the cap reads the 503; it is not reset.
+    let answer = support::try_request(&daemon.url, "GET", "/healthz", &[])
+        .expect("a request over the cap is answered, not reset");
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.header("retry-after"), Some("5"));
     let log = daemon.log();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(!log.contains("cannot write status"), "{log}");
     drop(idle);
     // Once they are gone, the server answers again.
     wait_until("the server answers", Duration::from_secs(5), || {
-        get(&daemon.url, "/healthz").status == 200
+        support::try_request(&daemon.url, "GET", "/healthz", &[]).is_ok_and(|a| a.status == 200)
     });
 }
 

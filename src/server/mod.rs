@@ -61,6 +61,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Answer to a connection over the cap, written without waiting, then the socket is closed.
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
 Content-Type: text/plain\r\nRetry-After: 5\r\nContent-Length: 21\r\n\r\ntoo many connections\n";
+/// How long a refused connection's request is drained before the socket is closed.
+const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
 /// Interval of the keep-alive comments on the event stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -144,6 +146,9 @@ pub struct AppState {
     pub hosts: guard::HostPolicy,
     /// Connections open at once at most (see [`crate::limits::http_connection_cap`]).
     pub connection_cap: usize,
+    /// Refused connections held at once while their 503 is delivered (more are closed
+    /// without it; see [`crate::limits::refusal_descriptors`]).
+    pub refusals_in_flight: usize,
     /// Connections closed at once because `connection_cap` were open.
     pub connections_refused: AtomicU64,
     /// Connections closed for sending no headers in time or for idling.
@@ -207,6 +212,7 @@ pub fn spawn(
         shutdown: shutdown.clone(),
         hosts: guard::HostPolicy::new(&config.allowed_hosts),
         connection_cap,
+        refusals_in_flight: crate::limits::refusal_descriptors(soft),
         connections_refused: AtomicU64::new(0),
         connections_timed_out: AtomicU64::new(0),
     });
@@ -236,6 +242,7 @@ async fn serve(
     use std::sync::atomic::Ordering;
     let cap = state.connection_cap;
     let slots = Arc::new(Semaphore::new(cap));
+    let refusals = Arc::new(Semaphore::new(state.refusals_in_flight));
     let mut accept_errors = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -261,8 +268,18 @@ async fn serve(
                      limit); refusing more"
                 );
             }
-            let _ = stream.try_write(TOO_MANY);
-            drop(stream);
+            match Arc::clone(&refusals).try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let _ = stream.try_write(TOO_MANY);
+                    drop(stream);
+                }
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -283,6 +300,28 @@ async fn serve(
     }
     // Every slot back means every connection has ended.
     let _ = slots.acquire_many(cap as u32).await;
+}
+
+/// Answers a connection over the cap with 503 and closes it so the client can read the
+/// answer: the write side is shut first and what the client sent is drained for at most
+/// [`REFUSAL_DRAIN`]. Closing with its request unread would make the kernel reset the
+/// connection, and the client would see "connection reset" instead of the 503.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(REFUSAL_DRAIN, async {
+        stream.write_all(TOO_MANY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut drained = 0usize;
+        while drained < BODY_LIMIT * 4 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// Serves one connection until it ends, idles past `idle_timeout`, or shutdown has let its

@@ -263,11 +263,20 @@ impl Answer {
 
 /// One request with `Connection: close`, over a plain socket so every byte is visible.
 pub fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    try_request(url, method, path, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`request`], with a transport error (refused, reset, timed out) returned instead of
+/// panicking: for polls that wait for the server to come back.
+pub fn try_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Answer> {
     let addr = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -276,10 +285,10 @@ pub fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)]) ->
         head.push_str("Content-Length: 0\r\n");
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse(&raw)
+    stream.read_to_end(&mut raw)?;
+    Ok(parse(&raw))
 }
 
 pub fn get(url: &str, path: &str) -> Answer {
