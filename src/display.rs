@@ -372,14 +372,13 @@ fn publish_loop(
     telemetry: Arc<Telemetry>,
     faults: &Faults,
 ) {
-    let path_of = |frame: &EncodedFrame| dir.join(format!("current_frame.{}", frame.format.extension()));
+    let path_of =
+        |frame: &EncodedFrame| dir.join(format!("current_frame.{}", frame.format.extension()));
     let mut staged: Option<(u64, StagedFile)> = None;
     while let Ok(first) = queue.recv() {
         let mut requests = vec![first];
         requests.extend(queue.try_iter());
-        let last_show = requests
-            .iter()
-            .rposition(|r| matches!(r, Publish::Show(_)));
+        let last_show = requests.iter().rposition(|r| matches!(r, Publish::Show(_)));
         let next = requests[last_show.map_or(0, |i| i + 1)..]
             .iter()
             .rev()
@@ -414,7 +413,10 @@ fn publish_loop(
             staged = None;
             let path = path_of(&frame);
             // A failure here is not counted: the frame is written again when shown.
-            match faults.before_frame_write().and_then(|()| stage(&path, &frame.bytes)) {
+            match faults
+                .before_frame_write()
+                .and_then(|()| stage(&path, &frame.bytes))
+            {
                 Ok(file) => staged = Some((frame.seq, file)),
                 Err(e) => tracing::debug!(seq = frame.seq, "cannot stage the next frame: {e}"),
             }

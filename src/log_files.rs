@@ -166,7 +166,11 @@ mod tests {
 
         let json = logs.join("dreamd.jsonl");
         let mut writer = Reopening::new(json.clone(), || {
-            OpenOptions::new().create(true).append(true).open(&json).unwrap()
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&json)
+                .unwrap()
         });
         writer.write_all(b"{}\n").unwrap();
         std::fs::remove_dir_all(&logs).unwrap();

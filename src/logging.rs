@@ -28,8 +28,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer};
 
 use crate::config::LoggingConfig;
-use crate::log_files::{DailyLog, Reopening};
 use crate::events::{self, RECORD_FIELD};
+use crate::log_files::{DailyLog, Reopening};
 
 /// Keeps the background log writers alive; dropping it flushes them.
 pub struct LogGuards {

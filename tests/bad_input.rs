@@ -217,7 +217,10 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
 }
 
 fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -273,10 +276,7 @@ fn hostile_pictures_are_skipped_and_memory_stays_bounded() {
         if keyframes >= 6 && log.contains("d_fifo.png") {
             break;
         }
-        assert!(
-            Instant::now() < until,
-            "{keyframes} keyframes, log:\n{log}"
-        );
+        assert!(Instant::now() < until, "{keyframes} keyframes, log:\n{log}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = daemon.log();
@@ -285,7 +285,10 @@ fn hostile_pictures_are_skipped_and_memory_stays_bounded() {
         "the huge picture is not named\n{log}"
     );
     assert!(log.contains("FIFO"), "the FIFO is not named\n{log}");
-    assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains("memory allocation"),
+        "{log}"
+    );
     let peak = peak_rss_mb(daemon.child.id());
     eprintln!("peak RSS {peak:.0} MB");
     assert!(peak < 1024.0, "peak RSS {peak:.0} MB");
@@ -317,7 +320,10 @@ fn a_buffer_that_cannot_fit_in_memory_is_refused() {
         dir.path(),
         "[display]\ntarget_fps = 120.0\nstart_gate_seconds = 1.0\n[buffer]\ntarget_seconds = 3600.0\n",
     );
-    assert_start_error(&output, &["432000 frames", "GB of memory", "buffer.target_seconds"]);
+    assert_start_error(
+        &output,
+        &["432000 frames", "GB of memory", "buffer.target_seconds"],
+    );
 }
 
 /// Issue 18 (8): a deleted `output/frames/` or `logs/` is made again, and failed writes of
@@ -337,7 +343,9 @@ fn deleted_folders_come_back_and_status_write_failures_are_counted() {
                     .collect()
             })
             .unwrap_or_default();
-        let text_log = logs.iter().any(|n| n.starts_with("dreamd.") && n.ends_with(".log"));
+        let text_log = logs
+            .iter()
+            .any(|n| n.starts_with("dreamd.") && n.ends_with(".log"));
         if frames > 0 && text_log && logs.iter().any(|n| n == "dreamd.jsonl") {
             break;
         }
@@ -360,7 +368,11 @@ fn deleted_folders_come_back_and_status_write_failures_are_counted() {
             .any(|l| l.starts_with("dreamd_status_write_failures_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
-    assert!(daemon.log().contains("cannot write status"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("cannot write status"),
+        "{}",
+        daemon.log()
+    );
     std::fs::remove_dir_all(daemon.path("output/status.json")).unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     while daemon.status().is_none() {

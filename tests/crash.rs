@@ -210,7 +210,11 @@ fn stray_signals_are_ignored_and_sigquit_stops_gracefully() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert!(daemon.child.try_wait().unwrap().is_none(), "{}", daemon.log());
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "{}",
+        daemon.log()
+    );
     assert_ne!(daemon.status().unwrap()["state"], "stopped");
     let (status, took) = daemon.signal_and_wait("QUIT", Duration::from_secs(5));
     assert!(status.success(), "{status:?}\n{}", daemon.log());

@@ -745,7 +745,10 @@ fn remote_callers_without_the_token_see_no_absolute_paths() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(!message.contains(&dir) && message.contains("…/"), "{message}");
+    assert!(
+        !message.contains(&dir) && message.contains("…/"),
+        "{message}"
+    );
     let with_token = request(
         &remote,
         "GET",
@@ -760,7 +763,10 @@ fn remote_callers_without_the_token_see_no_absolute_paths() {
 /// capped (the rest answered 503), and the daemon's own files keep being written.
 #[test]
 fn idle_connections_cannot_starve_the_daemons_files() {
-    let daemon = Daemon::start_with_nofile("[server]\nbind = \"127.0.0.1:0\"\nheader_timeout_seconds = 30.0\n", 256);
+    let daemon = Daemon::start_with_nofile(
+        "[server]\nbind = \"127.0.0.1:0\"\nheader_timeout_seconds = 30.0\n",
+        256,
+    );
     daemon.wait_for_first_frame();
     let addr = daemon.url.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
@@ -771,14 +777,21 @@ fn idle_connections_cannot_starve_the_daemons_files() {
         }
     }
     let (updated, shown) = progress(&daemon);
-    let frames_before = std::fs::read_dir(daemon.path("output/frames")).unwrap().count();
+    let frames_before = std::fs::read_dir(daemon.path("output/frames"))
+        .unwrap()
+        .count();
     let current_before = std::fs::metadata(daemon.path("output/current_frame.png"))
         .unwrap()
         .modified()
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let (updated_after, shown_after) = progress(&daemon);
-    assert_ne!(updated, updated_after, "status.json stopped\n{}", daemon.log());
+    assert_ne!(
+        updated,
+        updated_after,
+        "status.json stopped\n{}",
+        daemon.log()
+    );
     assert!(shown_after > shown + 10, "{shown} -> {shown_after}");
     let current_after = std::fs::metadata(daemon.path("output/current_frame.png"))
         .unwrap()
@@ -821,7 +834,9 @@ fn silent_connections_are_closed_after_the_header_timeout() {
     let daemon = Daemon::start("[server]\nbind = \"127.0.0.1:0\"\nheader_timeout_seconds = 1.0\n");
     let addr = daemon.url.trim_start_matches("http://").to_string();
     let mut silent = TcpStream::connect(&addr).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let opened = Instant::now();
     let mut buf = Vec::new();
     let _ = std::io::Read::read_to_end(&mut silent, &mut buf);

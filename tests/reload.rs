@@ -150,8 +150,15 @@ fn count_in_log(daemon: &Daemon, text: &str) -> usize {
 fn a_broken_edit_is_reported_once_and_reads_do_not_retrigger() {
     let daemon = Daemon::start("");
     assert!(wait_for_log(&daemon, Duration::from_secs(5), "for changes"));
-    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = -1.0"));
-    assert!(wait_for_log(&daemon, Duration::from_secs(5), "config reload rejected"));
+    rewrite(
+        &daemon,
+        &full("").replace("target_fps = 8.0", "target_fps = -1.0"),
+    );
+    assert!(wait_for_log(
+        &daemon,
+        Duration::from_secs(5),
+        "config reload rejected"
+    ));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         count_in_log(&daemon, "config reload rejected"),
@@ -164,12 +171,20 @@ fn a_broken_edit_is_reported_once_and_reads_do_not_retrigger() {
     rewrite(&daemon, &text);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count_in_log(&daemon, "config reload rejected"), 1);
-    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = 6.0"));
+    rewrite(
+        &daemon,
+        &full("").replace("target_fps = 8.0", "target_fps = 6.0"),
+    );
     assert!(wait_for(&daemon, Duration::from_secs(5), |s| {
         field(s, "display/target_fps") == 6.0
     }));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count_in_log(&daemon, "reloaded: applied"), 1, "{}", daemon.log());
+    assert_eq!(
+        count_in_log(&daemon, "reloaded: applied"),
+        1,
+        "{}",
+        daemon.log()
+    );
 }
 
 /// Issue 18 (5, 6): a config replaced by a FIFO used to block the reload thread for ever (later
@@ -192,11 +207,18 @@ fn a_fifo_or_huge_config_is_refused_and_later_edits_still_apply() {
     );
     rewrite(&daemon, &"# padding\n".repeat(200_000));
     assert!(
-        wait_for_log(&daemon, Duration::from_secs(5), "more than the 1048576 allowed"),
+        wait_for_log(
+            &daemon,
+            Duration::from_secs(5),
+            "more than the 1048576 allowed"
+        ),
         "{}",
         daemon.log()
     );
-    rewrite(&daemon, &full("").replace("target_fps = 8.0", "target_fps = 6.0"));
+    rewrite(
+        &daemon,
+        &full("").replace("target_fps = 8.0", "target_fps = 6.0"),
+    );
     assert!(
         wait_for(&daemon, Duration::from_secs(5), |s| {
             field(s, "display/target_fps") == 6.0
@@ -216,7 +238,14 @@ fn sighup_reloads_the_config() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(wait_for_log(&daemon, Duration::from_secs(5), "SIGHUP: reading"));
-    assert!(daemon.child.try_wait().unwrap().is_none(), "SIGHUP killed the daemon");
+    assert!(wait_for_log(
+        &daemon,
+        Duration::from_secs(5),
+        "SIGHUP: reading"
+    ));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the daemon"
+    );
     assert!(wait_for(&daemon, Duration::from_secs(5), |s| s["state"] == "playing"));
 }

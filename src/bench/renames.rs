@@ -69,7 +69,8 @@ impl Drop for Fd {
 impl RenameWatch {
     /// Starts watching `dir` (which must exist) for renames onto `current_frame.*`.
     pub fn start(dir: &Path) -> io::Result<RenameWatch> {
-        let annotate = |e: io::Error| io::Error::new(e.kind(), format!("inotify on {}: {e}", dir.display()));
+        let annotate =
+            |e: io::Error| io::Error::new(e.kind(), format!("inotify on {}: {e}", dir.display()));
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
         if fd < 0 {
@@ -80,7 +81,11 @@ impl RenameWatch {
             .map_err(|e| annotate(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         // SAFETY: `path` is a valid C string for the call's duration.
         let watch = unsafe {
-            libc::inotify_add_watch(fd.0, path.as_ptr(), libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE)
+            libc::inotify_add_watch(
+                fd.0,
+                path.as_ptr(),
+                libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
+            )
         };
         if watch < 0 {
             return Err(annotate(io::Error::last_os_error()));

@@ -124,7 +124,8 @@ impl FrameArchive {
         write_atomic(&path, &frame.bytes)?;
         {
             let mut kept = self.kept.lock();
-            kept.files.push_back((path.clone(), frame.bytes.len() as u64));
+            kept.files
+                .push_back((path.clone(), frame.bytes.len() as u64));
             kept.bytes += frame.bytes.len() as u64;
         }
         self.prune()?;

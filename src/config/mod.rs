@@ -546,9 +546,13 @@ impl Config {
             error,
         };
         // A regular file only (a FIFO would block), and bounded: a huge file is refused.
-        let bytes = crate::regular_file::read_bounded(path, MAX_CONFIG_BYTES).map_err(read_error)?;
+        let bytes =
+            crate::regular_file::read_bounded(path, MAX_CONFIG_BYTES).map_err(read_error)?;
         let text = String::from_utf8(bytes).map_err(|e| {
-            read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            ))
         })?;
         Config::parse(&text, &path.display().to_string())
     }

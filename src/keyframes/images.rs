@@ -71,7 +71,10 @@ const MAX_DECODE_ALLOC: u64 = MAX_PICTURE_PIXELS * 8 + 16 * 1024 * 1024;
 pub enum PictureError {
     /// The file could not be opened (missing, unreadable, a FIFO or other non-regular file).
     #[error("cannot open picture {path}: {error}")]
-    Open { path: PathBuf, error: std::io::Error },
+    Open {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Larger than [`MAX_PICTURE_BYTES`].
     #[error("picture {path} is {bytes} bytes, more than the {max} allowed; skipped")]
     TooManyBytes { path: PathBuf, bytes: u64, max: u64 },
@@ -455,7 +458,8 @@ mod tests {
     #[test]
     fn extreme_aspect_ratios_fit_in_bounded_memory() {
         // 65535×1 used to be scaled to 16.7 M × 256 before the crop (an abort).
-        let wide = DynamicImage::ImageRgb8(RgbImage::from_pixel(65535, 1, image::Rgb([9, 99, 199])));
+        let wide =
+            DynamicImage::ImageRgb8(RgbImage::from_pixel(65535, 1, image::Rgb([9, 99, 199])));
         let cropped = fit(wide.clone(), 512, 256, FitMode::Crop).unwrap();
         assert_eq!(cropped.dimensions(), (512, 256));
         assert!(cropped.pixels().all(|p| p.0 == [9, 99, 199]));
@@ -463,7 +467,9 @@ mod tests {
         assert_eq!(padded.dimensions(), (512, 256));
         let tall = DynamicImage::ImageLumaA8(image::GrayAlphaImage::new(1, 65535));
         assert_eq!(
-            fit(tall.clone(), 512, 256, FitMode::Crop).unwrap().dimensions(),
+            fit(tall.clone(), 512, 256, FitMode::Crop)
+                .unwrap()
+                .dimensions(),
             (512, 256)
         );
         assert_eq!(
@@ -480,7 +486,10 @@ mod tests {
         let err = load_bounded(&huge).unwrap_err();
         assert!(matches!(err, PictureError::TooManyPixels { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains("huge.png") && text.contains("20000x20000"), "{text}");
+        assert!(
+            text.contains("huge.png") && text.contains("20000x20000"),
+            "{text}"
+        );
         // Within the budget, a real picture loads.
         let small = dir.path().join("small.png");
         RgbImage::from_pixel(65535, 1, image::Rgb([1, 2, 3]))

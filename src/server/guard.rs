@@ -20,7 +20,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING};
+use axum::http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING,
+};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -84,10 +86,16 @@ fn refuse(code: StatusCode, message: String, close: bool) -> Response {
 
 /// Middleware on every route: refuses a `Host` that [`HostPolicy`] does not accept (421).
 pub async fn host_guard(State(app): State<App>, request: Request, next: Next) -> Response {
-    let host = request.headers().get(HOST).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = request
+        .headers()
+        .get(HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if !app.hosts.allows(host) {
         let host = host.unwrap_or_default().to_string();
-        tracing::warn!(host, "refused a request for host {host:?} (server.allowed_hosts)");
+        tracing::warn!(
+            host,
+            "refused a request for host {host:?} (server.allowed_hosts)"
+        );
         return (
             StatusCode::MISDIRECTED_REQUEST,
             format!(
@@ -111,7 +119,11 @@ pub fn control_refusal(headers: &HeaderMap) -> Option<(StatusCode, String, bool)
         ));
     }
     if let Some(length) = text(CONTENT_LENGTH.as_str()) {
-        if length.trim().parse::<u64>().map_or(true, |n| n > BODY_LIMIT as u64) {
+        if length
+            .trim()
+            .parse::<u64>()
+            .map_or(true, |n| n > BODY_LIMIT as u64)
+        {
             return Some((
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("control request bodies are limited to {BODY_LIMIT} bytes"),
@@ -130,9 +142,8 @@ pub fn control_refusal(headers: &HeaderMap) -> Option<(StatusCode, String, bool)
     }
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = origin.to_str().unwrap_or("?");
-        let same = text(HOST.as_str()).is_some_and(|host| {
-            origin.eq_ignore_ascii_case(&format!("http://{host}"))
-        });
+        let same = text(HOST.as_str())
+            .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("http://{host}")));
         if !same {
             return Some((
                 StatusCode::FORBIDDEN,
@@ -250,7 +261,11 @@ mod tests {
             assert!(policy.allows(Some(ok)), "{ok}");
         }
         assert!(policy.allows(None));
-        for bad in ["evil.example:8765", "localhost.evil.example", "127.0.0.1.nip.io"] {
+        for bad in [
+            "evil.example:8765",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
             assert!(!policy.allows(Some(bad)), "{bad}");
         }
         assert!(HostPolicy::new(&["*".to_string()]).allows(Some("evil.example")));
@@ -258,7 +273,10 @@ mod tests {
 
     #[test]
     fn control_needs_same_site_json_and_a_short_body() {
-        let ok = headers(&[("host", "127.0.0.1:8765"), ("content-type", "application/json")]);
+        let ok = headers(&[
+            ("host", "127.0.0.1:8765"),
+            ("content-type", "application/json"),
+        ]);
         assert!(control_refusal(&ok).is_none());
         let custom = headers(&[(CONTROL_HEADER, "1"), ("content-length", "0")]);
         assert!(control_refusal(&custom).is_none());
@@ -290,11 +308,17 @@ mod tests {
             Some(StatusCode::FORBIDDEN)
         );
         assert_eq!(
-            code(&headers(&[(CONTROL_HEADER, "1"), ("transfer-encoding", "chunked")])),
+            code(&headers(&[
+                (CONTROL_HEADER, "1"),
+                ("transfer-encoding", "chunked")
+            ])),
             Some(StatusCode::LENGTH_REQUIRED)
         );
         assert_eq!(
-            code(&headers(&[(CONTROL_HEADER, "1"), ("content-length", "4097")])),
+            code(&headers(&[
+                (CONTROL_HEADER, "1"),
+                ("content-length", "4097")
+            ])),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
     }
@@ -309,6 +333,9 @@ mod tests {
             redact_paths("cannot read picture \"/home/me/pics/a.png\" (x)"),
             "cannot read picture \"…/a.png\" (x)"
         );
-        assert_eq!(redact_paths("decode: 3/4 frames failed"), "decode: 3/4 frames failed");
+        assert_eq!(
+            redact_paths("decode: 3/4 frames failed"),
+            "decode: 3/4 frames failed"
+        );
     }
 }

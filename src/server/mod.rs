@@ -268,7 +268,16 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let (app, state, stop) = (app.clone(), Arc::clone(&state), shutdown.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, app, &state, header_timeout, idle_timeout, stop).await;
+            serve_connection(
+                stream,
+                peer,
+                app,
+                &state,
+                header_timeout,
+                idle_timeout,
+                stop,
+            )
+            .await;
             drop(slot);
         });
     }
@@ -290,13 +299,15 @@ async fn serve_connection(
     use std::sync::atomic::Ordering;
     let activity = Arc::new(activity::Activity::new());
     let io = hyper_util::rt::TokioIo::new(activity::Tracked::new(stream, Arc::clone(&activity)));
-    let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let mut app = app.clone();
-        async move { tower_service::Service::call(&mut app, request).await }
-    });
+    let service = hyper::service::service_fn(
+        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, request).await }
+        },
+    );
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
