@@ -332,8 +332,18 @@ fn a_buffer_that_cannot_fit_in_memory_is_refused() {
 fn deleted_folders_come_back_and_status_write_failures_are_counted() {
     let daemon = Daemon::start("");
     daemon.wait_for_first_frame();
-    std::fs::remove_dir_all(daemon.path("output/frames")).unwrap();
-    std::fs::remove_dir_all(daemon.path("logs")).unwrap();
+    // The daemon may write into them while they are removed: try again until they are gone.
+    for dir in ["output/frames", "logs"] {
+        let mut tries = 0;
+        while let Err(e) = std::fs::remove_dir_all(daemon.path(dir)) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 50, "cannot remove {dir}: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let frames = std::fs::read_dir(daemon.path("output/frames")).map_or(0, |d| d.count());
