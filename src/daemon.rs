@@ -107,6 +107,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     }
     let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
     let archive = archive.with_faults(Arc::clone(&faults));
+    archive.set_keep_bytes(config.keep_bytes());
     let engine = Engine::from_config(config)?;
     let engine = Arc::new(engine.wrap_decoder(|d| FaultyDecoder::wrap(d, Arc::clone(&faults))));
     let keyframes::BuiltSource { source, comfyui } = keyframes::from_config(config, &engine)?;

@@ -20,6 +20,7 @@ pub struct NofileLimit {
 }
 
 /// The current `RLIMIT_NOFILE`.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 pub fn nofile() -> io::Result<NofileLimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -37,6 +38,7 @@ pub fn nofile() -> io::Result<NofileLimit> {
 
 /// Raises the soft open-file limit to the hard limit; returns the limit in force afterwards.
 /// (systemd's default soft limit is 1024 with a hard limit of 512K.)
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 pub fn raise_nofile() -> io::Result<NofileLimit> {
     let current = nofile()?;
     if current.soft >= current.hard {

@@ -19,7 +19,6 @@ use file_rotate::{ContentLimit, FileRotate};
 use tracing::field::{Field, Visit};
 use tracing::{Level, Subscriber};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
@@ -30,6 +29,7 @@ use tracing_subscriber::{reload, EnvFilter, Layer};
 
 use crate::config::LoggingConfig;
 use crate::events::{self, RECORD_FIELD};
+use crate::log_files::{DailyLog, Reopening};
 
 /// Keeps the background log writers alive; dropping it flushes them.
 pub struct LogGuards {
@@ -79,20 +79,20 @@ pub fn init(config: &LoggingConfig, log_dir: &Path) -> Result<LogGuards, LogInit
         message,
     };
     std::fs::create_dir_all(log_dir).map_err(|e| error(e.to_string()))?;
-    let text_file = RollingFileAppender::builder()
-        .rotation(Rotation::DAILY)
-        .filename_prefix("dreamd")
-        .filename_suffix("log")
-        .max_log_files(config.keep_days)
-        .build(log_dir)
-        .map_err(|e| error(e.to_string()))?;
-    let json_file = FileRotate::new(
-        log_dir.join("dreamd.jsonl"),
-        AppendCount::new(config.jsonl_keep),
-        ContentLimit::BytesSurpassed(config.jsonl_max_mb.max(1) * 1024 * 1024),
-        Compression::None,
-        None,
-    );
+    // Both files are made again if their folder is deleted, and never panic on a wrong clock
+    // (crate::log_files).
+    let text_file = DailyLog::new(log_dir, config.keep_days).map_err(|e| error(e.to_string()))?;
+    let json_path = log_dir.join("dreamd.jsonl");
+    let (keep, max_bytes) = (config.jsonl_keep, config.jsonl_max_mb.max(1) * 1024 * 1024);
+    let json_file = Reopening::new(json_path.clone(), move || {
+        FileRotate::new(
+            json_path.clone(),
+            AppendCount::new(keep),
+            ContentLimit::BytesSurpassed(max_bytes),
+            Compression::None,
+            None,
+        )
+    });
     let (text_writer, text_guard) = tracing_appender::non_blocking(text_file);
     // The console too goes through a lossy queue: when nobody reads stderr (an unread pipe), lines
     // are dropped instead of blocking the thread that logs (the original's stall, §9.2 item 4).
@@ -201,7 +201,7 @@ fn json_line(
         .filter(|f| !f.trim().is_empty());
     let mut line = format!(
         "{{\"timestamp\":{},\"level\":{}",
-        quote(&humantime::format_rfc3339_micros(at).to_string()),
+        quote(&crate::clock::rfc3339_micros(at)),
         quote(level.as_str())
     );
     if let Some(fields) = fields {

@@ -425,6 +425,8 @@ pub struct Telemetry {
     pub started_wall: SystemTime,
     pub display: DisplayStats,
     pub pipeline: PipelineStats,
+    /// Writes of status.json that failed.
+    pub status_write_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Telemetry {
@@ -434,6 +436,7 @@ impl Default for Telemetry {
             started_wall: SystemTime::now(),
             display: DisplayStats::default(),
             pipeline: PipelineStats::default(),
+            status_write_failures: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }

@@ -219,6 +219,9 @@ pub struct FailureSection {
     pub decode: u64,
     pub save: u64,
     pub publish: u64,
+    /// Writes of status.json itself that failed (counted, logged; this file shows the count
+    /// once a write succeeds again, `/status` and `/metrics` at once).
+    pub status_write: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,7 +252,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
     let theme = t.pipeline.theme();
     let direction = shared.director.snapshot();
     let comfyui = shared.comfyui.lock().snapshot();
-    let timestamp = humantime::format_rfc3339_millis(now).to_string();
+    let timestamp = crate::clock::rfc3339_millis(now);
     StatusDocument {
         frame_number: frames_displayed,
         generation_time: round(averages.keyframe_ms.get().unwrap_or(0.0) / 1000.0, 3),
@@ -329,6 +332,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             decode: t.pipeline.failures(Stage::Decode),
             save: t.pipeline.failures(Stage::Save),
             publish: t.pipeline.failures(Stage::Publish),
+            status_write: t.status_write_failures.load(ORDER),
         },
         theme,
         comfyui: (comfyui.status != ComfyUiStatus::Disabled).then(|| ComfyUiSection {
@@ -373,7 +377,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
         last_error: t.pipeline.last_error().map(|e| ErrorSection {
             stage: e.stage.as_str(),
             message: e.message,
-            at: humantime::format_rfc3339_millis(e.at).to_string(),
+            at: crate::clock::rfc3339_millis(e.at),
         }),
         server: shared.server_url.clone().map(|url| ServerSection { url }),
     }
@@ -449,7 +453,16 @@ impl StatusWriter {
         match tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await {
             Ok(Ok(())) => Some(state),
             Ok(Err(e)) => {
-                tracing::warn!("cannot write status: {e}");
+                let failures = self
+                    .shared
+                    .telemetry
+                    .status_write_failures
+                    .fetch_add(1, ORDER)
+                    + 1;
+                // Logged the first time and then at every power of two, not every second.
+                if failures.is_power_of_two() {
+                    tracing::warn!(failures, "cannot write status: {e}");
+                }
                 None
             }
             Err(e) => {

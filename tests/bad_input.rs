@@ -317,3 +317,82 @@ fn a_fifo_as_config_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_start_error(&output, &["dreamd.toml", "FIFO"]);
 }
+
+/// Issue 18 (8): settings whose buffer cannot fit in memory are refused with the figures.
+#[test]
+fn a_buffer_that_cannot_fit_in_memory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_with(
+        dir.path(),
+        "[display]\ntarget_fps = 120.0\nstart_gate_seconds = 1.0\n[buffer]\ntarget_seconds = 3600.0\n",
+    );
+    assert_start_error(
+        &output,
+        &["432000 frames", "GB of memory", "buffer.target_seconds"],
+    );
+}
+
+/// Issue 18 (8): a deleted `output/frames/` or `logs/` is made again, and failed writes of
+/// status.json are counted (in /status and /metrics) instead of only logged.
+#[test]
+fn deleted_folders_come_back_and_status_write_failures_are_counted() {
+    let daemon = Daemon::start("");
+    daemon.wait_for_first_frame();
+    // The daemon may write into them while they are removed: try again until they are gone.
+    for dir in ["output/frames", "logs"] {
+        let mut tries = 0;
+        while let Err(e) = std::fs::remove_dir_all(daemon.path(dir)) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 50, "cannot remove {dir}: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frames = std::fs::read_dir(daemon.path("output/frames")).map_or(0, |d| d.count());
+        let logs: Vec<String> = std::fs::read_dir(daemon.path("logs"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let text_log = logs
+            .iter()
+            .any(|n| n.starts_with("dreamd.") && n.ends_with(".log"));
+        if frames > 0 && text_log && logs.iter().any(|n| n == "dreamd.jsonl") {
+            break;
+        }
+        assert!(Instant::now() < until, "frames {frames}, logs {logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // status.json replaced by a non-empty folder: every rename over it fails.
+    std::fs::remove_file(daemon.path("output/status.json")).unwrap();
+    std::fs::create_dir_all(daemon.path("output/status.json/blocker")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = support::get(&daemon.url, "/status");
+    let document: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let failures = field(&document, "failures/status_write").as_u64().unwrap();
+    assert!(failures >= 2, "{document}");
+    let metrics = support::get(&daemon.url, "/metrics").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dreamd_status_write_failures_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        daemon.log().contains("cannot write status"),
+        "{}",
+        daemon.log()
+    );
+    std::fs::remove_dir_all(daemon.path("output/status.json")).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while daemon.status().is_none() {
+        assert!(Instant::now() < until, "status.json not written again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,4 +1,5 @@
-//! Frames on disk: `output/frames/NNNNNNNN.<ext>`, saved atomically, pruned by count.
+//! Frames on disk: `output/frames/NNNNNNNN.<ext>`, saved atomically, pruned by count and, when
+//! `output.keep_mb` is set, by their total size (a small disk does not stay full).
 //!
 //! On start-up the archive removes temp files a crash left behind, prunes to the retention
 //! count, and tells the daemon the first free sequence number, so numbering continues across
@@ -7,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,8 +25,17 @@ const SEQ_DIGITS: usize = 8;
 pub struct FrameArchive {
     dir: PathBuf,
     keep: AtomicUsize,
-    kept: Mutex<VecDeque<PathBuf>>,
+    /// Byte budget of the frames on disk (`u64::MAX`: none).
+    keep_bytes: AtomicU64,
+    kept: Mutex<Kept>,
     faults: Arc<Faults>,
+}
+
+/// The frames on disk, oldest first, with their sizes.
+#[derive(Default)]
+struct Kept {
+    files: VecDeque<(PathBuf, u64)>,
+    bytes: u64,
 }
 
 impl FrameArchive {
@@ -37,19 +47,29 @@ impl FrameArchive {
         };
         std::fs::create_dir_all(dir).map_err(annotate)?;
         remove_stale_temps(dir).map_err(annotate)?;
-        let mut existing: Vec<(u64, PathBuf)> = Vec::new();
+        let mut existing: Vec<(u64, PathBuf, u64)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(annotate)? {
-            let path = entry.map_err(annotate)?.path();
+            let entry = entry.map_err(annotate)?;
+            let path = entry.path();
             if let Some(seq) = parse_seq(&path) {
-                existing.push((seq, path));
+                let bytes = entry.metadata().map_or(0, |m| m.len());
+                existing.push((seq, path, bytes));
             }
         }
-        existing.sort_unstable_by_key(|(seq, _)| *seq);
-        let next_seq = existing.last().map_or(0, |(seq, _)| seq + 1);
+        existing.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let next_seq = existing.last().map_or(0, |(seq, _, _)| seq + 1);
+        let kept = Kept {
+            bytes: existing.iter().map(|(_, _, bytes)| bytes).sum(),
+            files: existing
+                .into_iter()
+                .map(|(_, path, bytes)| (path, bytes))
+                .collect(),
+        };
         let archive = FrameArchive {
             dir: dir.to_path_buf(),
             keep: AtomicUsize::new(keep),
-            kept: Mutex::new(existing.into_iter().map(|(_, path)| path).collect()),
+            keep_bytes: AtomicU64::new(u64::MAX),
+            kept: Mutex::new(kept),
             faults: Faults::none(),
         };
         archive.prune()?;
@@ -65,6 +85,18 @@ impl FrameArchive {
     /// Changes the retention count (a config reload); the surplus goes with the next save.
     pub fn set_keep(&self, keep: usize) {
         self.keep.store(keep.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets the byte budget (`output.keep_mb`; None: count only). The oldest frames go until
+    /// the rest fit, at the next save; the newest frame always stays.
+    pub fn set_keep_bytes(&self, keep_bytes: Option<u64>) {
+        self.keep_bytes
+            .store(keep_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Bytes of the frames on disk that the archive tracks.
+    pub fn bytes(&self) -> u64 {
+        self.kept.lock().bytes
     }
 
     /// The file a frame is saved to.
@@ -90,14 +122,19 @@ impl FrameArchive {
             .before_frame_write()
             .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))?;
         write_atomic(&path, &frame.bytes)?;
-        self.kept.lock().push_back(path.clone());
+        {
+            let mut kept = self.kept.lock();
+            kept.files
+                .push_back((path.clone(), frame.bytes.len() as u64));
+            kept.bytes += frame.bytes.len() as u64;
+        }
         self.prune()?;
         Ok(path)
     }
 
     /// Number of frames on disk that the archive tracks.
     pub fn len(&self) -> usize {
-        self.kept.lock().len()
+        self.kept.lock().files.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,12 +145,19 @@ impl FrameArchive {
         loop {
             let oldest = {
                 let mut kept = self.kept.lock();
-                if kept.len() <= self.keep.load(Ordering::Relaxed) {
+                let over_count = kept.files.len() > self.keep.load(Ordering::Relaxed);
+                let over_bytes =
+                    kept.files.len() > 1 && kept.bytes > self.keep_bytes.load(Ordering::Relaxed);
+                if !(over_count || over_bytes) {
                     return Ok(());
                 }
-                kept.pop_front()
+                let oldest = kept.files.pop_front();
+                if let Some((_, bytes)) = &oldest {
+                    kept.bytes -= bytes;
+                }
+                oldest
             };
-            if let Some(path) = oldest {
+            if let Some((path, _)) = oldest {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -179,6 +223,29 @@ mod tests {
             ["00000002.png", "00000003.png", "00000004.png"]
         );
         assert_eq!(archive.len(), 3);
+    }
+
+    #[test]
+    fn a_byte_budget_keeps_only_what_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, _) = FrameArchive::open(dir.path(), 100).unwrap();
+        archive.set_keep_bytes(Some(3));
+        for seq in 0..6 {
+            archive.save(&frame(seq)).unwrap();
+        }
+        // One byte a frame: the three newest fit.
+        assert_eq!(
+            files(dir.path()),
+            ["00000003.png", "00000004.png", "00000005.png"]
+        );
+        assert_eq!(archive.bytes(), 3);
+        // Even a budget smaller than one frame keeps the newest one.
+        archive.set_keep_bytes(Some(0));
+        archive.save(&frame(6)).unwrap();
+        assert_eq!(files(dir.path()), ["00000006.png"]);
+        // Reopened, sizes are read from disk.
+        let (archive, _) = FrameArchive::open(dir.path(), 100).unwrap();
+        assert_eq!(archive.bytes(), 1);
     }
 
     #[test]

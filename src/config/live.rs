@@ -154,6 +154,13 @@ pub const RELOAD_KEYS: &[ReloadKey] = &[
         changed: |a, b| a.keep_frames() != b.keep_frames(),
     },
     ReloadKey {
+        name: "output.keep_mb",
+        doc: "`output.keep_mb`",
+        effect: Effect::Retention,
+        note: "",
+        changed: |a, b| a.output.keep_mb != b.output.keep_mb,
+    },
+    ReloadKey {
         name: "logging.level",
         doc: "`logging.level`",
         effect: Effect::LogLevel,
@@ -299,6 +306,7 @@ mod tests {
         new.timeouts.save_seconds = 5.0;
         new.health.degraded_seconds = 5.0;
         new.output.keep_frames = Some(5);
+        new.output.keep_mb = Some(100);
         new.logging.level = "debug".to_string();
         new.faults.slow_disk_ms = 1;
         new.keyframes.seed = 1;

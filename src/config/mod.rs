@@ -62,6 +62,19 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    /// The settings need more memory than this machine can give (see
+    /// [`Config::estimated_memory_bytes`]).
+    #[error(
+        "{settings} need about {needed_gb:.1} GB of memory, more than the {limit_gb:.1} GB \
+         allowed here ({limit_why}); lower buffer.target_seconds, display.target_fps, \
+         generation.frames_per_pair or the frame size"
+    )]
+    TooMuchMemory {
+        settings: String,
+        needed_gb: f64,
+        limit_gb: f64,
+        limit_why: String,
+    },
 }
 
 /// The whole configuration.
@@ -349,6 +362,8 @@ pub struct OutputConfig {
     pub format: FrameFormat,
     pub jpeg_quality: u8,
     pub keep_frames: Option<usize>,
+    /// Megabytes of frames kept on disk at most (the oldest go first); none by default.
+    pub keep_mb: Option<u64>,
 }
 
 impl Default for OutputConfig {
@@ -357,6 +372,7 @@ impl Default for OutputConfig {
             format: FrameFormat::Png,
             jpeg_quality: 90,
             keep_frames: None,
+            keep_mb: None,
         }
     }
 }
@@ -628,6 +644,11 @@ impl Config {
         self.output
             .keep_frames
             .unwrap_or_else(|| 2 * self.buffer_frames())
+    }
+
+    /// The byte budget of frames on disk: `output.keep_mb`, if set.
+    pub fn keep_bytes(&self) -> Option<u64> {
+        self.output.keep_mb.map(|mb| mb.saturating_mul(1024 * 1024))
     }
 
     /// The time one frame is shown.

@@ -242,6 +242,7 @@ impl Reloader {
                 Effect::Settings => true,
                 Effect::Retention => {
                     self.archive.set_keep(new.keep_frames());
+                    self.archive.set_keep_bytes(new.keep_bytes());
                     true
                 }
                 Effect::LogLevel => match logging::set_level(&new.logging.level) {

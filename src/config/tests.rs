@@ -161,3 +161,40 @@ fn command_line_names_are_the_config_names() {
         assert_eq!(parsed.keyframes.source, source);
     }
 }
+
+#[test]
+fn buffers_that_cannot_fit_in_memory_are_refused_with_the_figures() {
+    // 120 fps x 3600 s of 512x256 frames: 432,000 frames.
+    let message = err("[display]\ntarget_fps = 120.0\n[buffer]\ntarget_seconds = 3600.0");
+    assert!(
+        message.contains("432000 frames") && message.contains("GB of memory"),
+        "{message}"
+    );
+    // 4096x4096 x 240 frames per pair.
+    let message = err("[generation]\nwidth = 4096\nheight = 4096\nframes_per_pair = 240");
+    assert!(message.contains("frames_per_pair = 240"), "{message}");
+    // The default needs tens of megabytes.
+    assert!(Config::default().estimated_memory_bytes() < 100 << 20);
+}
+
+#[test]
+fn server_limits_and_retention_bytes_are_checked() {
+    assert!(err("[server]\nidle_timeout_seconds = 5").contains("idle_timeout_seconds"));
+    assert!(err("[server]\nmax_connections = 0").contains("max_connections"));
+    assert!(err("[server]\nallowed_hosts = [\"http://x\"]").contains("allowed_hosts"));
+    assert!(err("[output]\nkeep_mb = 0").contains("output.keep_mb"));
+    let config = Config::parse("[output]\nkeep_mb = 2", "t").unwrap();
+    assert_eq!(config.keep_bytes(), Some(2 * 1024 * 1024));
+}
+
+#[test]
+fn a_huge_config_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dreamd.toml");
+    std::fs::write(&path, "# x\n".repeat(300_000)).unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        message.contains("dreamd.toml") && message.contains("more than the 1048576"),
+        "{message}"
+    );
+}

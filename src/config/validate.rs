@@ -2,7 +2,13 @@
 //! name the key, the value and the rule. Kept apart from the schema so that the list of keys
 //! and defaults in `mod.rs` stays readable.
 
-use super::{invalid, parse_device, Config, ConfigError};
+use super::{invalid, parse_device, Config, ConfigError, FrameFormat};
+
+/// The most memory any settings may need, whatever the machine (64 GiB).
+const MEMORY_CEILING: u64 = 64 << 30;
+/// Bytes a pixel of a decoded batch costs while a pair is made: the decoder's f32 RGB output
+/// (12), the 8-bit frame (3) and its resampled copy (3).
+const PAIR_BYTES_PER_PIXEL: u64 = 18;
 
 impl Config {
     /// Checks every value against its allowed range.
@@ -95,6 +101,9 @@ impl Config {
         }
         if o.keep_frames == Some(0) {
             return Err(invalid("output.keep_frames", 0, ">= 1"));
+        }
+        if o.keep_mb == Some(0) {
+            return Err(invalid("output.keep_mb", 0, ">= 1"));
         }
         let t = &self.timeouts;
         for (key, value) in [
@@ -208,6 +217,7 @@ impl Config {
             86_400.0,
             "> 15 (the event stream's keep-alive) and <= 86400",
         )?;
+        self.check_memory()?;
         if let Some(bad) = server
             .allowed_hosts
             .iter()
@@ -221,6 +231,68 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Memory the frame buffer and one pair in flight need, estimated from above: the ring holds
+    /// the buffer target plus one pair of encoded frames (PNG counted at 3 bytes a pixel, JPEG at
+    /// 1), and making a pair holds its frames decoded ([`PAIR_BYTES_PER_PIXEL`]).
+    pub fn estimated_memory_bytes(&self) -> u64 {
+        let g = &self.generation;
+        let pixels = u64::from(g.width) * u64::from(g.height);
+        let encoded = match self.output.format {
+            FrameFormat::Png => 3 * pixels,
+            FrameFormat::Jpeg => pixels,
+        };
+        let pair = g.frames_per_pair as u64 + 1;
+        let ring = (self.buffer_frames() as u64).saturating_add(pair);
+        ring.saturating_mul(encoded)
+            .saturating_add(pair.saturating_mul(pixels * PAIR_BYTES_PER_PIXEL))
+    }
+
+    /// Refuses settings whose [`Config::estimated_memory_bytes`] exceed half this machine's
+    /// memory, or [`MEMORY_CEILING`].
+    fn check_memory(&self) -> Result<(), ConfigError> {
+        let needed = self.estimated_memory_bytes();
+        let gb = |b: u64| b as f64 / f64::from(1u32 << 30);
+        let (limit, limit_why) = match physical_memory() {
+            Some(ram) if ram / 2 < MEMORY_CEILING => {
+                (ram / 2, format!("half of this machine's {:.1} GB", gb(ram)))
+            }
+            _ => (MEMORY_CEILING, "the ceiling for any machine".to_string()),
+        };
+        if needed <= limit {
+            return Ok(());
+        }
+        let g = &self.generation;
+        Err(ConfigError::TooMuchMemory {
+            settings: format!(
+                "buffer.target_seconds = {} x display.target_fps = {} ({} frames) of {}x{} \
+                 pixels, with generation.frames_per_pair = {},",
+                self.buffer.target_seconds,
+                self.display.target_fps,
+                self.buffer_frames(),
+                g.width,
+                g.height,
+                g.frames_per_pair
+            ),
+            needed_gb: gb(needed),
+            limit_gb: gb(limit),
+            limit_why,
+        })
+    }
+}
+
+/// Total physical memory, when the system says.
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf takes and returns plain integers.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
 
 /// `value` must be finite, > `min` and <= `max`.

@@ -276,6 +276,19 @@ pub fn render(app: &App) -> String {
             pipeline.failures(stage) as f64,
         );
     }
+    out.family(
+        "dreamd_status_write_failures_total",
+        "counter",
+        "Writes of status.json that failed.",
+    );
+    out.sample(
+        "dreamd_status_write_failures_total",
+        &[],
+        app.shared
+            .telemetry
+            .status_write_failures
+            .load(Ordering::Relaxed) as f64,
+    );
 
     render_dream(&mut out, shared);
 
