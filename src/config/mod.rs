@@ -76,6 +76,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[comfyui]`: the ComfyUI server for `keyframes.source = "comfyui"`.
     pub comfyui: crate::comfyui::ComfyUiConfig,
+    /// `[diffusion]`: the in-process model for `keyframes.source = "diffusion"`.
+    pub diffusion: crate::engine::diffusion::DiffusionConfig,
     /// `[prompts]`: themes for sources that dream from prompts.
     pub prompts: crate::direction::themes::PromptsConfig,
     /// `[collapse]`: the mode-collapse detector.
@@ -219,6 +221,8 @@ pub enum SourceKind {
     Images,
     /// img2img of the previous keyframe through a ComfyUI server (`[comfyui]`).
     Comfyui,
+    /// img2img of the previous keyframe's latent, in process on candle (`[diffusion]`).
+    Diffusion,
 }
 
 impl fmt::Display for SourceKind {
@@ -227,6 +231,7 @@ impl fmt::Display for SourceKind {
             SourceKind::Procedural => f.write_str("procedural"),
             SourceKind::Images => f.write_str("images"),
             SourceKind::Comfyui => f.write_str("comfyui"),
+            SourceKind::Diffusion => f.write_str("diffusion"),
         }
     }
 }

@@ -205,6 +205,9 @@ impl Config {
         if let Some(problem) = self.comfyui.validate().into_iter().next() {
             return Err(ConfigError::Message(problem.to_string()));
         }
+        if let Some(problem) = self.diffusion.validate().into_iter().next() {
+            return Err(ConfigError::Message(problem));
+        }
         self.prompts
             .validate()
             .map_err(|e| ConfigError::InvalidEntry {

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod model_files;
 pub mod preview;
 pub mod resize;
+pub mod diffusion;
 pub mod taesd;
 
 use std::fmt;
