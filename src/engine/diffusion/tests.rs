@@ -101,8 +101,10 @@ fn token_ids_match_diffusers() {
 fn text_embeddings_match_diffusers() {
     let Some(f) = fixture() else { return };
     let d = max_diff(&f.model.embed("a dream of the sea").unwrap().0, f.get("prompt_embeds"));
+    eprintln!("prompt embeddings differ by {d}");
     assert!(d <= ATOL, "prompt embeddings differ by {d}");
     let d = max_diff(&f.model.embed("").unwrap().0, f.get("uncond_embeds"));
+    eprintln!("empty-prompt embeddings differ by {d}");
     assert!(d <= ATOL, "empty-prompt embeddings differ by {d}");
 }
 
@@ -116,6 +118,7 @@ fn one_unet_call_matches_diffusers() {
         .forward(f.get("unet_x"), t, f.get("prompt_embeds"))
         .unwrap();
     let d = max_diff(&out, f.get("unet_out"));
+    eprintln!("UNet output differs by {d}");
     assert!(d <= ATOL, "UNet output differs by {d}");
 }
 
@@ -147,21 +150,25 @@ fn img2img(f: &Fixture, guidance: f64, latents: &str, out: &str) {
         .start(Some(f.get("init_latent")), f.get("noise"), 4, 0.5)
         .unwrap();
     let d = max_diff(&run.latent, f.get("img2img_noised"));
+    eprintln!("noised latent differs by {d}");
     assert!(d <= ATOL, "noised latent differs by {d}");
     let mut i = 0;
     while !run.done() {
         let eps = run.step(&f.model, &cond, Some(&uncond), guidance).unwrap();
         if i == 0 && guidance > 1.0 {
             let d = max_diff(&eps, f.get("cfg_eps_0"));
+            eprintln!("guided ε at step 0 differs by {d}");
             assert!(d <= ATOL, "guided ε at step 0 differs by {d}");
         }
         let expected = f.get(latents).get(i).unwrap();
         let d = max_diff(&run.latent, &expected);
+        eprintln!("{latents} step {i} differs by {d}");
         assert!(d <= ATOL, "{latents} step {i} differs by {d}");
         i += 1;
     }
     assert_eq!(i, 2);
     let d = max_diff(&run.latent, f.get(out));
+    eprintln!("{out} differs by {d}");
     assert!(d <= ATOL, "{out} differs by {d}");
 }
 
@@ -233,5 +240,6 @@ fn unprefixed_text_encoder_file_loads() {
         candle_core::safetensors::load(dir.join("reference.safetensors"), &CandleDevice::Cpu)
             .unwrap();
     let d = max_diff(&model.embed("a dream of the sea").unwrap().0, &reference["prompt_embeds"]);
+    eprintln!("{d}");
     assert!(d <= ATOL, "{d}");
 }
