@@ -22,7 +22,9 @@ fn models() -> PathBuf {
 fn the_daemon_dreams_in_process_on_the_tiny_pipeline() {
     let pipeline = models().join("tiny-sd/pipeline");
     if !pipeline.join("unet").is_dir() {
-        support::tool_missing("the tiny SD pipeline in ../shared/models/tiny-sd (or $DREAMD_MODELS)");
+        support::tool_missing(
+            "the tiny SD pipeline in ../shared/models/tiny-sd (or $DREAMD_MODELS)",
+        );
         return;
     }
     let extra = format!(

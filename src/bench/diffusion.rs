@@ -63,7 +63,11 @@ impl DiffusionBenchReport {
             self.latent[1],
             self.latent[2],
             self.steps_run,
-            if self.guidance > 1.0 { ", CFG (batch 2)" } else { "" },
+            if self.guidance > 1.0 {
+                ", CFG (batch 2)"
+            } else {
+                ""
+            },
             self.load_ms,
             self.text_encode_ms,
             self.unet_step_ms,
@@ -98,11 +102,16 @@ pub fn run(
     let scheduler = SchedulerConfig::default_for(options.kind);
     let (h, w) = (options.height / 8, options.width / 8);
     let dims = (1, 4, h, w);
-    let ids: Vec<u32> = (0..77u32).map(|i| if i < 8 { 320 + i } else { 49407 }).collect();
+    let ids: Vec<u32> = (0..77u32)
+        .map(|i| if i < 8 { 320 + i } else { 49407 })
+        .collect();
     let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
     let sync = |t: &Tensor| -> anyhow::Result<()> {
         // Reading one value waits for the device (CUDA runs asynchronously).
-        t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        t.flatten_all()?
+            .narrow(0, 0, 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         Ok(())
     };
 

@@ -214,7 +214,9 @@ impl BenchCommand {
                     "sd15" => ModelKind::Sd1,
                     "sd-turbo" => ModelKind::SdTurbo,
                     "sdxl-turbo" => ModelKind::SdxlTurbo,
-                    other => anyhow::bail!("--model must be sd15, sd-turbo or sdxl-turbo (got {other:?})"),
+                    other => anyhow::bail!(
+                        "--model must be sd15, sd-turbo or sdxl-turbo (got {other:?})"
+                    ),
                 };
                 let g = &config.generation;
                 let divisor = g.decode_divisor.unwrap_or(1).max(1) as usize;

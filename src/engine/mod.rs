@@ -10,12 +10,12 @@
 //! decoder call for the whole `[N, C, h, w]` batch, releases the lock, and only then resamples
 //! the pictures to the output size.
 
+pub mod diffusion;
 pub mod gpu_lock;
 pub mod kernels;
 pub mod model_files;
 pub mod preview;
 pub mod resize;
-pub mod diffusion;
 pub mod taesd;
 
 use std::fmt;

@@ -44,7 +44,11 @@ struct Conditioning {
 }
 
 impl Conditioning {
-    fn embed(&mut self, model: &DiffusionModel, prompt: &str) -> Result<PromptEmbedding, DiffusionError> {
+    fn embed(
+        &mut self,
+        model: &DiffusionModel,
+        prompt: &str,
+    ) -> Result<PromptEmbedding, DiffusionError> {
         if let Some(e) = self.cache.get(prompt) {
             return Ok(e.clone());
         }
@@ -236,7 +240,11 @@ impl Job {
         let (cond, uncond) = {
             let _gpu = lock(self.lock_timeout)?;
             let mut c = self.conditioning.lock();
-            let cond = c.next(&self.model, &self.prompt.prompt, self.config.prompt_blend_keyframes)?;
+            let cond = c.next(
+                &self.model,
+                &self.prompt.prompt,
+                self.config.prompt_blend_keyframes,
+            )?;
             let uncond = match guided {
                 true => Some(c.embed(&self.model, &self.prompt.negative)?),
                 false => None,
@@ -250,9 +258,12 @@ impl Job {
             Start::Noise => None,
             Start::Latent(l) => Some(Tensor::from_slice(l.data(), dims, device)?),
         };
-        let mut run = self
-            .model
-            .start(init.as_ref(), &noise, self.config.steps, self.config.strength)?;
+        let mut run = self.model.start(
+            init.as_ref(),
+            &noise,
+            self.config.steps,
+            self.config.strength,
+        )?;
         let step_timeout = Duration::from_secs_f64(self.config.step_timeout_seconds);
         while !run.done() {
             if self.cancel.load(Ordering::Relaxed) {
@@ -271,7 +282,9 @@ impl Job {
         }
         let data = run.latent.flatten_all()?.to_vec1::<f32>()?;
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(DiffusionError::Run("the UNet produced non-finite values".into()));
+            return Err(DiffusionError::Run(
+                "the UNet produced non-finite values".into(),
+            ));
         }
         Latent::new(self.shape, data).map_err(|e| DiffusionError::Run(e.to_string()))
     }
@@ -334,8 +347,12 @@ impl KeyframeSource for DiffusionSource {
                     Ok(Some(latent)) if latent.shape() == self.shape => {
                         self.start = Start::Latent(latent)
                     }
-                    Ok(_) => tracing::warn!("the first picture did not encode; dreaming from noise"),
-                    Err(e) => tracing::warn!("cannot encode the first picture ({e}); dreaming from noise"),
+                    Ok(_) => {
+                        tracing::warn!("the first picture did not encode; dreaming from noise")
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot encode the first picture ({e}); dreaming from noise")
+                    }
                 }
             }
         }

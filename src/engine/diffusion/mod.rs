@@ -212,9 +212,7 @@ impl PromptEmbedding {
     /// `(1 − t)·self + t·other`: how a theme change glides.
     pub fn lerp(&self, other: &PromptEmbedding, t: f64) -> Result<PromptEmbedding> {
         let t = t.clamp(0.0, 1.0);
-        Ok(PromptEmbedding(
-            ((&self.0 * (1.0 - t))? + (&other.0 * t)?)?,
-        ))
+        Ok(PromptEmbedding(((&self.0 * (1.0 - t))? + (&other.0 * t)?)?))
     }
 }
 

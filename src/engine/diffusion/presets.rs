@@ -118,7 +118,11 @@ impl ModelKind {
                 ..base
             },
             ModelKind::SdxlTurbo => UNet2DConditionModelConfig {
-                blocks: vec![bc(320, None, 5), bc(640, Some(2), 10), bc(1280, Some(10), 20)],
+                blocks: vec![
+                    bc(320, None, 5),
+                    bc(640, Some(2), 10),
+                    bc(1280, Some(10), 20),
+                ],
                 cross_attention_dim: 2048,
                 use_linear_projection: true,
                 ..base

@@ -134,7 +134,11 @@ impl SchedulerConfig {
     pub fn alphas_cumprod(&self) -> Vec<f64> {
         let n = self.train_steps;
         let beta = |i: usize| -> f64 {
-            let f = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+            let f = if n > 1 {
+                i as f64 / (n - 1) as f64
+            } else {
+                0.0
+            };
             if self.scaled_linear {
                 let (a, b) = (self.beta_start.sqrt(), self.beta_end.sqrt());
                 (a + (b - a) * f).powi(2)
@@ -166,13 +170,20 @@ impl SchedulerConfig {
             Spacing::Trailing => {
                 let ratio = self.train_steps as f64 / n as f64;
                 (0..n)
-                    .map(|i| ((self.train_steps as f64 - i as f64 * ratio).round() as usize).saturating_sub(1))
+                    .map(|i| {
+                        ((self.train_steps as f64 - i as f64 * ratio).round() as usize)
+                            .saturating_sub(1)
+                    })
                     .collect()
             }
             Spacing::Linspace => (0..n)
                 .rev()
                 .map(|i| {
-                    let f = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+                    let f = if n > 1 {
+                        i as f64 / (n - 1) as f64
+                    } else {
+                        0.0
+                    };
                     (f * last as f64).round() as usize
                 })
                 .collect(),

@@ -88,9 +88,15 @@ fn ids(t: &Tensor) -> Vec<u32> {
 fn token_ids_match_diffusers() {
     let Some(f) = fixture() else { return };
     let tok = &f.model.tokenizer;
-    assert_eq!(tok.encode("a dream of the sea").unwrap(), ids(f.get("prompt_ids")));
+    assert_eq!(
+        tok.encode("a dream of the sea").unwrap(),
+        ids(f.get("prompt_ids"))
+    );
     assert_eq!(tok.encode("").unwrap(), ids(f.get("uncond_ids")));
-    assert_eq!(tok.encode("Dreams, THE  sea-2!").unwrap(), ids(f.get("extra_ids")));
+    assert_eq!(
+        tok.encode("Dreams, THE  sea-2!").unwrap(),
+        ids(f.get("extra_ids"))
+    );
     // Longer than 77 tokens: cut, and the end token kept.
     let long = tok.encode(&"sea ".repeat(100)).unwrap();
     assert_eq!(long.len(), 77);
@@ -100,7 +106,10 @@ fn token_ids_match_diffusers() {
 #[test]
 fn text_embeddings_match_diffusers() {
     let Some(f) = fixture() else { return };
-    let d = max_diff(&f.model.embed("a dream of the sea").unwrap().0, f.get("prompt_embeds"));
+    let d = max_diff(
+        &f.model.embed("a dream of the sea").unwrap().0,
+        f.get("prompt_embeds"),
+    );
     eprintln!("prompt embeddings differ by {d}");
     assert!(d <= ATOL, "prompt embeddings differ by {d}");
     let d = max_diff(&f.model.embed("").unwrap().0, f.get("uncond_embeds"));
@@ -132,9 +141,18 @@ fn scheduler_matches_diffusers() {
         .iter()
         .map(|&v| v as f32)
         .collect();
-    let d = max_diff(&Tensor::new(ac.as_slice(), &CandleDevice::Cpu).unwrap(), f.get("alphas_cumprod"));
+    let d = max_diff(
+        &Tensor::new(ac.as_slice(), &CandleDevice::Cpu).unwrap(),
+        f.get("alphas_cumprod"),
+    );
     assert!(d <= 1e-6, "alphas_cumprod differ by {d}");
-    let ts: Vec<u32> = f.model.scheduler.timesteps(4).iter().map(|&t| t as u32).collect();
+    let ts: Vec<u32> = f
+        .model
+        .scheduler
+        .timesteps(4)
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
     assert_eq!(ts, ids(f.get("ddim_timesteps")));
     let run = Sampler::img2img(&f.model.scheduler, 4, 0.5);
     let ts: Vec<u32> = run.timesteps().iter().map(|&t| t as u32).collect();
@@ -206,13 +224,22 @@ fn missing_file_or_tensor_is_one_error_naming_it() {
     let mut tensors = candle_core::safetensors::load(&unet_file, &CandleDevice::Cpu).unwrap();
     tensors.remove("conv_out.weight").unwrap();
     candle_core::safetensors::save(&tensors, &unet_file).unwrap();
-    let e = load().err().expect("a missing tensor must fail").to_string();
-    assert!(e.contains("conv_out.weight") && e.contains("diffusion_pytorch_model"), "{e}");
+    let e = load()
+        .err()
+        .expect("a missing tensor must fail")
+        .to_string();
+    assert!(
+        e.contains("conv_out.weight") && e.contains("diffusion_pytorch_model"),
+        "{e}"
+    );
 
     // A missing text encoder file: named.
     std::fs::remove_file(copy.join("text_encoder/model.safetensors")).unwrap();
     let e = load().err().expect("a missing file must fail").to_string();
-    assert!(e.contains("text_encoder") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("text_encoder") && e.contains("model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -239,7 +266,10 @@ fn unprefixed_text_encoder_file_loads() {
     let reference =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &CandleDevice::Cpu)
             .unwrap();
-    let d = max_diff(&model.embed("a dream of the sea").unwrap().0, &reference["prompt_embeds"]);
+    let d = max_diff(
+        &model.embed("a dream of the sea").unwrap().0,
+        &reference["prompt_embeds"],
+    );
     eprintln!("{d}");
     assert!(d <= ATOL, "{d}");
 }

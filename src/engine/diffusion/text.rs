@@ -138,7 +138,9 @@ fn quick_gelu_config(dir: &Path) -> Result<ClipTextConfig> {
     if act != "quick_gelu" {
         return Err(DiffusionError::Config {
             path,
-            message: format!("hidden_act {act:?}: this loading path is for quick_gelu encoders (SD 1.x)"),
+            message: format!(
+                "hidden_act {act:?}: this loading path is for quick_gelu encoders (SD 1.x)"
+            ),
         });
     }
     let field = |name: &str| {
@@ -190,12 +192,17 @@ impl TextEncoder {
             ModelKind::Sd1 => {
                 let config = quick_gelu_config(&dir)?;
                 let (vb, path) = encoder_weights(&dir, dtype, device)?;
-                let model = QuickGeluClip::new(vb.pp("text_model"), &config).map_err(|e| weights_error(&path, e))?;
+                let model = QuickGeluClip::new(vb.pp("text_model"), &config)
+                    .map_err(|e| weights_error(&path, e))?;
                 Ok(TextEncoder::QuickGelu(model))
             }
             ModelKind::SdTurbo => {
                 let (vb, path) = encoder_weights(&dir, dtype, device)?;
-                Ok(TextEncoder::OpenClip(sd_clip_model(vb, &sd_clip::Config::v2_1(), &path)?))
+                Ok(TextEncoder::OpenClip(sd_clip_model(
+                    vb,
+                    &sd_clip::Config::v2_1(),
+                    &path,
+                )?))
             }
             ModelKind::SdxlTurbo => {
                 let (vb, path) = encoder_weights(&dir, dtype, device)?;
