@@ -183,6 +183,9 @@ impl fmt::Display for Precision {
 #[serde(default, deny_unknown_fields)]
 pub struct GenerationConfig {
     pub frames_per_pair: u32,
+    /// Pair lengthening: when keyframes come slower than the display shows a pair, the next
+    /// pairs get more in-betweens, up to this many (None: off, always `frames_per_pair`).
+    pub max_frames_per_pair: Option<u32>,
     pub width: u32,
     pub height: u32,
     pub decoder: DecoderChoice,
@@ -199,6 +202,7 @@ impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
             frames_per_pair: 10,
+            max_frames_per_pair: None,
             width: 512,
             height: 256,
             decoder: DecoderChoice::Auto,

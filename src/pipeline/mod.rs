@@ -39,6 +39,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub frames_per_pair: usize,
+    /// Pair lengthening's ceiling (`generation.max_frames_per_pair`); equal to
+    /// `frames_per_pair` when lengthening is off.
+    pub max_frames_per_pair: usize,
+    /// The display rate a pair's length is measured against.
+    pub fps: f64,
     pub format: FrameFormat,
     pub jpeg_quality: u8,
     /// Sequence number of keyframe 0.
@@ -51,6 +56,12 @@ impl PipelineSettings {
     pub fn from_config(config: &Config, first_seq: u64, live: Arc<LiveSettings>) -> Self {
         Self {
             frames_per_pair: config.generation.frames_per_pair as usize,
+            max_frames_per_pair: config
+                .generation
+                .max_frames_per_pair
+                .unwrap_or(config.generation.frames_per_pair)
+                .max(config.generation.frames_per_pair) as usize,
+            fps: config.display.target_fps,
             format: config.output.format,
             jpeg_quality: config.output.jpeg_quality,
             first_seq,
@@ -58,15 +69,52 @@ impl PipelineSettings {
         }
     }
 
-    /// Sequence number of keyframe `k`.
+    /// Sequence number of keyframe `k` while every pair has `frames_per_pair` in-betweens
+    /// (no lengthening).
     pub fn keyframe_seq(&self, k: u64) -> u64 {
         self.first_seq + k * (self.frames_per_pair as u64 + 1)
+    }
+
+    /// In-betweens for the pair that ends at a keyframe which took `made_in`: enough that the
+    /// pair plays (with a 25 % margin) while the next keyframe, assumed as slow, is made —
+    /// never fewer than `frames_per_pair` nor more than `max_frames_per_pair`.
+    pub fn pair_length(&self, made_in: Duration) -> usize {
+        if self.max_frames_per_pair <= self.frames_per_pair || self.fps <= 0.0 {
+            return self.frames_per_pair;
+        }
+        let frames = (made_in.as_secs_f64() * self.fps * 1.25).ceil() as usize;
+        frames
+            .saturating_sub(1)
+            .clamp(self.frames_per_pair, self.max_frames_per_pair)
+    }
+}
+
+/// Hands out sequence numbers in order: keyframe 0 alone, then each pair's in-betweens and
+/// its keyframe. With a fixed pair length keyframe k lands at `first_seq + k(N+1)`.
+#[derive(Debug, Clone)]
+struct SeqCursor {
+    next: u64,
+    frames_per_pair: usize,
+}
+
+impl SeqCursor {
+    /// The slots `first..=last` of keyframe `index` with `n` in-betweens before it.
+    fn take(&mut self, index: u64, n: usize) -> (u64, u64) {
+        let first = self.next;
+        let last = if index == 0 { first } else { first + n as u64 };
+        self.next = last + 1;
+        (first, last)
     }
 }
 
 /// One keyframe from the producer: made, or failed with a reason.
 struct KeyframeResult {
     index: u64,
+    /// Its slots: the in-betweens before it, then the keyframe at `last_seq`.
+    first_seq: u64,
+    last_seq: u64,
+    /// In-betweens of the pair it ends.
+    frames_per_pair: usize,
     result: Result<Keyframe, String>,
 }
 
@@ -111,12 +159,19 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 next = keyframes.recv() => next,
             };
-            let Some(KeyframeResult { index, result }) = next else {
+            let Some(KeyframeResult {
+                index,
+                first_seq,
+                last_seq,
+                frames_per_pair,
+                result,
+            }) = next
+            else {
                 break;
             };
-            let Some(first_seq) = self.register(index) else {
+            if !self.register(first_seq, last_seq) {
                 break;
-            };
+            }
             match result {
                 Ok(keyframe) => {
                     let permit = tokio::select! {
@@ -128,16 +183,22 @@ impl Pipeline {
                         from: previous.take(),
                         to: keyframe.clone(),
                         first_seq,
+                        frames_per_pair,
                     };
                     self.run_pair(pair, permit, &shutdown).await;
                     previous = Some(keyframe);
                 }
                 Err(reason) => {
                     // Keep the last good keyframe; the next pair interpolates from it.
-                    let last = self.settings.keyframe_seq(index);
-                    self.buffer.fail_range(first_seq..=last);
-                    PairEvent::failed(index, first_seq, last, Stage::Keyframe.as_str(), &reason)
-                        .emit();
+                    self.buffer.fail_range(first_seq..=last_seq);
+                    PairEvent::failed(
+                        index,
+                        first_seq,
+                        last_seq,
+                        Stage::Keyframe.as_str(),
+                        &reason,
+                    )
+                    .emit();
                 }
             }
         }
@@ -165,21 +226,15 @@ impl Pipeline {
         }
     }
 
-    /// Registers the slots that keyframe `index` completes: the in-betweens before it and the
-    /// keyframe itself. Returns the first registered sequence number.
-    fn register(&self, index: u64) -> Option<u64> {
-        let last = self.settings.keyframe_seq(index);
-        let first = if index == 0 {
-            last
-        } else {
-            last - self.settings.frames_per_pair as u64
-        };
+    /// Registers the slots `first..=last` that a keyframe completes: the in-betweens before
+    /// it and the keyframe itself.
+    fn register(&self, first: u64, last: u64) -> bool {
         match self.buffer.register(first, (last - first + 1) as usize) {
-            Ok(()) => Some(first),
+            Ok(()) => true,
             Err(e) => {
                 // Cannot happen while this coordinator is the only registrant.
                 tracing::error!("frame buffer refused registration: {e}");
-                None
+                false
             }
         }
     }
@@ -193,7 +248,7 @@ impl Pipeline {
     ) {
         let started = Instant::now();
         let timeouts = &self.settings.live.get().timeouts;
-        let n = self.settings.frames_per_pair;
+        let n = job.frames_per_pair;
         let job = Arc::new(job);
         let last_seq = job.first_seq + job.slot_count(n) as u64 - 1;
 
@@ -304,6 +359,8 @@ struct PairJob {
     from: Option<Keyframe>,
     to: Keyframe,
     first_seq: u64,
+    /// In-betweens of this pair (more than `frames_per_pair` while lengthened).
+    frames_per_pair: usize,
 }
 
 impl PairJob {
@@ -488,6 +545,14 @@ async fn produce_keyframes(
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut cursor = SeqCursor {
+        next: settings.first_seq,
+        frames_per_pair: settings.frames_per_pair,
+    };
+    telemetry
+        .pipeline
+        .frames_per_pair
+        .store(settings.frames_per_pair as u64, ORDER);
     for index in 0u64.. {
         while let Ok(replacement) = replacements.try_recv() {
             tracing::info!(
@@ -514,7 +579,31 @@ async fn produce_keyframes(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("timed out after {:.1} s", timeout.as_secs_f64())),
         };
-        let seq = settings.keyframe_seq(index);
+        // A made keyframe sets the length of the pair it ends; a failed one keeps the last.
+        let n = match &result {
+            Ok(_) if index > 0 => settings.pair_length(elapsed),
+            _ => cursor.frames_per_pair,
+        };
+        if n != cursor.frames_per_pair {
+            let fps = settings.fps.max(f64::MIN_POSITIVE);
+            if n > cursor.frames_per_pair {
+                tracing::warn!(
+                    "keyframes are slower than the display ({:.1} s for a pair of {:.1} s): \
+                     lengthening pairs to {n} in-betweens (max {})",
+                    elapsed.as_secs_f64(),
+                    (cursor.frames_per_pair + 1) as f64 / fps,
+                    settings.max_frames_per_pair
+                );
+            } else {
+                tracing::info!(
+                    "keyframes are faster again ({:.1} s): pairs shortened to {n} in-betweens",
+                    elapsed.as_secs_f64()
+                );
+            }
+            cursor.frames_per_pair = n;
+            telemetry.pipeline.frames_per_pair.store(n as u64, ORDER);
+        }
+        let (first_seq, seq) = cursor.take(index, n);
         let pipeline = &telemetry.pipeline;
         match &result {
             Ok(_) => {
@@ -531,7 +620,7 @@ async fn produce_keyframes(
         let failed = result.is_err();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            sent = results.send(KeyframeResult { index, result }) => {
+            sent = results.send(KeyframeResult { index, first_seq, last_seq: seq, frames_per_pair: n, result }) => {
                 if sent.is_err() {
                     return;
                 }

@@ -78,6 +78,21 @@ async fn run_until_settled(
     decode_timeout: f64,
     last: u64,
 ) -> (String, Arc<Telemetry>) {
+    let (states, telemetry, _) =
+        run_lengthening(decoder, source, decode_timeout, last, N, 4.0).await;
+    (states, telemetry)
+}
+
+/// [`run_until_settled`] with pair lengthening up to `max` in-betweens at `fps`; also
+/// returns each ready slot's frame kind.
+async fn run_lengthening(
+    decoder: FaultyDecoder,
+    source: Box<dyn KeyframeSource>,
+    decode_timeout: f64,
+    last: u64,
+    max: usize,
+    fps: f64,
+) -> (String, Arc<Telemetry>, Vec<Option<FrameKind>>) {
     let dir = tempfile::tempdir().unwrap();
     let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
     let buffer = Arc::new(FrameBuffer::new(first_seq));
@@ -93,6 +108,8 @@ async fn run_until_settled(
         control: Arc::new(Control::new("test", false)),
         settings: PipelineSettings {
             frames_per_pair: N,
+            max_frames_per_pair: max,
+            fps,
             format: FrameFormat::Png,
             jpeg_quality: 90,
             first_seq,
@@ -117,9 +134,15 @@ async fn run_until_settled(
         assert!(Instant::now() < give_up, "slots never settled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let kinds = (0..=last)
+        .map(|seq| match buffer.slot(seq) {
+            Some(Slot::Ready(frame)) => Some(frame.kind),
+            _ => None,
+        })
+        .collect();
     shutdown.cancel();
     task.await.unwrap();
-    (states, telemetry)
+    (states, telemetry, kinds)
 }
 
 fn decoder(fail_on: Option<usize>, hang_on: Option<(usize, Duration)>) -> FaultyDecoder {
@@ -185,4 +208,84 @@ async fn hung_decode_times_out_and_generation_recovers() {
         error.contains("timed out") || error.contains("GPU lock"),
         "{error}"
     );
+}
+
+/// The procedural source, taking `slow` to make keyframe `slow_at`.
+struct SlowSource {
+    inner: ProceduralSource,
+    slow_at: u64,
+    slow: Duration,
+}
+
+#[async_trait]
+impl KeyframeSource for SlowSource {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        if index == self.slow_at {
+            tokio::time::sleep(self.slow).await;
+        }
+        self.inner.keyframe(index).await
+    }
+}
+
+#[test]
+fn pair_length_covers_the_next_keyframe_within_limits() {
+    let mut settings = PipelineSettings {
+        frames_per_pair: 3,
+        max_frames_per_pair: 3,
+        fps: 10.0,
+        format: FrameFormat::Png,
+        jpeg_quality: 90,
+        first_seq: 0,
+        live: Arc::new(LiveSettings::new(&Config::default())),
+    };
+    // Off (max = frames_per_pair): always the configured length.
+    assert_eq!(settings.pair_length(Duration::from_secs(60)), 3);
+    settings.max_frames_per_pair = 20;
+    assert_eq!(settings.pair_length(Duration::ZERO), 3);
+    // 0.6 s at 10 fps, 25 % margin: 7.5 → 8 frames = 7 in-betweens and the keyframe.
+    assert_eq!(settings.pair_length(Duration::from_millis(600)), 7);
+    assert_eq!(settings.pair_length(Duration::from_secs(60)), 20);
+}
+
+#[test]
+fn a_fixed_pair_length_keeps_the_old_numbering() {
+    let mut cursor = SeqCursor {
+        next: 100,
+        frames_per_pair: 4,
+    };
+    for k in 0..6u64 {
+        let (first, last) = cursor.take(k, 4);
+        assert_eq!(last, 100 + k * 5);
+        assert_eq!(first, if k == 0 { 100 } else { last - 4 });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_keyframes_lengthen_the_next_pair_and_fast_ones_shorten_it_again() {
+    let source = SlowSource {
+        inner: procedural(),
+        slow_at: 1,
+        slow: Duration::from_millis(600),
+    };
+    // At 10 fps keyframe 1 (0.6 s) gets 7 in-betweens before it: 1..=7, keyframe at 8; the
+    // instant keyframes after it are back to N = 3: 9..=11 + 12, 13..=15 + 16.
+    let (states, telemetry, kinds) =
+        run_lengthening(decoder(None, None), Box::new(source), 5.0, 16, 20, 10.0).await;
+    assert_eq!(states, "RRRRRRRRRRRRRRRRR");
+    assert_eq!(kinds[8], Some(FrameKind::Keyframe { index: 1 }));
+    assert_eq!(
+        kinds[7],
+        Some(FrameKind::Inbetween {
+            from: 0,
+            step: 7,
+            t: 7.0 / 8.0
+        })
+    );
+    assert_eq!(kinds[12], Some(FrameKind::Keyframe { index: 2 }));
+    assert_eq!(kinds[16], Some(FrameKind::Keyframe { index: 3 }));
+    assert_eq!(telemetry.pipeline.frames_per_pair.load(ORDER), N as u64);
+    assert_eq!(telemetry.pipeline.total_failures(), 0);
 }
