@@ -350,6 +350,8 @@ pub struct PipelineStats {
     pub keyframes: AtomicU64,
     pub interpolated_frames: AtomicU64,
     pub pairs: AtomicU64,
+    /// In-betweens of the pair being made now (pair lengthening changes it).
+    pub frames_per_pair: AtomicU64,
     failures: [AtomicU64; Stage::ALL.len()],
     averages: Mutex<Averages>,
     last_error: Mutex<Option<LastError>>,

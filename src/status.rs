@@ -195,6 +195,9 @@ pub struct GenerationSection {
     pub keyframes: u64,
     pub interpolated_frames: u64,
     pub pairs: u64,
+    /// In-betweens per pair now: `generation.frames_per_pair`, or more while pairs are
+    /// lengthened for slow keyframes.
+    pub frames_per_pair: u64,
     pub keyframe_ms: Option<f64>,
     pub decode_ms_per_frame: Option<f64>,
     pub frames_per_s: Option<f64>,
@@ -312,6 +315,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             keyframes,
             interpolated_frames: interpolated,
             pairs: t.pipeline.pairs.load(ORDER),
+            frames_per_pair: t.pipeline.frames_per_pair.load(ORDER),
             keyframe_ms: averages.keyframe_ms.get().map(|v| round(v, 3)),
             decode_ms_per_frame: averages.decode_ms_per_frame.get().map(|v| round(v, 3)),
             frames_per_s: averages.frames_per_s.get().map(|v| round(v, 2)),

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::daemon::{self, RunReport, Started};
 
 pub mod codec;
+pub mod diffusion;
 pub mod http;
 pub mod motion;
 pub mod pacing;

@@ -139,6 +139,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// In-process diffusion with random weights of the real architecture (no download):
+    /// text encoding, one UNet step and a whole img2img keyframe.
+    Diffusion {
+        /// Config file to start from (`[diffusion]` strength, steps, guidance, dtype; output
+        /// size; device).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Architecture: sd15, sd-turbo or sdxl-turbo.
+        #[arg(long, default_value = "sd-turbo")]
+        model: String,
+        /// Picture width (default: generation.width ÷ decode_divisor).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Picture height (default: generation.height ÷ decode_divisor).
+        #[arg(long)]
+        height: Option<usize>,
+        /// Timed runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time one batched decode call (warm-up, then the median of several runs).
     Decode {
         /// Decoder.
@@ -274,6 +297,43 @@ impl BenchCommand {
                 let options = bench::motion::MotionOptions { pairs, max_seconds };
                 let report = super::runtime()?
                     .block_on_with_signals(|_| bench::motion::run(config, options))?;
+                super::print_report(json, &report, report.to_text())
+            }
+            BenchCommand::Diffusion {
+                config,
+                model,
+                width,
+                height,
+                runs,
+                json,
+            } => {
+                use dreamd::engine::diffusion::presets::ModelKind;
+                let config = locate::load(config.as_deref())?.config;
+                let kind = match model.as_str() {
+                    "sd15" => ModelKind::Sd1,
+                    "sd-turbo" => ModelKind::SdTurbo,
+                    "sdxl-turbo" => ModelKind::SdxlTurbo,
+                    other => anyhow::bail!(
+                        "--model must be sd15, sd-turbo or sdxl-turbo (got {other:?})"
+                    ),
+                };
+                let g = &config.generation;
+                let divisor = g.decode_divisor.unwrap_or(1).max(1) as usize;
+                let device =
+                    dreamd::engine::Device::select(dreamd::config::parse_device(&g.device)?)?;
+                let device = dreamd::engine::taesd::candle::candle_device(device)?;
+                let d = &config.diffusion;
+                let options = bench::diffusion::DiffusionBenchOptions {
+                    kind,
+                    width: width.unwrap_or(g.width as usize / divisor),
+                    height: height.unwrap_or(g.height as usize / divisor),
+                    steps: d.steps,
+                    strength: d.strength,
+                    guidance: d.guidance,
+                    runs,
+                    dtype: d.dtype.resolve(&device),
+                };
+                let report = bench::diffusion::run(&options, &device)?;
                 super::print_report(json, &report, report.to_text())
             }
             BenchCommand::Decode {

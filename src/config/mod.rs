@@ -94,6 +94,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[comfyui]`: the ComfyUI server for `keyframes.source = "comfyui"`.
     pub comfyui: crate::comfyui::ComfyUiConfig,
+    /// `[diffusion]`: the in-process model for `keyframes.source = "diffusion"`.
+    pub diffusion: crate::engine::diffusion::DiffusionConfig,
     /// `[prompts]`: themes for sources that dream from prompts.
     pub prompts: crate::direction::themes::PromptsConfig,
     /// `[collapse]`: the mode-collapse detector.
@@ -202,6 +204,9 @@ impl fmt::Display for Precision {
 #[serde(default, deny_unknown_fields)]
 pub struct GenerationConfig {
     pub frames_per_pair: u32,
+    /// Pair lengthening: when keyframes come slower than the display shows a pair, the next
+    /// pairs get more in-betweens, up to this many (None: off, always `frames_per_pair`).
+    pub max_frames_per_pair: Option<u32>,
     pub width: u32,
     pub height: u32,
     pub decoder: DecoderChoice,
@@ -229,6 +234,7 @@ impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
             frames_per_pair: 10,
+            max_frames_per_pair: None,
             width: 512,
             height: 256,
             decoder: DecoderChoice::Auto,
@@ -268,6 +274,8 @@ pub enum SourceKind {
     Images,
     /// img2img of the previous keyframe through a ComfyUI server (`[comfyui]`).
     Comfyui,
+    /// img2img of the previous keyframe's latent, in process on candle (`[diffusion]`).
+    Diffusion,
 }
 
 impl fmt::Display for SourceKind {
@@ -276,6 +284,7 @@ impl fmt::Display for SourceKind {
             SourceKind::Procedural => f.write_str("procedural"),
             SourceKind::Images => f.write_str("images"),
             SourceKind::Comfyui => f.write_str("comfyui"),
+            SourceKind::Diffusion => f.write_str("diffusion"),
         }
     }
 }

@@ -71,6 +71,15 @@ impl Config {
             }
         }
         parse_device(&g.device)?;
+        if let Some(m) = g.max_frames_per_pair {
+            if m < g.frames_per_pair || m > 240 {
+                return Err(invalid(
+                    "generation.max_frames_per_pair",
+                    m,
+                    "frames_per_pair..=240",
+                ));
+            }
+        }
         if let Some(d) = g.decode_divisor {
             if ![1, 2, 4, 8].contains(&d) || (g.width / 8) % d != 0 || (g.height / 8) % d != 0 {
                 return Err(invalid(
@@ -315,6 +324,9 @@ impl Config {
     fn validate_direction(&self) -> Result<(), ConfigError> {
         if let Some(problem) = self.comfyui.validate().into_iter().next() {
             return Err(ConfigError::Message(problem.to_string()));
+        }
+        if let Some(problem) = self.diffusion.validate().into_iter().next() {
+            return Err(ConfigError::Message(problem));
         }
         self.prompts
             .validate()

@@ -11,6 +11,7 @@
 //! decoder call for the whole `[N, C, h, w]` batch, releases the lock, and only then resamples
 //! the pictures to the output size.
 
+pub mod diffusion;
 pub mod gpu_lock;
 pub mod kernels;
 pub mod model_files;

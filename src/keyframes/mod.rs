@@ -3,6 +3,7 @@
 //! A source is asynchronous and fallible: the coordinator asks it for keyframe `k` under a
 //! timeout, and a failure costs that keyframe's frames, never the pipeline.
 
+pub mod diffusion;
 pub mod images;
 pub mod procedural;
 
@@ -120,6 +121,12 @@ pub fn from_config(config: &Config, engine: &Arc<Engine>) -> Result<BuiltSource,
     match k.source {
         SourceKind::Procedural => Ok(plain(procedural())),
         SourceKind::Images => Ok(plain(pictures()?)),
+        SourceKind::Diffusion => Ok(plain(Box::new(diffusion::DiffusionSource::new(
+            config.diffusion.clone(),
+            Arc::clone(engine),
+            first_picture(&k.images_dir),
+            config.timeouts.decode(),
+        )?))),
         SourceKind::Comfyui => {
             let options = SourceOptions {
                 fit: k.fit,

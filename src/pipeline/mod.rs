@@ -52,6 +52,11 @@ pub struct PipelineSettings {
     pub keyframe_image: KeyframeImage,
     /// Extra frames each keyframe is held for.
     pub dwell_frames: usize,
+    /// Pair lengthening's ceiling (`generation.max_frames_per_pair`); equal to
+    /// `frames_per_pair` when lengthening is off.
+    pub max_frames_per_pair: usize,
+    /// The display rate a pair's length is measured against.
+    pub fps: f64,
     pub format: FrameFormat,
     pub jpeg_quality: u8,
     /// Sequence number of keyframe 0.
@@ -70,6 +75,12 @@ impl PipelineSettings {
             },
             keyframe_image: config.generation.keyframe_image,
             dwell_frames: config.generation.keyframe_dwell_frames as usize,
+            max_frames_per_pair: config
+                .generation
+                .max_frames_per_pair
+                .unwrap_or(config.generation.frames_per_pair)
+                .max(config.generation.frames_per_pair) as usize,
+            fps: config.display.target_fps,
             format: config.output.format,
             jpeg_quality: config.output.jpeg_quality,
             first_seq,
@@ -77,20 +88,77 @@ impl PipelineSettings {
         }
     }
 
-    /// Frames from one keyframe to the next: S = N + 1 + D.
+    /// Frames from one keyframe to the next while every pair has `frames_per_pair`
+    /// in-betweens: S = N + 1 + D.
     pub fn stride(&self) -> u64 {
         (self.frames_per_pair + 1 + self.dwell_frames) as u64
     }
 
-    /// Sequence number of keyframe `k` (its first frame, when it dwells).
+    /// Sequence number of keyframe `k` (its first frame, when it dwells) while every pair has
+    /// `frames_per_pair` in-betweens (no lengthening).
     pub fn keyframe_seq(&self, k: u64) -> u64 {
         self.first_seq + k * self.stride()
+    }
+
+    /// In-betweens for the pair that ends at a keyframe which took `made_in`: enough that the
+    /// pair plays (with a 25 % margin) while the next keyframe, assumed as slow, is made —
+    /// never fewer than `frames_per_pair` nor more than `max_frames_per_pair`.
+    pub fn pair_length(&self, made_in: Duration) -> usize {
+        if self.max_frames_per_pair <= self.frames_per_pair || self.fps <= 0.0 {
+            return self.frames_per_pair;
+        }
+        let frames = (made_in.as_secs_f64() * self.fps * 1.25).ceil() as usize;
+        frames
+            .saturating_sub(1)
+            .clamp(self.frames_per_pair, self.max_frames_per_pair)
+    }
+}
+
+/// Hands out sequence numbers in order: keyframe 0 and its dwell frames, then each pair's
+/// in-betweens, its keyframe and the keyframe's dwell frames. With a fixed pair length
+/// keyframe k lands at `first_seq + kS` ([`PipelineSettings::keyframe_seq`]).
+#[derive(Debug, Clone)]
+struct SeqCursor {
+    next: u64,
+    frames_per_pair: usize,
+    dwell_frames: usize,
+}
+
+/// The slots one keyframe completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slots {
+    /// The first in-between before it (the keyframe itself for keyframe 0).
+    first: u64,
+    /// The keyframe's own frame.
+    keyframe: u64,
+    /// Its last dwell frame (the keyframe itself without dwell).
+    last: u64,
+}
+
+impl SeqCursor {
+    /// The slots of keyframe `index` with `n` in-betweens before it.
+    fn take(&mut self, index: u64, n: usize) -> Slots {
+        let first = self.next;
+        let keyframe = if index == 0 { first } else { first + n as u64 };
+        let last = keyframe + self.dwell_frames as u64;
+        self.next = last + 1;
+        Slots {
+            first,
+            keyframe,
+            last,
+        }
     }
 }
 
 /// One keyframe from the producer: made, or failed with a reason.
 struct KeyframeResult {
     index: u64,
+    /// Its slots: the in-betweens before it, the keyframe, then its dwell frames up to
+    /// `last_seq`.
+    first_seq: u64,
+    last_seq: u64,
+    /// In-betweens of the pair it ends.
+    frames_per_pair: usize,
     result: Result<Keyframe, String>,
 }
 
@@ -138,12 +206,19 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 next = keyframes.recv() => next,
             };
-            let Some(KeyframeResult { index, result }) = next else {
+            let Some(KeyframeResult {
+                index,
+                first_seq,
+                last_seq,
+                frames_per_pair,
+                result,
+            }) = next
+            else {
                 break;
             };
-            let Some(first_seq) = self.register(index) else {
+            if !self.register(first_seq, last_seq) {
                 break;
-            };
+            }
             match result {
                 Ok(keyframe) => {
                     if let Some(mut job) = waiting.take() {
@@ -158,6 +233,7 @@ impl Pipeline {
                         to: keyframe.clone(),
                         after: None,
                         first_seq,
+                        frames_per_pair,
                     };
                     before = previous.replace(keyframe);
                     // A pair with no keyframe to start from has no path, so nothing to wait for.
@@ -175,11 +251,15 @@ impl Pipeline {
                         }
                     }
                     // Keep the last good keyframe; the next pair interpolates from it.
-                    let last =
-                        self.settings.keyframe_seq(index) + self.settings.dwell_frames as u64;
-                    self.buffer.fail_range(first_seq..=last);
-                    PairEvent::failed(index, first_seq, last, Stage::Keyframe.as_str(), &reason)
-                        .emit();
+                    self.buffer.fail_range(first_seq..=last_seq);
+                    PairEvent::failed(
+                        index,
+                        first_seq,
+                        last_seq,
+                        Stage::Keyframe.as_str(),
+                        &reason,
+                    )
+                    .emit();
                 }
             }
         }
@@ -210,22 +290,15 @@ impl Pipeline {
         }
     }
 
-    /// Registers the slots that keyframe `index` completes: the in-betweens before it, the
-    /// keyframe itself and its dwell frames. Returns the first registered sequence number.
-    fn register(&self, index: u64) -> Option<u64> {
-        let keyframe = self.settings.keyframe_seq(index);
-        let last = keyframe + self.settings.dwell_frames as u64;
-        let first = if index == 0 {
-            keyframe
-        } else {
-            keyframe - self.settings.frames_per_pair as u64
-        };
+    /// Registers the slots `first..=last` that a keyframe completes: the in-betweens before
+    /// it, the keyframe itself and its dwell frames.
+    fn register(&self, first: u64, last: u64) -> bool {
         match self.buffer.register(first, (last - first + 1) as usize) {
-            Ok(()) => Some(first),
+            Ok(()) => true,
             Err(e) => {
                 // Cannot happen while this coordinator is the only registrant.
                 tracing::error!("frame buffer refused registration: {e}");
-                None
+                false
             }
         }
     }
@@ -255,7 +328,7 @@ impl Pipeline {
     ) {
         let started = Instant::now();
         let timeouts = &self.settings.live.get().timeouts;
-        let n = self.settings.frames_per_pair;
+        let n = job.frames_per_pair;
         let (path, keyframe_image) = (self.settings.path, self.settings.keyframe_image);
         let job = Arc::new(job);
         let last_seq = job.last_seq(&self.settings);
@@ -380,6 +453,8 @@ struct PairJob {
     to: Keyframe,
     after: Option<Keyframe>,
     first_seq: u64,
+    /// In-betweens of this pair (more than `frames_per_pair` while lengthened).
+    frames_per_pair: usize,
 }
 
 impl PairJob {
@@ -390,7 +465,7 @@ impl PairJob {
         if self.to.index == 0 {
             keyframe
         } else {
-            settings.frames_per_pair + keyframe
+            self.frames_per_pair + keyframe
         }
     }
 
@@ -417,7 +492,7 @@ impl PairJob {
         images: Vec<image::RgbImage>,
         settings: &PipelineSettings,
     ) -> Vec<PendingFrame> {
-        let (to, frames_per_pair) = (self.to.index, settings.frames_per_pair);
+        let (to, frames_per_pair) = (self.to.index, self.frames_per_pair);
         let keyframe_seq = self.last_seq(settings) - settings.dwell_frames as u64;
         let inbetweens = images.len().saturating_sub(1);
         let mut frames = Vec::with_capacity(images.len() + settings.dwell_frames);
@@ -594,6 +669,15 @@ async fn produce_keyframes(
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut cursor = SeqCursor {
+        next: settings.first_seq,
+        frames_per_pair: settings.frames_per_pair,
+        dwell_frames: settings.dwell_frames,
+    };
+    telemetry
+        .pipeline
+        .frames_per_pair
+        .store(settings.frames_per_pair as u64, ORDER);
     for index in 0u64.. {
         while let Ok(replacement) = replacements.try_recv() {
             tracing::info!(
@@ -620,7 +704,32 @@ async fn produce_keyframes(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("timed out after {:.1} s", timeout.as_secs_f64())),
         };
-        let seq = settings.keyframe_seq(index);
+        // A made keyframe sets the length of the pair it ends; a failed one keeps the last.
+        let n = match &result {
+            Ok(_) if index > 0 => settings.pair_length(elapsed),
+            _ => cursor.frames_per_pair,
+        };
+        if n != cursor.frames_per_pair {
+            let fps = settings.fps.max(f64::MIN_POSITIVE);
+            if n > cursor.frames_per_pair {
+                tracing::warn!(
+                    "keyframes are slower than the display ({:.1} s for a pair of {:.1} s): \
+                     lengthening pairs to {n} in-betweens (max {})",
+                    elapsed.as_secs_f64(),
+                    (cursor.frames_per_pair + 1) as f64 / fps,
+                    settings.max_frames_per_pair
+                );
+            } else {
+                tracing::info!(
+                    "keyframes are faster again ({:.1} s): pairs shortened to {n} in-betweens",
+                    elapsed.as_secs_f64()
+                );
+            }
+            cursor.frames_per_pair = n;
+            telemetry.pipeline.frames_per_pair.store(n as u64, ORDER);
+        }
+        let slots = cursor.take(index, n);
+        let seq = slots.keyframe;
         let pipeline = &telemetry.pipeline;
         match &result {
             Ok(_) => {
@@ -637,7 +746,13 @@ async fn produce_keyframes(
         let failed = result.is_err();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            sent = results.send(KeyframeResult { index, result }) => {
+            sent = results.send(KeyframeResult {
+                index,
+                first_seq: slots.first,
+                last_seq: slots.last,
+                frames_per_pair: n,
+                result,
+            }) => {
                 if sent.is_err() {
                     return;
                 }

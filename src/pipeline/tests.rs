@@ -111,6 +111,8 @@ async fn run_with(
             path: crate::latent::path::PathOptions::default(),
             keyframe_image: crate::config::KeyframeImage::Decoded,
             dwell_frames: 0,
+            max_frames_per_pair: N,
+            fps: 4.0,
             format: FrameFormat::Png,
             jpeg_quality: 90,
             first_seq,
@@ -279,4 +281,103 @@ async fn dwell_frames_hold_each_keyframe() {
             }
         ));
     }
+}
+
+/// The procedural source, taking `slow` to make keyframe `slow_at`.
+struct SlowSource {
+    inner: ProceduralSource,
+    slow_at: u64,
+    slow: Duration,
+}
+
+#[async_trait]
+impl KeyframeSource for SlowSource {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn keyframe(&mut self, index: u64) -> Result<Keyframe, KeyframeError> {
+        if index == self.slow_at {
+            tokio::time::sleep(self.slow).await;
+        }
+        self.inner.keyframe(index).await
+    }
+}
+
+#[test]
+fn pair_length_covers_the_next_keyframe_within_limits() {
+    let mut settings = PipelineSettings {
+        frames_per_pair: 3,
+        path: crate::latent::path::PathOptions::default(),
+        keyframe_image: crate::config::KeyframeImage::Decoded,
+        dwell_frames: 0,
+        max_frames_per_pair: 3,
+        fps: 10.0,
+        format: FrameFormat::Png,
+        jpeg_quality: 90,
+        first_seq: 0,
+        live: Arc::new(LiveSettings::new(&Config::default())),
+    };
+    // Off (max = frames_per_pair): always the configured length.
+    assert_eq!(settings.pair_length(Duration::from_secs(60)), 3);
+    settings.max_frames_per_pair = 20;
+    assert_eq!(settings.pair_length(Duration::ZERO), 3);
+    // 0.6 s at 10 fps, 25 % margin: 7.5 → 8 frames = 7 in-betweens and the keyframe.
+    assert_eq!(settings.pair_length(Duration::from_millis(600)), 7);
+    assert_eq!(settings.pair_length(Duration::from_secs(60)), 20);
+}
+
+#[test]
+fn a_fixed_pair_length_keeps_the_old_numbering() {
+    for dwell in [0, 2] {
+        let mut cursor = SeqCursor {
+            next: 100,
+            frames_per_pair: 4,
+            dwell_frames: dwell,
+        };
+        let stride = 4 + 1 + dwell as u64;
+        for k in 0..6u64 {
+            let slots = cursor.take(k, 4);
+            assert_eq!(slots.keyframe, 100 + k * stride);
+            assert_eq!(slots.last, slots.keyframe + dwell as u64);
+            let first = if k == 0 { 100 } else { slots.keyframe - 4 };
+            assert_eq!(slots.first, first);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_keyframes_lengthen_the_next_pair_and_fast_ones_shorten_it_again() {
+    let source = SlowSource {
+        inner: procedural(),
+        slow_at: 1,
+        slow: Duration::from_millis(600),
+    };
+    // At 10 fps keyframe 1 (0.6 s) gets 7 in-betweens before it: 1..=7, keyframe at 8; the
+    // instant keyframes after it are back to N = 3: 9..=11 + 12, 13..=15 + 16.
+    let (states, telemetry, buffer) =
+        run_with(decoder(None, None), Box::new(source), 5.0, 16, |s| {
+            s.max_frames_per_pair = 20;
+            s.fps = 10.0;
+        })
+        .await;
+    assert_eq!(states, "RRRRRRRRRRRRRRRRR");
+    let kinds: Vec<Option<FrameKind>> = (0..=16)
+        .map(|seq| match buffer.slot(seq) {
+            Some(Slot::Ready(frame)) => Some(frame.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds[8], Some(FrameKind::Keyframe { index: 1 }));
+    assert_eq!(
+        kinds[7],
+        Some(FrameKind::Inbetween {
+            from: 0,
+            step: 7,
+            t: 7.0 / 8.0
+        })
+    );
+    assert_eq!(kinds[12], Some(FrameKind::Keyframe { index: 2 }));
+    assert_eq!(kinds[16], Some(FrameKind::Keyframe { index: 3 }));
+    assert_eq!(telemetry.pipeline.frames_per_pair.load(ORDER), N as u64);
+    assert_eq!(telemetry.pipeline.total_failures(), 0);
 }
