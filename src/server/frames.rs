@@ -1,5 +1,6 @@
-//! `/frame/current` (what is on screen now, never cached) and `/frames/{seq}` (a saved frame:
-//! immutable, strong ETag, cacheable for a year, 304 on a matching `If-None-Match`).
+//! `/frame/current` (what is on screen now, never cached) and `/frames/{seq}` (a made frame,
+//! from memory while it is on screen or in the buffer, else from `output/frames/`: immutable,
+//! strong ETag, cacheable for a year, 304 on a matching `If-None-Match`).
 //!
 //! `{seq}` must be a decimal number; the file name is rebuilt from the number by the archive, so
 //! no request can name anything outside `output/frames/`.
@@ -50,7 +51,7 @@ fn bytes_of(bytes: &std::sync::Arc<[u8]>) -> axum::body::Bytes {
     axum::body::Bytes::copy_from_slice(bytes)
 }
 
-/// A saved frame by sequence number.
+/// A made frame by sequence number.
 pub async fn by_seq(
     State(app): State<App>,
     Path(seq): Path<String>,
@@ -64,9 +65,14 @@ pub async fn by_seq(
             .into_response();
     };
     let format = app.shared.format;
-    let path = app.shared.archive.path_of(seq, format);
-    let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
-    let bytes = match read {
+    let bytes = match in_memory(&app, seq) {
+        Some(bytes) => Ok(Ok(bytes.to_vec())),
+        None => {
+            let path = app.shared.archive.path_of(seq, format);
+            tokio::task::spawn_blocking(move || std::fs::read(path)).await
+        }
+    };
+    let bytes = match bytes {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return (
@@ -99,6 +105,20 @@ pub async fn by_seq(
         Body::from(bytes),
     )
         .into_response()
+}
+
+/// Frame `seq` when it is still in memory: on screen now, or made and waiting in the buffer.
+/// The file is the same bytes, but it may not be written yet (the buffer gets a frame before
+/// the archive does) or already pruned (`output.keep_frames` smaller than the buffer), and a
+/// viewer asking for the frame it was just told about must get it either way.
+fn in_memory(app: &App, seq: u64) -> Option<std::sync::Arc<[u8]>> {
+    if let Some(frame) = app.current.borrow().as_ref().filter(|f| f.seq == seq) {
+        return Some(std::sync::Arc::clone(&frame.bytes));
+    }
+    match app.shared.buffer.slot(seq) {
+        Some(crate::buffer::Slot::Ready(frame)) => Some(std::sync::Arc::clone(&frame.bytes)),
+        _ => None,
+    }
 }
 
 /// A sequence number: 1–20 ASCII digits (no sign, no dots, no slashes).
