@@ -198,3 +198,48 @@ fn comfyui_pth_files_are_found_listed_and_verified() {
         "{out}"
     );
 }
+
+/// Issue 15: `models list|verify` cover the in-process diffusion model folder.
+#[test]
+fn list_and_verify_cover_the_diffusion_model() {
+    let Some(taesd) = shared_file("taesd") else {
+        return;
+    };
+    let Some(tiny) = shared_file("tiny-sd/pipeline") else {
+        return;
+    };
+    let shared_models = taesd.parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[generation]\nmodels_dir = {:?}\n[keyframes]\nsource = \"diffusion\"\n\
+         [diffusion]\nmodel_dir = {:?}\n",
+        shared_models.display().to_string(),
+        tiny.display().to_string()
+    );
+    let listed = models_with(dir.path(), &config, "list", &[]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{text}");
+    for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
+        assert!(text.contains(&format!("  {part} ")), "{part}: {text}");
+    }
+    let verified = models_with(dir.path(), &config, "verify", &[]);
+    let text = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{text}");
+    assert!(text.contains("ok    diffusion model"), "{text}");
+
+    // A folder without its UNet is named, and the exit status says so.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("unet")).unwrap();
+    let config = format!(
+        "[generation]\nmodels_dir = {:?}\n[keyframes]\nsource = \"diffusion\"\n\
+         [diffusion]\nmodel_dir = \"broken\"\nmodel = \"sd15\"\n",
+        shared_models.display().to_string()
+    );
+    let listed = models_with(dir.path(), &config, "list", &[]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.status.success(), "{text}");
+    assert!(
+        text.contains("diffusion_pytorch_model.safetensors"),
+        "{text}"
+    );
+}

@@ -42,6 +42,7 @@ impl ModelsCommand {
 /// file was found, through which setting, and the folders and files passed over with the reason.
 fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
     let config = locate::load(config.as_deref())?.config;
+    let diffusion = diffusion_model(&config, verify);
     let report = model_files::search_for(&config.generation);
     if !verify {
         if !report.skipped.is_empty() {
@@ -75,7 +76,7 @@ fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
          `dreamd models pull` downloads them; see models/README.md)"
     );
     if !verify {
-        return Ok(());
+        return diffusion.map_err(|e| anyhow::anyhow!("bad model files: {e}"));
     }
     println!(
         "verifying {} model files (`dreamd models list` shows where each was found)",
@@ -92,7 +93,52 @@ fn list(config: Option<PathBuf>, verify: bool) -> anyhow::Result<()> {
             }
         }
     }
+    if let Err(e) = &diffusion {
+        bad.push(e.to_string());
+    }
     anyhow::ensure!(bad.is_empty(), "bad model files: {}", bad.join(", "));
+    Ok(())
+}
+
+/// The in-process diffusion model (`[diffusion] model_dir`), when the config dreams with it or
+/// the folder exists: its files, and with `verify` a load and one UNet step. Prints what it
+/// finds; the error names the folder or file at fault.
+fn diffusion_model(config: &dreamd::config::Config, verify: bool) -> Result<(), String> {
+    use dreamd::engine::diffusion::inventory;
+    let d = &config.diffusion;
+    let used = config.keyframes.source == dreamd::config::SourceKind::Diffusion;
+    if !used && !d.model_dir.is_dir() {
+        return Ok(());
+    }
+    let dir = d.model_dir.display();
+    let found = match inventory::inventory(&d.model_dir, d.model) {
+        Ok(found) => found,
+        Err(e) => {
+            println!("diffusion model (diffusion.model_dir {dir}): {e}");
+            return Err(format!("diffusion model {dir}"));
+        }
+    };
+    println!(
+        "diffusion model (diffusion.model_dir {dir}): {}",
+        found.kind.name()
+    );
+    for file in &found.files {
+        println!(
+            "  {:16} {:>10.2} MB  {}",
+            file.component,
+            file.bytes as f64 / 1e6,
+            file.path.display()
+        );
+    }
+    if verify {
+        match inventory::verify(&d.model_dir, d.model) {
+            Ok(summary) => println!("ok    diffusion model: {summary}"),
+            Err(e) => {
+                println!("FAIL  diffusion model: {e}");
+                return Err(format!("diffusion model {dir}"));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -412,8 +412,8 @@ impl ComfyUiSource {
         );
         let bytes = generated.image.clone();
         let (latent, picture) = tokio::task::spawn_blocking(move || {
-            let decoded = image::load_from_memory(&bytes)
-                .map_err(|e| format!("ComfyUI's picture cannot be decoded: {e}"))?;
+            let decoded = crate::keyframes::images::decode_bounded_bytes(&bytes, "from ComfyUI")
+                .map_err(|e| e.to_string())?;
             let (w, h) = engine.output_size();
             let framed = fit(decoded, w, h, fit_mode).map_err(|e| e.to_string())?;
             let mut latents = engine

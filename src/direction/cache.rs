@@ -154,6 +154,10 @@ pub enum CacheError {
         path: PathBuf,
         error: image::ImageError,
     },
+    /// A cached picture could not be read back (missing, not a regular file, corrupt or over
+    /// the picture budget).
+    #[error(transparent)]
+    Picture(#[from] crate::keyframes::images::PictureError),
 }
 
 /// What [`FrameCache::offer`] decided.
@@ -427,11 +431,7 @@ impl FrameCache {
     /// Loads an entry's picture.
     pub fn load(&self, id: u64) -> Result<RgbImage, CacheError> {
         let path = self.picture_path(id);
-        let image = image::open(&path).map_err(|error| CacheError::Image {
-            path: path.clone(),
-            error,
-        })?;
-        Ok(image.to_rgb8())
+        crate::keyframes::images::load_bounded(&path).map_err(CacheError::Picture)
     }
 
     /// Records that an injection used `id` (for LRU and the stats).

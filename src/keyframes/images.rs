@@ -106,11 +106,7 @@ pub fn decode_bounded(path: &Path) -> Result<DynamicImage, PictureError> {
         path: path.to_path_buf(),
         error,
     };
-    let decode_error = |message: String| PictureError::Decode {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut file = crate::regular_file::open_regular(path).map_err(open_error)?;
+    let file = crate::regular_file::open_regular(path).map_err(open_error)?;
     let bytes = file.metadata().map_err(open_error)?.len();
     if bytes > MAX_PICTURE_BYTES {
         return Err(PictureError::TooManyBytes {
@@ -119,8 +115,33 @@ pub fn decode_bounded(path: &Path) -> Result<DynamicImage, PictureError> {
             max: MAX_PICTURE_BYTES,
         });
     }
-    let header = file.try_clone().map_err(open_error)?;
-    let (width, height) = image::ImageReader::new(std::io::BufReader::new(header))
+    decode_limited(std::io::BufReader::new(file), path)
+}
+
+/// [`decode_bounded`] for a picture already in memory (a server's reply): the same byte,
+/// pixel and allocation budgets; errors name `origin`.
+pub fn decode_bounded_bytes(bytes: &[u8], origin: &str) -> Result<DynamicImage, PictureError> {
+    if bytes.len() as u64 > MAX_PICTURE_BYTES {
+        return Err(PictureError::TooManyBytes {
+            path: PathBuf::from(origin),
+            bytes: bytes.len() as u64,
+            max: MAX_PICTURE_BYTES,
+        });
+    }
+    decode_limited(std::io::Cursor::new(bytes), Path::new(origin))
+}
+
+/// Reads the header for the size, refuses more than [`MAX_PICTURE_PIXELS`], then decodes with
+/// the decoder's allocations capped.
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(
+    mut reader: R,
+    path: &Path,
+) -> Result<DynamicImage, PictureError> {
+    let decode_error = |message: String| PictureError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (width, height) = image::ImageReader::new(&mut reader)
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?
         .into_dimensions()
@@ -135,9 +156,13 @@ pub fn decode_bounded(path: &Path) -> Result<DynamicImage, PictureError> {
             max: MAX_PICTURE_PIXELS,
         });
     }
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0)).map_err(open_error)?;
-    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|error| PictureError::Open {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    let mut reader = image::ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?;
     let mut limits = image::Limits::default();
@@ -516,6 +541,22 @@ mod tests {
         let loaded = load_fitted(&small, 512, 256, FitMode::Crop).unwrap();
         assert_eq!(loaded.dimensions(), (512, 256));
         assert_eq!(load_bounded(&small).unwrap().dimensions(), (65535, 1));
+    }
+
+    #[test]
+    fn pictures_in_memory_have_the_same_budget() {
+        let err =
+            decode_bounded_bytes(&png_header_only(20_000, 20_000), "from ComfyUI").unwrap_err();
+        assert!(matches!(err, PictureError::TooManyPixels { .. }), "{err}");
+        assert!(err.to_string().contains("from ComfyUI"), "{err}");
+        let err = decode_bounded_bytes(b"not a picture", "from ComfyUI").unwrap_err();
+        assert!(matches!(err, PictureError::Decode { .. }), "{err}");
+        let mut png = Vec::new();
+        RgbImage::from_pixel(7, 3, image::Rgb([9, 8, 7]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let picture = decode_bounded_bytes(&png, "from ComfyUI").unwrap();
+        assert_eq!((picture.width(), picture.height()), (7, 3));
     }
 
     #[test]

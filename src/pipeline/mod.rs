@@ -2,10 +2,11 @@
 //! frames in the buffer.
 //!
 //! For every keyframe `k` the coordinator registers the sequence numbers of the pair
-//! `(k−1, k)` up front (with N in-betweens and D dwell frames, a stride of S = N+1+D: keyframe
-//! `k` at `base + kS`, its dwell frames after it, and the in-betweens towards `k+1` at
-//! `base + kS + D + i`), then runs the three [`stages`] on the blocking pool, each under its
-//! own timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
+//! `(k−1, k)` up front, as the producer handed them out in order ([`SeqCursor`]): the pair's
+//! in-betweens, keyframe `k`, then its D dwell frames. With a fixed N in-betweens keyframe `k`
+//! lands at `base + kS`, S = N+1+D; pair lengthening (`generation.max_frames_per_pair`) lets N
+//! grow while keyframes are slow. Then it runs the
+//! three [`stages`] on the blocking pool, each under its own timeout. Keyframe `k+1` is being made by the producer task meanwhile, and stage 3 of one
 //! pair overlaps stages 1–2 of the next. A failed or late stage marks its frames failed and
 //! is logged; the coordinator moves on to the next pair. Generation pauses while the buffer
 //! holds its target, and while an operator has paused it ([`Control`]).

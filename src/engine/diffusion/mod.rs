@@ -11,6 +11,7 @@
 //! text encoder → UNet → scheduler, and [`Denoise`] runs one keyframe step by step so the
 //! caller can take the GPU lock per step.
 
+pub mod inventory;
 pub mod presets;
 pub mod scheduler;
 pub mod text;
