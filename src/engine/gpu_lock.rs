@@ -4,8 +4,14 @@
 //! Each acquisition records how long the caller waited and how long it held the lock; an
 //! acquisition that found the lock taken counts as a contention event. Work that wants its own
 //! figures (a pair, to prove it took the lock once) passes a [`LockAccount`].
+//!
+//! Acquisitions have a [`Priority`]. Long background work that takes the lock over and over
+//! (each UNet step of an in-process keyframe) asks as [`Priority::Background`] and stands aside
+//! while an [`Priority::Urgent`] caller waits: the pipeline decodes urgently while the buffer is
+//! below the display's start gate, so a starving display is fed between two steps instead of
+//! after the whole keyframe.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -89,12 +95,29 @@ impl Default for LockHistograms {
     }
 }
 
+/// How an acquisition ranks against others waiting for the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Waits its turn (the lock is eventually fair).
+    #[default]
+    Normal,
+    /// Others marked background stand aside while this one waits.
+    Urgent,
+    /// Does not take the lock while an urgent caller is waiting.
+    Background,
+}
+
+/// How long a background caller waits between looks while an urgent one is waiting.
+const STAND_ASIDE: Duration = Duration::from_millis(1);
+
 /// The one lock in front of the decode device.
 #[derive(Debug, Default)]
 pub struct GpuLock {
     mutex: Mutex<()>,
     stats: Mutex<LockStats>,
     histograms: Mutex<LockHistograms>,
+    /// Urgent callers waiting now.
+    urgent_waiting: AtomicUsize,
 }
 
 /// Holding this means holding the GPU; dropping it releases the lock and records the hold time.
@@ -116,17 +139,77 @@ impl GpuLock {
         account: &'a LockAccount,
         timeout: Duration,
     ) -> Result<GpuGuard<'a>, LockTimeout> {
+        self.acquire_as(Priority::Normal, account, timeout)
+    }
+
+    /// [`GpuLock::acquire`] at `priority`.
+    pub fn acquire_as<'a>(
+        &'a self,
+        priority: Priority,
+        account: &'a LockAccount,
+        timeout: Duration,
+    ) -> Result<GpuGuard<'a>, LockTimeout> {
         let start = Instant::now();
-        let (guard, contended) = match self.mutex.try_lock() {
-            Some(guard) => (guard, false),
-            None => match self.mutex.try_lock_for(timeout) {
-                Some(guard) => (guard, true),
-                None => {
-                    self.stats.lock().contention_events += 1;
-                    return Err(LockTimeout(timeout));
-                }
-            },
+        let taken = match priority {
+            Priority::Normal => self.take(timeout),
+            Priority::Urgent => {
+                self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
+                let taken = self.take(timeout);
+                self.urgent_waiting.fetch_sub(1, Ordering::SeqCst);
+                taken
+            }
+            Priority::Background => self.take_in_background(start + timeout),
         };
+        let Some((guard, contended)) = taken else {
+            self.stats.lock().contention_events += 1;
+            return Err(LockTimeout(timeout));
+        };
+        self.granted(guard, contended, start, account)
+    }
+
+    /// The mutex within `timeout`, and whether it was taken when first tried.
+    fn take(&self, timeout: Duration) -> Option<(MutexGuard<'_, ()>, bool)> {
+        match self.mutex.try_lock() {
+            Some(guard) => Some((guard, false)),
+            None => self.mutex.try_lock_for(timeout).map(|guard| (guard, true)),
+        }
+    }
+
+    /// The mutex by `deadline`, never while an urgent caller waits: a background caller that
+    /// gets it while one has started waiting lets it go again.
+    fn take_in_background(&self, deadline: Instant) -> Option<(MutexGuard<'_, ()>, bool)> {
+        let mut contended = false;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            if self.urgent_waiting.load(Ordering::SeqCst) > 0 {
+                contended = true;
+                std::thread::sleep(STAND_ASIDE.min(deadline - now));
+                continue;
+            }
+            let Some((guard, waited)) = self.take((deadline - now).min(STAND_ASIDE)) else {
+                contended = true;
+                continue;
+            };
+            if self.urgent_waiting.load(Ordering::SeqCst) == 0 {
+                return Some((guard, contended || waited));
+            }
+            contended = true;
+            // Fair unlock hands the mutex straight to the urgent caller parked on it.
+            MutexGuard::unlock_fair(guard);
+        }
+    }
+
+    /// Records a granted acquisition and wraps its guard.
+    fn granted<'a>(
+        &'a self,
+        guard: MutexGuard<'a, ()>,
+        contended: bool,
+        start: Instant,
+        account: &'a LockAccount,
+    ) -> Result<GpuGuard<'a>, LockTimeout> {
         let acquired_at = Instant::now();
         let waited = acquired_at - start;
         {
@@ -225,6 +308,58 @@ mod tests {
         assert_eq!(stats.acquisitions, 2);
         assert_eq!(stats.contention_events, 1);
         assert!(stats.max_wait >= Duration::from_millis(10));
+    }
+
+    /// A background caller and an urgent one both wait on a held lock: the urgent one gets it
+    /// first, whoever came first; the background one gets it after.
+    #[test]
+    fn background_callers_stand_aside_for_urgent_ones() {
+        let lock = Arc::new(GpuLock::new());
+        let holder = LockAccount::default();
+        let guard = lock.acquire(&holder, Duration::from_secs(1)).unwrap();
+        let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let spawn = |priority: Priority, name: &'static str| {
+            let (lock, order) = (Arc::clone(&lock), Arc::clone(&order));
+            std::thread::spawn(move || {
+                let account = LockAccount::default();
+                let _g = lock
+                    .acquire_as(priority, &account, Duration::from_secs(5))
+                    .unwrap();
+                order.lock().push(name);
+                std::thread::sleep(Duration::from_millis(5));
+            })
+        };
+        let background = spawn(Priority::Background, "background");
+        std::thread::sleep(Duration::from_millis(20));
+        let urgent = spawn(Priority::Urgent, "urgent");
+        let until = Instant::now() + Duration::from_secs(5);
+        while lock.urgent_waiting.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        drop(guard);
+        background.join().unwrap();
+        urgent.join().unwrap();
+        assert_eq!(*order.lock(), ["urgent", "background"]);
+        assert_eq!(lock.stats().acquisitions, 3);
+    }
+
+    #[test]
+    fn a_background_caller_takes_a_free_lock_and_times_out_on_a_held_one() {
+        let lock = GpuLock::new();
+        let account = LockAccount::default();
+        drop(
+            lock.acquire_as(Priority::Background, &account, Duration::from_millis(50))
+                .unwrap(),
+        );
+        let _held = lock.acquire(&account, Duration::from_secs(1)).unwrap();
+        let other = LockAccount::default();
+        let start = Instant::now();
+        assert!(lock
+            .acquire_as(Priority::Background, &other, Duration::from_millis(30))
+            .is_err());
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(other.acquisitions(), 0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use image::RgbImage;
 
 use crate::config::{Config, DecoderChoice, DeviceRequest};
 use crate::latent::{LatentBatch, LatentShape};
-pub use gpu_lock::{GpuLock, LockAccount, LockStats, LockTimeout};
+pub use gpu_lock::{GpuLock, LockAccount, LockStats, LockTimeout, Priority};
 use taesd::weights::Part;
 use taesd::{Family, TaesdEncoderModel};
 
@@ -335,6 +335,18 @@ impl Engine {
         account: &LockAccount,
         lock_timeout: Duration,
     ) -> Result<DecodeOutput, EngineError> {
+        self.decode_batch_as(batch, Priority::Normal, account, lock_timeout)
+    }
+
+    /// [`Engine::decode_batch`] taking the lock at `priority` (the pipeline decodes urgently
+    /// while the display is below its start gate).
+    pub fn decode_batch_as(
+        &self,
+        batch: &LatentBatch,
+        priority: Priority,
+        account: &LockAccount,
+        lock_timeout: Duration,
+    ) -> Result<DecodeOutput, EngineError> {
         let expected = self.decoder.latent_channels();
         if batch.shape().channels != expected {
             return Err(EngineError::Channels {
@@ -344,7 +356,7 @@ impl Engine {
             });
         }
         let (images, decode) = {
-            let _gpu = self.lock.acquire(account, lock_timeout)?;
+            let _gpu = self.lock.acquire_as(priority, account, lock_timeout)?;
             let start = Instant::now();
             let images = self.decoder.decode(batch)?;
             (images, start.elapsed())

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use super::{Keyframe, KeyframeError, KeyframeSource};
 use crate::direction::themes::PromptChoice;
 use crate::engine::diffusion::{DiffusionConfig, DiffusionError, DiffusionModel, PromptEmbedding};
-use crate::engine::{Engine, LockAccount};
+use crate::engine::{Engine, LockAccount, Priority};
 use crate::latent::{Latent, LatentShape};
 
 /// Prompt embeddings kept (themes are few; injections add none).
@@ -230,10 +230,11 @@ struct Job {
 impl Job {
     fn run(self) -> Result<Latent, DiffusionError> {
         let account = LockAccount::default();
+        // Background: a decode the starving display waits for goes between two steps.
         let lock = |timeout| {
             self.engine
                 .lock()
-                .acquire(&account, timeout)
+                .acquire_as(Priority::Background, &account, timeout)
                 .map_err(|e| DiffusionError::Run(e.to_string()))
         };
         let guided = self.config.guidance > 1.0;

@@ -29,7 +29,7 @@ use crate::buffer::FrameBuffer;
 use crate::config::live::LiveSettings;
 use crate::config::{Config, FrameFormat, KeyframeImage};
 use crate::control::Control;
-use crate::engine::{Engine, LockAccount};
+use crate::engine::{Engine, LockAccount, Priority};
 use crate::events::{KeyframeEvent, KeyframeOutcome, LogEvent, PairEvent, PairOutcome};
 use crate::frame::FrameKind;
 use crate::keyframes::{Keyframe, KeyframeSource};
@@ -358,12 +358,19 @@ impl Pipeline {
                 Arc::clone(&account),
             );
             let lock_timeout = timeouts.decode();
+            // Below the start gate the display is starving: this decode goes before background
+            // work (the UNet steps of an in-process keyframe) waiting for the lock.
+            let priority = match self.buffer.counts().ready < self.settings.live.get().gate_frames {
+                true => Priority::Urgent,
+                false => Priority::Normal,
+            };
             let stage = tokio::task::spawn_blocking(move || {
                 stages::decode_stage(
                     &engine,
                     &batch,
                     &work.to,
                     keyframe_image,
+                    priority,
                     &account,
                     lock_timeout,
                 )

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::archive::FrameArchive;
 use crate::buffer::FrameBuffer;
 use crate::config::{FrameFormat, KeyframeImage};
-use crate::engine::{DecodeOutput, Engine, EngineError, LockAccount};
+use crate::engine::{DecodeOutput, Engine, EngineError, LockAccount, Priority};
 use crate::frame::{encode, EncodedFrame, FrameKind};
 use crate::keyframes::Keyframe;
 use crate::latent::path::{self, PathOptions, Window};
@@ -51,6 +51,7 @@ pub fn decode_stage(
     batch: &LatentBatch,
     to: &Keyframe,
     keyframe_image: KeyframeImage,
+    priority: Priority,
     account: &LockAccount,
     lock_timeout: Duration,
 ) -> Result<DecodeOutput, EngineError> {
@@ -61,7 +62,7 @@ pub fn decode_stage(
             resize: Duration::ZERO,
         }
     } else {
-        engine.decode_batch(batch, account, lock_timeout)?
+        engine.decode_batch_as(batch, priority, account, lock_timeout)?
     };
     if let (true, Some(image)) = (shows_picture(to, keyframe_image), &to.image) {
         let (w, h) = engine.output_size();
