@@ -135,18 +135,12 @@ mod tests {
         let Some(dir) = super::super::tests::tiny_sd() else {
             return;
         };
-        let copy = tempfile::tempdir().unwrap();
-        for part in ["unet", "text_encoder", "scheduler"] {
-            let to = copy.path().join(part);
-            std::fs::create_dir_all(&to).unwrap();
-            for entry in std::fs::read_dir(dir.join("pipeline").join(part)).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-            }
-        }
-        let err = inventory(copy.path(), ModelChoice::Auto).unwrap_err();
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = ["unet", "text_encoder", "scheduler"];
+        let copy = super::super::tests::copy_pipeline(&dir, &parts, tmp.path());
+        let err = inventory(&copy, ModelChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("tokenizer.json"), "{err}");
-        let err = inventory(&copy.path().join("nowhere"), ModelChoice::Auto).unwrap_err();
+        let err = inventory(&copy.join("nowhere"), ModelChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("diffusion.model_dir"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 //! and fail under `DREAMD_REQUIRE_TOOLS=1` (CI).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device as CandleDevice, Tensor};
 
@@ -20,6 +20,19 @@ pub(crate) fn tiny_sd() -> Option<PathBuf> {
     }
     crate::test_weights::skip("tiny-sd/pipeline and tiny-sd/reference.safetensors");
     None
+}
+
+/// Copies the parts `parts` of the tiny pipeline in `tiny` into `into/model`; returns that folder.
+pub(crate) fn copy_pipeline(tiny: &Path, parts: &[&str], into: &Path) -> PathBuf {
+    let copy = into.join("model");
+    for part in parts {
+        std::fs::create_dir_all(copy.join(part)).unwrap();
+        for entry in std::fs::read_dir(tiny.join("pipeline").join(part)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(part).join(entry.file_name())).unwrap();
+        }
+    }
+    copy
 }
 
 struct Fixture {
@@ -198,14 +211,11 @@ fn ddim_img2img_with_cfg_matches_diffusers() {
 fn missing_file_or_tensor_is_one_error_naming_it() {
     let Some(dir) = tiny_sd() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("model");
-    for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
-        std::fs::create_dir_all(copy.join(part)).unwrap();
-        for entry in std::fs::read_dir(dir.join("pipeline").join(part)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), copy.join(part).join(entry.file_name())).unwrap();
-        }
-    }
+    let copy = copy_pipeline(
+        &dir,
+        &["unet", "text_encoder", "tokenizer", "scheduler"],
+        tmp.path(),
+    );
     let load = || DiffusionModel::load(&copy, ModelChoice::Auto, DType::F32, &CandleDevice::Cpu);
     assert!(load().is_ok());
 
@@ -236,14 +246,11 @@ fn missing_file_or_tensor_is_one_error_naming_it() {
 fn unprefixed_text_encoder_file_loads() {
     let Some(dir) = tiny_sd() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("model");
-    for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
-        std::fs::create_dir_all(copy.join(part)).unwrap();
-        for entry in std::fs::read_dir(dir.join("pipeline").join(part)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), copy.join(part).join(entry.file_name())).unwrap();
-        }
-    }
+    let copy = copy_pipeline(
+        &dir,
+        &["unet", "text_encoder", "tokenizer", "scheduler"],
+        tmp.path(),
+    );
     let te = copy.join("text_encoder/model.safetensors");
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&te, &CandleDevice::Cpu)
         .unwrap()
