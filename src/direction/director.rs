@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use image::RgbImage;
@@ -72,7 +72,7 @@ struct DirectorState {
     cache: Option<FrameCache>,
     policy: InjectionPolicy,
     rng: StdRng,
-    seeds_dir: PathBuf,
+    seeds: SeedList,
     last_seed: Option<PathBuf>,
     analysed: u64,
 }
@@ -148,14 +148,14 @@ impl Director {
         } else {
             None
         };
-        let seeds_dir = injection.seeds_dir.clone();
+        let seeds = SeedList::new(injection.seeds_dir.clone());
         let state = DirectorState {
             rotation: ThemeRotation::new(settings.prompts, Box::new(SystemClock), settings.seed),
             detector: CollapseDetector::new(settings.collapse),
             cache,
             policy: InjectionPolicy::new(injection),
             rng: StdRng::seed_from_u64(settings.seed ^ 0x5eed),
-            seeds_dir,
+            seeds,
             last_seed: None,
             analysed: 0,
         };
@@ -184,7 +184,7 @@ impl Director {
         }
         let mut injection = settings.injection;
         injection.enabled &= self.engine.encoder().is_some();
-        state.seeds_dir = injection.seeds_dir.clone();
+        state.seeds.set_dir(&injection.seeds_dir);
         state.policy.reconfigure(injection);
     }
 
@@ -257,7 +257,7 @@ impl Director {
                 Err(e) => tracing::warn!("cache: {e}"),
             }
         }
-        let seeds = list_pictures(&st.seeds_dir);
+        let seeds = st.seeds.pictures().to_vec();
         let cache_len = st.cache.as_ref().map_or(0, FrameCache::len);
         let report = st.detector.last().clone();
         let decision = st
@@ -272,7 +272,7 @@ impl Director {
                     .collect();
                 let path = choices[st.rng.random_range(0..choices.len())].clone();
                 st.last_seed = Some(path.clone());
-                let picture = read_picture(&path)?;
+                let picture = read_picture(&path).inspect_err(|_| st.seeds.forget())?;
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -368,8 +368,50 @@ fn read_picture(path: &Path) -> Result<RgbImage, String> {
         .map_err(|e| format!("cannot read seed picture {}: {e}", path.display()))
 }
 
-/// The PNG, JPEG and WebP pictures in `dir` (re-read each time, so new pictures are used);
-/// empty when `dir` is empty or unreadable.
+/// The seed pictures of `injection.seeds_dir`, listed again every
+/// [`crate::keyframes::images::RELIST_EVERY`] (pictures added while running are used, deleted
+/// ones dropped), and at once after one could not be read.
+struct SeedList {
+    dir: PathBuf,
+    listed_at: Option<Instant>,
+    pictures: Vec<PathBuf>,
+}
+
+impl SeedList {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            listed_at: None,
+            pictures: Vec::new(),
+        }
+    }
+
+    /// Points at `dir` (a reload); a new folder is listed on the next look.
+    fn set_dir(&mut self, dir: &Path) {
+        if self.dir != dir {
+            *self = Self::new(dir.to_path_buf());
+        }
+    }
+
+    /// The pictures, sorted by name; empty when the folder is unset, missing or unreadable.
+    fn pictures(&mut self) -> &[PathBuf] {
+        let stale = self
+            .listed_at
+            .is_none_or(|at| at.elapsed() >= crate::keyframes::images::RELIST_EVERY);
+        if stale {
+            self.pictures = list_pictures(&self.dir);
+            self.listed_at = Some(Instant::now());
+        }
+        &self.pictures
+    }
+
+    /// Lists again on the next look.
+    fn forget(&mut self) {
+        self.listed_at = None;
+    }
+}
+
+/// The PNG, JPEG and WebP pictures in `dir`, sorted; empty when `dir` is empty or unreadable.
 fn list_pictures(dir: &Path) -> Vec<PathBuf> {
     if dir.as_os_str().is_empty() {
         return Vec::new();
@@ -380,15 +422,7 @@ fn list_pictures(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = listing
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "png" | "jpg" | "jpeg" | "webp"
-                    )
-                })
-        })
+        .filter(|p| crate::keyframes::images::is_picture(p))
         .collect();
     files.sort();
     files
@@ -564,5 +598,36 @@ impl KeyframeSource for DirectedSource {
         };
         self.previous = Some(keyframe.clone());
         Ok(keyframe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_picture(path: &Path) {
+        RgbImage::from_pixel(4, 4, image::Rgb([10, 20, 30]))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn seed_pictures_are_listed_once_and_again_after_a_failed_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write_picture(&dir.path().join("a.png"));
+        std::fs::write(dir.path().join("notes.txt"), "not a picture").unwrap();
+        let mut seeds = SeedList::new(dir.path().to_path_buf());
+        assert_eq!(seeds.pictures(), [dir.path().join("a.png")]);
+        // Within the re-list interval the folder is not read again...
+        write_picture(&dir.path().join("b.jpg"));
+        assert_eq!(seeds.pictures().len(), 1);
+        // ...unless a picture could not be read.
+        seeds.forget();
+        assert_eq!(seeds.pictures().len(), 2);
+        // Another folder (a reload) is listed on the next look; an unset one is empty.
+        seeds.set_dir(Path::new(""));
+        assert!(seeds.pictures().is_empty());
+        seeds.set_dir(dir.path());
+        assert_eq!(seeds.pictures().len(), 2);
     }
 }

@@ -27,6 +27,15 @@ const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 /// How often the folder is listed again while the source runs.
 pub const RELIST_EVERY: Duration = Duration::from_secs(10);
 
+/// Whether `path` is a file named like a picture dreamd reads (PNG, JPEG or WebP).
+pub fn is_picture(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Lists the pictures in `dir`, sorted by name; an unreadable or empty folder is an error.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, KeyframeError> {
     let error = |message: String| KeyframeError::Source {
@@ -41,12 +50,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, KeyframeError> {
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
+        .filter(|p| is_picture(p))
         .collect();
     if files.is_empty() {
         return Err(error(format!(
