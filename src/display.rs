@@ -336,7 +336,9 @@ impl Pacer {
     }
 
     fn show(&self, frame: Arc<EncodedFrame>, at: Instant) {
-        self.telemetry.display.shown(frame.seq, at);
+        self.telemetry
+            .display
+            .shown(frame.seq, frame.kind.keyframe(), at);
         // An in-memory swap that never blocks: `/frame/current` and the events switch now.
         self.current.send_replace(Some(Arc::clone(&frame)));
         if let Err(crossbeam_channel::TrySendError::Full(_)) =

@@ -18,6 +18,17 @@ pub enum FrameKind {
     Inbetween { from: u64, step: u32, t: f32 },
 }
 
+impl FrameKind {
+    /// The keyframe this frame belongs to on screen: itself, or for an in-between the keyframe
+    /// it leaves (what the picture was made as changes when the next keyframe arrives).
+    pub fn keyframe(&self) -> u64 {
+        match *self {
+            FrameKind::Keyframe { index } => index,
+            FrameKind::Inbetween { from, .. } => from,
+        }
+    }
+}
+
 /// A frame ready to show: its bytes are already encoded, so showing it is only a copy.
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {

@@ -254,6 +254,7 @@ pub struct DisplayStats {
     phase: AtomicU8,
     pub frames_displayed: AtomicU64,
     current_sequence: AtomicI64,
+    current_keyframe: AtomicI64,
     pub late: AtomicU64,
     pub held: AtomicU64,
     pub skipped: AtomicU64,
@@ -277,6 +278,7 @@ impl Default for DisplayStats {
             phase: AtomicU8::new(DisplayPhase::Starting as u8),
             frames_displayed: AtomicU64::new(0),
             current_sequence: AtomicI64::new(-1),
+            current_keyframe: AtomicI64::new(-1),
             late: AtomicU64::new(0),
             held: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -302,9 +304,18 @@ impl DisplayStats {
         u64::try_from(self.current_sequence.load(Ordering::Relaxed)).ok()
     }
 
-    /// Records that `seq` went on screen at `at`.
-    pub fn shown(&self, seq: u64, at: Instant) {
+    /// The keyframe the frame on screen belongs to ([`crate::frame::FrameKind::keyframe`]).
+    pub fn current_keyframe(&self) -> Option<u64> {
+        u64::try_from(self.current_keyframe.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Records that `seq`, of keyframe `keyframe`, went on screen at `at`.
+    pub fn shown(&self, seq: u64, keyframe: u64, at: Instant) {
         self.current_sequence.store(seq as i64, Ordering::Relaxed);
+        self.current_keyframe.store(
+            i64::try_from(keyframe).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         self.frames_displayed.fetch_add(1, Ordering::Relaxed);
         self.first_frame_at.lock().get_or_insert(at);
     }

@@ -252,8 +252,11 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
     let frames_displayed = display.frames_displayed.load(ORDER);
     let keyframes = t.pipeline.keyframes.load(ORDER);
     let interpolated = t.pipeline.interpolated_frames.load(ORDER);
-    let theme = t.pipeline.theme();
-    let direction = shared.director.snapshot();
+    // Mode, theme and prompt of the keyframe on screen (generation runs a buffer ahead).
+    let direction = shared
+        .director
+        .snapshot_showing(t.display.current_keyframe());
+    let theme = direction.theme.clone().or_else(|| t.pipeline.theme());
     let comfyui = shared.comfyui.lock().snapshot();
     let timestamp = crate::clock::rfc3339_millis(now);
     StatusDocument {

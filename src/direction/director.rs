@@ -88,11 +88,48 @@ struct Injection {
     reason: String,
 }
 
+/// What one keyframe was made as, kept so that status and the kiosk can say what is *on
+/// screen* (the buffer plays keyframes made up to `buffer.target_seconds` earlier).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KeyframeLabel {
+    pub mode: String,
+    pub theme: Option<String>,
+    pub prompt: Option<String>,
+    pub playing: String,
+}
+
+/// Labels kept: far more keyframes than any buffer holds ahead of the screen.
+const LABELS_KEPT: usize = 1024;
+
+/// The labels of the last [`LABELS_KEPT`] keyframes, oldest first.
+#[derive(Debug, Default)]
+struct Labels(std::collections::VecDeque<(u64, KeyframeLabel)>);
+
+impl Labels {
+    fn record(&mut self, index: u64, label: KeyframeLabel) {
+        // A restarted source numbers from 0 again: older labels no longer apply.
+        if self.0.back().is_some_and(|(k, _)| *k >= index) {
+            self.0.clear();
+        }
+        if self.0.len() == LABELS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((index, label));
+    }
+
+    /// Keyframe `index`'s label, else the nearest earlier one's.
+    fn of(&self, index: u64) -> Option<&KeyframeLabel> {
+        let at = self.0.partition_point(|(k, _)| *k <= index);
+        at.checked_sub(1).map(|i| &self.0[i].1)
+    }
+}
+
 /// The creative direction of one daemon: theme rotation, detector, cache and injection
 /// bookkeeping, shared by every [`DirectedSource`] it wraps (a reloaded source keeps them).
 pub struct Director {
     state: Mutex<DirectorState>,
     status: Mutex<DirectionSnapshot>,
+    labels: Mutex<Labels>,
     engine: Arc<Engine>,
     lock_timeout: Duration,
 }
@@ -162,14 +199,35 @@ impl Director {
         Ok(Arc::new(Self {
             state: Mutex::new(state),
             status: Mutex::new(DirectionSnapshot::default()),
+            labels: Mutex::new(Labels::default()),
             engine,
             lock_timeout,
         }))
     }
 
-    /// What status, metrics and SSE show.
+    /// The direction now: counters, collapse, and what the last keyframe made was.
     pub fn snapshot(&self) -> DirectionSnapshot {
         self.status.lock().clone()
+    }
+
+    /// [`Director::snapshot`] with mode, theme, prompt and what is playing taken from the
+    /// keyframe on screen, `showing` (see [`Director::label_of`]); the last made when none is.
+    pub fn snapshot_showing(&self, showing: Option<u64>) -> DirectionSnapshot {
+        let mut snapshot = self.snapshot();
+        if let Some(label) = showing.and_then(|k| self.label_of(k)) {
+            snapshot.mode = label.mode;
+            snapshot.theme = label.theme;
+            snapshot.prompt = label.prompt;
+            snapshot.playing = label.playing;
+        }
+        snapshot
+    }
+
+    /// What keyframe `index` was made as: its own label, else that of the nearest keyframe
+    /// before it that has one (a keyframe made while direction failed kept the last prompt);
+    /// None when it is older than every label kept or none was made yet.
+    pub fn label_of(&self, index: u64) -> Option<KeyframeLabel> {
+        self.labels.lock().of(index).cloned()
     }
 
     /// Applies reloaded `[prompts]`, `[collapse]`, `[cache]` and `[injection]` settings.
@@ -340,16 +398,24 @@ impl Director {
         Ok(injection)
     }
 
-    fn publish(&self, mode: String, uses_prompts: bool, playing: String) {
+    /// Records what keyframe `index` was made as, for status, metrics and SSE.
+    fn publish(&self, index: u64, mode: String, uses_prompts: bool, playing: String) {
         let state = self.state.lock();
         let (cache_injections, seed_injections) = state.policy.counts();
+        let label = KeyframeLabel {
+            mode,
+            theme: uses_prompts.then(|| state.rotation.current_theme().name.clone()),
+            prompt: uses_prompts
+                .then(|| state.rotation.last().map(|p| p.prompt.clone()))
+                .flatten(),
+            playing,
+        };
+        self.labels.lock().record(index, label.clone());
         let mut s = self.status.lock();
-        s.mode = mode;
-        s.playing = playing;
-        s.theme = uses_prompts.then(|| state.rotation.current_theme().name.clone());
-        s.prompt = uses_prompts
-            .then(|| state.rotation.last().map(|p| p.prompt.clone()))
-            .flatten();
+        s.mode = label.mode;
+        s.playing = label.playing;
+        s.theme = label.theme;
+        s.prompt = label.prompt;
         s.collapse = state.detector.last().clone();
         s.cache_size = state.cache.as_ref().map_or(0, FrameCache::len);
         s.cache = state
@@ -568,6 +634,7 @@ impl KeyframeSource for DirectedSource {
                     injection.source_id
                 );
                 self.director.publish(
+                    index,
                     format!("injection:{}", injection.kind.as_str()),
                     uses_prompts,
                     playing,
@@ -586,7 +653,8 @@ impl KeyframeSource for DirectedSource {
                 } else {
                     self.inner.name().to_string()
                 };
-                self.director.publish(mode, uses_prompts, self.describe());
+                self.director
+                    .publish(index, mode, uses_prompts, self.describe());
                 keyframe
             }
             Err(message) => {
@@ -609,6 +677,32 @@ mod tests {
         RgbImage::from_pixel(4, 4, image::Rgb([10, 20, 30]))
             .save(path)
             .unwrap();
+    }
+
+    #[test]
+    fn the_label_of_a_keyframe_on_screen_is_its_own_or_the_last_before_it() {
+        let label = |prompt: &str| KeyframeLabel {
+            mode: "dream".into(),
+            theme: Some("t".into()),
+            prompt: Some(prompt.into()),
+            playing: prompt.into(),
+        };
+        let mut labels = Labels::default();
+        assert_eq!(labels.of(0), None);
+        labels.record(3, label("three"));
+        labels.record(5, label("five"));
+        assert_eq!(labels.of(2), None);
+        assert_eq!(labels.of(3).unwrap().playing, "three");
+        assert_eq!(labels.of(4).unwrap().playing, "three");
+        assert_eq!(labels.of(9).unwrap().playing, "five");
+        for k in 6..6 + LABELS_KEPT as u64 {
+            labels.record(k, label(&k.to_string()));
+        }
+        assert_eq!(labels.0.len(), LABELS_KEPT);
+        assert_eq!(labels.of(5), None, "the oldest are dropped");
+        // Numbering from 0 again (a new run of the source) starts afresh.
+        labels.record(0, label("zero"));
+        assert_eq!(labels.of(7).unwrap().playing, "zero");
     }
 
     #[test]

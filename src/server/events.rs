@@ -114,8 +114,8 @@ impl Follower {
                         let keyframe = matches!(frame.kind, FrameKind::Keyframe { .. });
                         let mut data = json!({ "seq": frame.seq, "keyframe": keyframe });
                         if keyframe {
-                            // What the dream is making now (generation runs a buffer ahead).
-                            let d = self.director.snapshot();
+                            // What this keyframe was made as (not what is being made now).
+                            let d = self.director.snapshot_showing(Some(frame.kind.keyframe()));
                             data["mode"] = json!(d.mode);
                             data["theme"] = json!(d.theme);
                             data["prompt"] = json!(d.prompt.unwrap_or(d.playing));

@@ -375,11 +375,13 @@ fn render_dream(out: &mut Exposition, shared: &crate::daemon::Shared) {
         );
         out.sample("dreamd_comfyui_outages_total", &[], c.outages as f64);
     }
-    let d = shared.director.snapshot();
+    let d = shared
+        .director
+        .snapshot_showing(shared.telemetry.display.current_keyframe());
     out.family(
         "dreamd_theme_info",
         "gauge",
-        "The theme playing (sources with prompts); always 1.",
+        "The theme of the keyframe on screen (sources with prompts); always 1.",
     );
     if let Some(theme) = &d.theme {
         out.sample("dreamd_theme_info", &[("theme", theme)], 1.0);
