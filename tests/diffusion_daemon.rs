@@ -148,3 +148,53 @@ fn status_names_the_prompt_of_the_keyframe_on_screen() {
          was tested"
     );
 }
+
+/// Editing `[diffusion]` while the daemon runs is applied: the source is built again and the
+/// keyframes after the reload are made at the new strength.
+#[test]
+fn a_diffusion_edit_is_applied_on_reload() {
+    let pipeline = models().join("tiny-sd/pipeline");
+    if !pipeline.join("unet").is_dir() {
+        support::tool_missing(
+            "the tiny SD pipeline in ../shared/models/tiny-sd (or $DREAMD_MODELS)",
+        );
+        return;
+    }
+    let extra = |strength: f64| {
+        format!(
+            "width = 128\nheight = 64\ndecoder = \"preview\"\n\
+             [keyframes]\nsource = \"diffusion\"\nimages_dir = \"no-such-folder\"\n\
+             [diffusion]\nmodel_dir = {pipeline:?}\nsteps = 4\nstrength = {strength}\n"
+        )
+    };
+    let daemon = Daemon::start(&extra(0.5));
+    daemon.wait_for_first_frame();
+    let text = std::fs::read_to_string(daemon.path("dreamd.toml")).unwrap();
+    let edited = text.replace("strength = 0.5", "strength = 0.75");
+    assert_ne!(text, edited);
+    let tmp = daemon.path("dreamd.toml.new");
+    std::fs::write(&tmp, edited).unwrap();
+    std::fs::rename(&tmp, daemon.path("dreamd.toml")).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at_new_strength = daemon
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "keyframe" && e["denoise"] == 0.75)
+            .count();
+        if at_new_strength >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no keyframe at the new strength within 30 s\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        daemon.log().contains("reloaded: applied [keyframes]"),
+        "{}",
+        daemon.log()
+    );
+}

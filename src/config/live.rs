@@ -176,10 +176,13 @@ pub const RELOAD_KEYS: &[ReloadKey] = &[
     },
     ReloadKey {
         name: "keyframes",
-        doc: "`[keyframes]`",
+        doc: "`[keyframes]`, `[comfyui]`, `[diffusion]`",
         effect: Effect::Keyframes,
-        note: "a new source takes over from the next keyframe, and the stream morphs into it",
-        changed: |a, b| a.keyframes != b.keyframes,
+        note: "a new source takes over from the next keyframe, and the stream morphs into it; \
+               the in-process model is loaded again",
+        changed: |a, b| {
+            a.keyframes != b.keyframes || a.comfyui != b.comfyui || a.diffusion != b.diffusion
+        },
     },
     ReloadKey {
         name: "prompts",
@@ -327,5 +330,40 @@ mod tests {
             .collect();
         let all: Vec<&str> = RELOAD_KEYS.iter().map(|k| k.name).collect();
         assert_eq!(changed, all);
+    }
+
+    /// A change to any section is seen by some row: none is silently ignored on reload.
+    #[test]
+    fn every_section_has_a_row() {
+        let old = Config::default();
+        type Change = fn(&mut Config);
+        let sections: [(&str, Change); 17] = [
+            ("paths", |c| c.paths.output_dir = "x".into()),
+            ("display", |c| c.display.target_fps = 5.0),
+            ("buffer", |c| c.buffer.target_seconds = 20.0),
+            ("generation", |c| c.generation.height = 128),
+            ("keyframes", |c| c.keyframes.seed = 7),
+            ("output", |c| c.output.jpeg_quality = 10),
+            ("timeouts", |c| c.timeouts.decode_seconds = 3.0),
+            ("logging", |c| c.logging.jsonl_keep = 9),
+            ("health", |c| c.health.degraded_seconds = 7.0),
+            ("faults", |c| c.faults.slow_disk_ms = 3),
+            ("server", |c| c.server.max_sse_clients = 3),
+            ("comfyui", |c| c.comfyui.url = "http://127.0.0.1:9".into()),
+            ("diffusion", |c| c.diffusion.strength = 0.25),
+            ("prompts", |c| c.prompts.rotate_every = 2),
+            ("collapse", |c| c.collapse.window = 4),
+            ("cache", |c| c.cache.max_size = 4),
+            ("injection", |c| c.injection.probability = 0.25),
+        ];
+        for (section, change) in sections {
+            let mut new = old.clone();
+            change(&mut new);
+            assert_ne!(old, new, "[{section}]: the change changed nothing");
+            assert!(
+                RELOAD_KEYS.iter().any(|k| (k.changed)(&old, &new)),
+                "a change to [{section}] is seen by no reload row"
+            );
+        }
     }
 }
