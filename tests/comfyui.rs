@@ -1,17 +1,15 @@
-//! The ComfyUI client and keyframe source against the replaying ComfyUI (`comfyui_replay`),
+//! The ComfyUI client and keyframe source against the replaying ComfyUI (`comfyui::replay`),
 //! one test per recorded behaviour and failure: the happy path, a cached result, a validation
 //! 400, a runtime error, interrupt and queue delete (only our prompt), a WebSocket drop with a
 //! prompt-less `executing`, binary frames of both kinds, a server that never answers, one that
 //! dies mid-run and comes back, and the JSON-`null` interrupt 500.
 
-mod comfyui_replay;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use comfyui_replay::{silent_server, Options, Replay, Scenario};
 use dreamd::comfyui::client::{ClientOptions, ComfyClient, ComfyError, GenerateRequest};
 use dreamd::comfyui::protocol::{InterruptRequest, PromptRequest, QueueDelete};
+use dreamd::comfyui::replay::{silent_server, Options, Replay, Scenario};
 use dreamd::comfyui::workflow::{Values, Workflow};
 use dreamd::comfyui::{
     ComfyUiConfig, ComfyUiHealth, ComfyUiSource, ComfyUiStatus, FallbackSource, SourceOptions,
@@ -73,6 +71,7 @@ async fn replay(scenario: Scenario) -> Replay {
         ..Options::default()
     })
     .await
+    .unwrap()
 }
 
 /// Waits until `f` holds, up to `limit`.
@@ -296,7 +295,8 @@ async fn deadline_uses_the_jobs_api_where_the_server_has_it() {
         jobs_api: true,
         ..Options::default()
     })
-    .await;
+    .await
+    .unwrap();
     let client = client(&server.url);
     let err = client
         .generate(request(Duration::from_millis(800)))
@@ -440,7 +440,7 @@ async fn save_image_websocket_result_comes_from_a_binary_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_fails_within_the_timeouts() {
-    let (url, _task) = silent_server().await;
+    let (url, _task) = silent_server().await.unwrap();
     let client = client(&url);
     let start = Instant::now();
     let err = client
@@ -472,7 +472,7 @@ async fn a_server_that_dies_mid_run_and_comes_back() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!client.ws_connected());
     server.set_scenario(Scenario::Happy);
-    server.restart().await;
+    server.restart().await.unwrap();
     let err = task.await.unwrap().unwrap_err();
     // The restarted server knows nothing of our prompt: lost, long before the deadline.
     assert!(matches!(err, ComfyError::Lost { .. }), "{err:?}");
@@ -497,7 +497,8 @@ async fn json_null_interrupt_is_a_500_and_the_client_never_sends_it() {
         interrupt_fails: true,
         ..Options::default()
     })
-    .await;
+    .await
+    .unwrap();
     // The replay answers `null` the way ComfyUI 0.3.59 did.
     let raw = raw_post(&server, "/interrupt", "null").await;
     assert!(raw.starts_with("HTTP/1.1 500"), "{raw}");
@@ -685,7 +686,8 @@ async fn preflight_names_a_missing_checkpoint() {
         checkpoints: vec!["sd_xl_base_1.0.safetensors".into()],
         ..Options::default()
     })
-    .await;
+    .await
+    .unwrap();
     let mut source =
         ComfyUiSource::new(comfy_config(&server.url), taesd_engine(), source_options()).unwrap();
     let err = source.preflight().await.unwrap_err().to_string();
@@ -744,7 +746,7 @@ async fn fallback_plays_while_comfyui_is_down_and_dreaming_resumes() {
     );
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
 
-    server.restart().await;
+    server.restart().await.unwrap();
     let mut resumed = false;
     for index in 3..40 {
         source.keyframe(index).await.unwrap();
@@ -768,7 +770,7 @@ async fn fallback_plays_while_comfyui_is_down_and_dreaming_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_fallback_keyframes_fail_fast_while_down() {
-    let (url, _task) = silent_server().await;
+    let (url, _task) = silent_server().await.unwrap();
     let source = ComfyUiSource::new(comfy_config(&url), taesd_engine(), source_options()).unwrap();
     let mut source = FallbackSource::new(source, None);
     let err = source.keyframe(0).await.unwrap_err().to_string();
@@ -781,118 +783,4 @@ async fn without_a_fallback_keyframes_fail_fast_while_down() {
         t.elapsed()
     );
     assert!(err.contains("next probe"), "{err}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Figures (BENCHMARKS.md): `cargo test --test comfyui -- --ignored --nocapture overhead`
-// ---------------------------------------------------------------------------------------------
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4)
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Client overhead per keyframe against the replaying server (its picture-making time
-/// subtracted), and resident memory over 1,000 keyframes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run with --ignored --nocapture"]
-async fn overhead_per_keyframe_and_memory_over_1000_keyframes() {
-    let server = replay(Scenario::Happy).await;
-    let client = client(&server.url);
-    let input = png(&picture());
-    let run = |n: usize| {
-        let client = &client;
-        let input = input.clone();
-        async move {
-            let mut totals = Vec::with_capacity(n);
-            let mut phases = [0f64; 4];
-            for _ in 0..n {
-                let done = client
-                    .generate(GenerateRequest {
-                        input_png: Some(input.clone()),
-                        ..request(Duration::from_secs(10))
-                    })
-                    .await
-                    .unwrap();
-                let t = done.timings;
-                totals.push(t.total.as_secs_f64() * 1e3);
-                for (slot, d) in phases.iter_mut().zip([t.upload, t.queue, t.wait, t.fetch]) {
-                    *slot += d.as_secs_f64() * 1e3;
-                }
-            }
-            (totals, phases)
-        }
-    };
-    run(50).await; // warm-up
-    let busy_before = server
-        .shared
-        .busy_us
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let rss_start = rss_kib();
-    let mut rss_at = Vec::new();
-    let mut totals = Vec::new();
-    let mut phases = [0f64; 4];
-    let start = Instant::now();
-    for _ in 0..10 {
-        let (t, p) = run(100).await;
-        totals.extend(t);
-        for (a, b) in phases.iter_mut().zip(p) {
-            *a += b;
-        }
-        // The replay keeps every output picture and request (as ComfyUI's output folder
-        // does on its disk); drop them between batches so the figure is the client's.
-        server.shared.outputs.lock().clear();
-        server.shared.log.lock().clear();
-        rss_at.push(rss_kib());
-    }
-    let wall = start.elapsed();
-    let n = totals.len() as f64;
-    let busy_ms = (server
-        .shared
-        .busy_us
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - busy_before) as f64
-        / 1e3;
-    let mut sorted = totals.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let mean = totals.iter().sum::<f64>() / n;
-    println!(
-        "keyframes: {n}, wall {:.2} s, input PNG {} KiB",
-        wall.as_secs_f64(),
-        input.len() / 1024
-    );
-    println!(
-        "per keyframe total ms: mean {mean:.2}, p50 {:.2}, p95 {:.2}, max {:.2}",
-        percentile(&sorted, 0.5),
-        percentile(&sorted, 0.95),
-        sorted[sorted.len() - 1]
-    );
-    println!(
-        "phases mean ms: upload {:.2}, queue {:.2}, wait {:.2}, fetch {:.2}",
-        phases[0] / n,
-        phases[1] / n,
-        phases[2] / n,
-        phases[3] / n
-    );
-    println!(
-        "server picture work mean ms: {:.2}; client overhead (total - server work) mean ms: {:.2}",
-        busy_ms / n,
-        mean - busy_ms / n
-    );
-    println!("RSS KiB: start {rss_start}, after each 100: {rss_at:?}");
-    let growth = rss_at[9] as f64 / rss_at[0] as f64 - 1.0;
-    println!(
-        "RSS growth from keyframe 100 to 1000: {:.1} %",
-        growth * 100.0
-    );
-    assert!(growth < 0.10, "memory grew {:.1} %", growth * 100.0);
-    assert_eq!(client.in_flight(), 0);
-    assert!(eventually(Duration::from_secs(3), || server.history_len() == 0).await);
 }

@@ -3,13 +3,12 @@
 //! carries prompt ids and themes in its `keyframe` events, and plays on through the fallback
 //! when the server goes away, then dreams again when it returns.
 
-mod comfyui_replay;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use comfyui_replay::{Options, Replay};
+use dreamd::comfyui::replay::{Options, Replay};
 use support::Daemon;
 
 fn models() -> PathBuf {
@@ -49,7 +48,7 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server: Replay = runtime.block_on(Replay::start(Options::default()));
+    let server: Replay = runtime.block_on(Replay::start(Options::default())).unwrap();
     let extra = format!(
         "width = 256\nheight = 128\ndecoder = \"taesd\"\nmodels_dir = {:?}\n\
          [keyframes]\nsource = \"comfyui\"\nimages_dir = \"no-such-folder\"\n\
@@ -128,7 +127,7 @@ fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
     );
 
     // It comes back: dreaming resumes.
-    runtime.block_on(server.restart());
+    runtime.block_on(server.restart()).unwrap();
     let ok_before = down["comfyui"]["keyframes_ok"].as_u64().unwrap();
     wait_for(&daemon, Duration::from_secs(40), "dreaming again", |s| {
         s["comfyui"]["keyframes_ok"].as_u64().unwrap_or(0) > ok_before

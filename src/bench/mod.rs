@@ -1,5 +1,6 @@
 //! Measurements of the real daemon and its parts, reported as text or JSON: `dreamd bench`
-//! ([`pacing`], [`http`], [`motion`], [`codec`], [`resolution`]) and `dreamd soak` ([`soak`]).
+//! ([`pacing`], [`http`], [`motion`], [`codec`], [`resolution`], [`comfyui`], [`diffusion`]) and
+//! `dreamd soak` ([`soak`]).
 //!
 //! What the measurements of the whole daemon share lives here: the [`Scratch`] folder that
 //! takes a run's output and logs, and [`InProcess`], the one way to run the daemon in this
@@ -14,6 +15,7 @@ use crate::config::Config;
 use crate::daemon::{self, RunReport, Started};
 
 pub mod codec;
+pub mod comfyui;
 pub mod diffusion;
 pub mod http;
 pub mod motion;

@@ -86,6 +86,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The ComfyUI client's cost per keyframe and its memory over many keyframes, against the
+    /// replaying ComfyUI (the recorded protocol on loopback) or a real server.
+    Comfyui {
+        /// Timed keyframes (at least 10).
+        #[arg(long, default_value_t = 1000)]
+        keyframes: usize,
+        /// A running ComfyUI instead of the replay (then only totals and phases are known).
+        #[arg(long)]
+        url: Option<String>,
+        /// An API-format workflow with placeholders (default: the built-in img2img graph).
+        #[arg(long)]
+        workflow: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the real daemon for a number of keyframe pairs and measure how its frames move
     /// (step evenness, seams, keyframe sharpness, direction through keyframes, contrast).
     Motion {
@@ -254,6 +270,25 @@ impl BenchCommand {
                 };
                 let report = super::runtime()?
                     .block_on_with_signals(|_| bench::http::run(config, options))?;
+                super::print_report(json, &report, report.to_text())
+            }
+            BenchCommand::Comfyui {
+                keyframes,
+                url,
+                workflow,
+                json,
+            } => {
+                let workflow = match workflow {
+                    Some(path) => dreamd::comfyui::workflow::Workflow::load(&path)?,
+                    None => dreamd::comfyui::workflow::Workflow::img2img(),
+                };
+                let options = bench::comfyui::ComfyOptions {
+                    keyframes,
+                    url,
+                    workflow,
+                };
+                let report =
+                    super::runtime()?.block_on_with_signals(|_| bench::comfyui::run(options))?;
                 super::print_report(json, &report, report.to_text())
             }
             BenchCommand::Motion {

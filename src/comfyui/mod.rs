@@ -13,7 +13,9 @@
 //! - [`source`]: [`ComfyUiSource`], the `comfyui` keyframe source (img2img of the displayed
 //!   keyframe, fitted and encoded to the pipeline's latent);
 //! - [`fallback`]: [`FallbackSource`], which plays another source while the server is away;
-//! - [`health`]: [`ComfyUiHealth`], the shared status handle behind `comfyui_status`.
+//! - [`health`]: [`ComfyUiHealth`], the shared status handle behind `comfyui_status`;
+//! - [`replay`]: a ComfyUI that replays the recorded protocol, for the tests and
+//!   `dreamd bench comfyui`.
 //!
 //! Wiring, in the daemon: build `ComfyUiSource::new(config.comfyui, engine, SourceOptions {
 //! fit, lock_timeout, initial_picture, .. })`, keep `source.health()` (for `status.json` and
@@ -26,6 +28,7 @@ pub mod config;
 pub mod fallback;
 pub mod health;
 pub mod protocol;
+pub mod replay;
 pub mod source;
 pub mod workflow;
 

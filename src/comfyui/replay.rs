@@ -1,6 +1,7 @@
-//! A replaying ComfyUI for the tests: an axum server that answers the HTTP API and the
-//! WebSocket the way ComfyUI 0.3.59 did in `shared/comfyui/recordings`, using the same
-//! `dreamd::comfyui::protocol` types as the client.
+//! A ComfyUI that replays the recorded protocol: the other side of [`super::client`], for the
+//! tests and `dreamd bench comfyui` (never used by `dreamd run`). An axum server that answers
+//! the HTTP API and the WebSocket the way ComfyUI 0.3.59 did in `shared/comfyui/recordings`,
+//! using the same [`super::protocol`] types as the client.
 //!
 //! Each prompt is "executed" by replaying a recorded step's WebSocket messages (their order and
 //! shapes), with the recorded prompt id and output node rewritten to the live ones. The picture
@@ -11,8 +12,7 @@
 //! Scenarios pick the recorded step and the failure: see [`Scenario`]. The server can be
 //! killed (every connection dropped, the port closed) and restarted on the same port with an
 //! empty queue and history, like a restarted ComfyUI. Every request is logged for assertions.
-
-#![allow(dead_code)]
+//! The recordings are read and checked once, at start ([`ReplayError`] names what is missing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,6 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::protocol::{
+    recordings_dir, BinaryFrame, ExecInfo, Executing, Graph, HistoryEntry, HistoryStatus,
+    ImageFormat, ImageRef, InterruptRequest, JobCancelReply, NodeInfo, NodeOutput, ObjectInfo,
+    PreviewMetadata, PromptErrorResponse, PromptRequest, PromptResponse, QueueDelete, QueueState,
+    QueueStatus, RecordedHttp, RecordedWs, StatusData, SystemStats, UploadReply, WsMessage,
+};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -27,12 +33,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use dreamd::comfyui::protocol::{
-    recordings_dir, BinaryFrame, ExecInfo, Executing, Graph, HistoryEntry, HistoryStatus,
-    ImageFormat, ImageRef, InterruptRequest, JobCancelReply, NodeInfo, NodeOutput, ObjectInfo,
-    PreviewMetadata, PromptErrorResponse, PromptRequest, PromptResponse, QueueDelete, QueueState,
-    QueueStatus, RecordedHttp, RecordedWs, StatusData, SystemStats, UploadReply, WsMessage,
-};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -115,43 +115,120 @@ struct Job {
     foreign: bool,
 }
 
+/// Why the replaying server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot read the ComfyUI recordings {path}: {error} (set DREAMD_SHARED to the shared folder)")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path} line {line}: {error}")]
+    Parse {
+        path: std::path::PathBuf,
+        line: usize,
+        error: serde_json::Error,
+    },
+    #[error("the recordings lack {what}")]
+    Missing { what: String },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// The recordings, and the replies the handlers send read from them once, at start.
 struct Recordings {
     ws: Vec<RecordedWs>,
     http: Vec<RecordedHttp>,
+    system_stats: SystemStats,
+    /// `LoadImage` and `SaveImage` as the server described them.
+    object_info: ObjectInfo,
+    validation_error: PromptErrorResponse,
 }
 
-impl Recordings {
-    fn load() -> Recordings {
-        let dir = recordings_dir();
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .unwrap_or_else(|e| panic!("{}: {e} (set DREAMD_SHARED)", dir.join(name).display()))
-        };
-        Recordings {
-            ws: read("ws.jsonl")
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).expect("ws.jsonl line"))
-                .collect(),
-            http: read("http.jsonl")
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).expect("http.jsonl line"))
-                .collect(),
-        }
-    }
+/// The WebSocket steps the scenarios replay.
+const STEPS: [&str; 7] = [
+    "run1",
+    "run2_cached",
+    "runtime_error",
+    "interrupt",
+    "reconnect",
+    "ws_image_legacy",
+    "ws_image_metadata",
+];
 
-    fn http(&self, step: &str, path: &str, status: u16) -> Value {
-        self.http
-            .iter()
-            .find(|r| r.step == step && r.path.as_deref() == Some(path) && r.status == Some(status))
-            .and_then(|r| r.json.clone())
-            .unwrap_or_else(|| panic!("no recorded {path} {status} in step {step}"))
+impl Recordings {
+    fn load() -> Result<Recordings, ReplayError> {
+        let dir = recordings_dir();
+        let ws: Vec<RecordedWs> = read_lines(&dir.join("ws.jsonl"))?;
+        let http: Vec<RecordedHttp> = read_lines(&dir.join("http.jsonl"))?;
+        let mut object_info = ObjectInfo::new();
+        for class in ["LoadImage", "SaveImage"] {
+            let recorded: ObjectInfo =
+                recorded_reply(&http, "probe", &format!("/object_info/{class}"), 200)?;
+            object_info.extend(recorded);
+        }
+        let recordings = Recordings {
+            system_stats: recorded_reply(&http, "probe", "/system_stats", 200)?,
+            object_info,
+            validation_error: recorded_reply(&http, "validation_error", "/prompt", 400)?,
+            ws,
+            http,
+        };
+        for step in STEPS {
+            if recordings.step(step).is_empty() {
+                return Err(ReplayError::Missing {
+                    what: format!("WebSocket messages of step {step}"),
+                });
+            }
+        }
+        Ok(recordings)
     }
 
     fn step(&self, step: &str) -> Vec<RecordedWs> {
         self.ws.iter().filter(|r| r.step == step).cloned().collect()
     }
+}
+
+/// The recorded JSON reply to `path` with `status` in `step`, as `T`.
+fn recorded_reply<T: serde::de::DeserializeOwned>(
+    http: &[RecordedHttp],
+    step: &str,
+    path: &str,
+    status: u16,
+) -> Result<T, ReplayError> {
+    let missing = |why: String| ReplayError::Missing {
+        what: format!("a {path} reply ({status}) in step {step}{why}"),
+    };
+    let json = http
+        .iter()
+        .find(|r| r.step == step && r.path.as_deref() == Some(path) && r.status == Some(status))
+        .and_then(|r| r.json.clone())
+        .ok_or_else(|| missing(String::new()))?;
+    serde_json::from_value(json).map_err(|e| missing(format!(" that reads: {e}")))
+}
+
+/// The non-empty lines of a JSON-lines file, each parsed as `T`.
+fn read_lines<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<Vec<T>, ReplayError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ReplayError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|error| ReplayError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                error,
+            })
+        })
+        .collect()
 }
 
 /// Live state, shared by the handlers and the worker.
@@ -188,10 +265,10 @@ pub struct Replay {
 
 impl Replay {
     /// Starts on a free loopback port.
-    pub async fn start(options: Options) -> Replay {
+    pub async fn start(options: Options) -> Result<Replay, ReplayError> {
         let shared = Arc::new(Shared {
             options: Mutex::new(options),
-            recordings: Recordings::load(),
+            recordings: Recordings::load()?,
             log: Mutex::new(Vec::new()),
             history: Mutex::new(HashMap::new()),
             queue: Mutex::new(Vec::new()),
@@ -208,15 +285,18 @@ impl Replay {
             finished: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
         });
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await;
-        let addr = listener.local_addr().unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = bind(any).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|error| ReplayError::Bind { addr: any, error })?;
         let replay = Replay {
             addr,
             url: format!("http://{addr}"),
             shared,
         };
         replay.serve(listener);
-        replay
+        Ok(replay)
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
@@ -269,12 +349,13 @@ impl Replay {
     }
 
     /// Starts again on the same port, forgetting the queue and the history.
-    pub async fn restart(&self) {
+    pub async fn restart(&self) -> Result<(), ReplayError> {
         *self.shared.life.lock() = CancellationToken::new();
         self.shared.queue.lock().clear();
         self.shared.history.lock().clear();
-        let listener = bind(self.addr).await;
+        let listener = bind(self.addr).await?;
         self.serve(listener);
+        Ok(())
     }
 
     pub fn set_scenario(&self, scenario: Scenario) {
@@ -326,29 +407,39 @@ impl Replay {
     }
 }
 
-async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+/// Listens on `addr` (reusing a port just closed by [`Replay::kill`]), retrying for 2.5 s.
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ReplayError> {
+    let bind_error = |error| ReplayError::Bind { addr, error };
+    let mut last = None;
     for _ in 0..50 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        if socket.bind(addr).is_ok() {
-            return socket.listen(128).unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().map_err(bind_error)?;
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(128).map_err(bind_error),
+            Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("cannot bind {addr}");
+    Err(bind_error(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use")
+    })))
 }
 
 /// A server that accepts connections and never answers (not even the WebSocket handshake).
-pub async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+pub async fn silent_server() -> Result<(String, tokio::task::JoinHandle<()>), ReplayError> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let bind_error = |error| ReplayError::Bind { addr: any, error };
+    let listener = tokio::net::TcpListener::bind(any)
+        .await
+        .map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
             held.push(stream);
         }
     });
-    (format!("http://{addr}"), task)
+    Ok((format!("http://{addr}"), task))
 }
 
 fn routes() -> Router<Arc<Shared>> {
@@ -414,29 +505,19 @@ fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        serde_json::to_string(body).unwrap(),
+        serde_json::to_string(body).unwrap_or_default(),
     )
         .into_response()
 }
 
 async fn system_stats(State(shared): State<Arc<Shared>>) -> Response {
-    let stats: SystemStats =
-        serde_json::from_value(shared.recordings.http("probe", "/system_stats", 200)).unwrap();
-    json_reply(StatusCode::OK, &stats)
+    json_reply(StatusCode::OK, &shared.recordings.system_stats)
 }
 
 fn object_info_map(shared: &Shared) -> ObjectInfo {
-    let mut info = ObjectInfo::new();
-    for class in ["LoadImage", "SaveImage"] {
-        let recorded: ObjectInfo = serde_json::from_value(shared.recordings.http(
-            "probe",
-            &format!("/object_info/{class}"),
-            200,
-        ))
-        .unwrap();
-        info.extend(recorded);
-    }
-    let node = |v: Value| -> NodeInfo { serde_json::from_value(v).unwrap() };
+    let mut info = shared.recordings.object_info.clone();
+    // Descriptions written here, in ComfyUI's shape; one that does not parse is left out.
+    let node = |v: Value| -> NodeInfo { serde_json::from_value(v).unwrap_or_default() };
     let checkpoints = shared.options.lock().checkpoints.clone();
     info.insert(
         "CheckpointLoaderSimple".into(),
@@ -546,24 +627,18 @@ async fn prompt(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let request: PromptRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(_) => {
-            let e: PromptErrorResponse =
-                serde_json::from_value(shared.recordings.http("validation_error", "/prompt", 400))
-                    .unwrap();
-            return json_reply(StatusCode::BAD_REQUEST, &e);
+            return json_reply(StatusCode::BAD_REQUEST, &shared.recordings.validation_error);
         }
     };
     if scenario == Scenario::Validation {
-        let e: PromptErrorResponse =
-            serde_json::from_value(shared.recordings.http("validation_error", "/prompt", 400))
-                .unwrap();
-        return json_reply(StatusCode::BAD_REQUEST, &e);
+        return json_reply(StatusCode::BAD_REQUEST, &shared.recordings.validation_error);
     }
     let info = object_info_map(&shared);
     for (id, node) in &request.prompt {
         let class = node["class_type"].as_str().unwrap_or_default();
         if !info.contains_key(class) {
             let e = PromptErrorResponse {
-                error: dreamd::comfyui::protocol::ErrorInfo {
+                error: super::protocol::ErrorInfo {
                     kind: "invalid_prompt".into(),
                     message: format!("Cannot execute because node {class} does not exist."),
                     details: format!("Node ID '#{id}'"),
@@ -783,7 +858,7 @@ async fn ws(
         .header(header::UPGRADE, "websocket")
         .header("sec-websocket-accept", accept)
         .body(Body::empty())
-        .unwrap()
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 async fn serve_socket<S>(
@@ -967,13 +1042,22 @@ fn make_picture(shared: &Shared, job: &RunJob) -> Vec<u8> {
                 upload = shared.uploads.lock().get(name).cloned();
             }
             Some("EmptyLatentImage") => {
-                w = node["inputs"]["width"].as_u64().unwrap_or(512) as u32;
-                h = node["inputs"]["height"].as_u64().unwrap_or(256) as u32;
+                // Bounded: the size comes from the request.
+                w = node["inputs"]["width"]
+                    .as_u64()
+                    .unwrap_or(512)
+                    .clamp(1, 4096) as u32;
+                h = node["inputs"]["height"]
+                    .as_u64()
+                    .unwrap_or(256)
+                    .clamp(1, 4096) as u32;
             }
             _ => {}
         }
     }
-    let picture = match upload.and_then(|b| image::load_from_memory(&b).ok()) {
+    let picture = match upload.and_then(|b| {
+        crate::keyframes::images::decode_bounded_bytes(&b, "the uploaded picture").ok()
+    }) {
         Some(img) => {
             let mut rgb = img.to_rgb8();
             image::imageops::invert(&mut rgb);
@@ -982,14 +1066,16 @@ fn make_picture(shared: &Shared, job: &RunJob) -> Vec<u8> {
         None => image::RgbImage::from_pixel(w, h, image::Rgb([54, 225, 195])),
     };
     let mut out = std::io::Cursor::new(Vec::new());
-    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    match picture.write_to(&mut out, image::ImageFormat::Png) {
+        Ok(()) => out.into_inner(),
+        Err(_) => Vec::new(),
+    }
 }
 
+/// How a replayed run ended: saved, or ended by an error or an interrupt.
 enum Outcome {
     Success,
-    Error(Value),
-    Interrupted(Value),
+    Failed,
 }
 
 /// Rewrites a recorded message for the live job: prompt ids, output node, file name.
@@ -1004,7 +1090,10 @@ fn rewrite(
     for rid in recorded_ids {
         text = text.replace(rid, &job.id);
     }
-    let mut parsed = WsMessage::parse(&text).expect("recorded message parses");
+    let mut parsed = WsMessage::parse(&text).unwrap_or(WsMessage::Unknown {
+        kind: String::new(),
+        data: Value::Null,
+    });
     let (out_node, _) = job.output_node();
     let fix = |n: &mut Option<String>| {
         if n.as_deref() == Some(rec_out) {
@@ -1151,11 +1240,11 @@ async fn run(shared: &Arc<Shared>, job: &RunJob) {
             WsMessage::ExecutionCached(_) => messages.push(("execution_cached".into(), m.data())),
             WsMessage::ExecutionError(_) => {
                 messages.push(("execution_error".into(), m.data()));
-                outcome = Outcome::Error(m.data());
+                outcome = Outcome::Failed;
             }
             WsMessage::ExecutionInterrupted(_) => {
                 messages.push(("execution_interrupted".into(), m.data()));
-                outcome = Outcome::Interrupted(m.data());
+                outcome = Outcome::Failed;
             }
             WsMessage::ExecutionSuccess(_) => messages.push(("execution_success".into(), m.data())),
             _ => {}
@@ -1244,7 +1333,7 @@ fn write_history(
             }
             ("success", true)
         }
-        Outcome::Error(_) | Outcome::Interrupted(_) => ("error", false),
+        Outcome::Failed => ("error", false),
     };
     let entry = HistoryEntry {
         prompt: json!([job.number, job.id, job.graph, {"client_id": job.client_id}, [out_node]]),
