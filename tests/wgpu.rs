@@ -19,8 +19,9 @@ fn the_daemon_decodes_on_wgpu() {
         return;
     }
     // Small frames: a software adapter decodes 32×64 pictures (divisor 2 of 64×128) quickly.
+    // The test config's [generation] table is open: these keys continue it.
     let mut daemon = Daemon::start(&format!(
-        "[generation]\ndevice = \"wgpu\"\ndecoder = \"taesd\"\nmodels_dir = {:?}\n\
+        "device = \"wgpu\"\ndecoder = \"taesd\"\nmodels_dir = {:?}\n\
          width = 128\nheight = 64\ndecode_divisor = 2\n",
         models.display().to_string()
     ));

@@ -179,7 +179,7 @@ pub struct TaesdEncoderModel {
 enum EncoderImpl {
     Candle(candle::CandleEncoder),
     Cpu(cpu::TaesdCpuEncoder),
-    Wgpu(super::wgpu::encoder::TaesdWgpuEncoder),
+    Wgpu(Box<super::wgpu::encoder::TaesdWgpuEncoder>),
 }
 
 impl TaesdEncoderModel {
@@ -194,9 +194,9 @@ impl TaesdEncoderModel {
             Backend::Candle(device) => {
                 EncoderImpl::Candle(candle::CandleEncoder::load(path, &weights, device)?)
             }
-            Backend::Wgpu(context) => EncoderImpl::Wgpu(
+            Backend::Wgpu(context) => EncoderImpl::Wgpu(Box::new(
                 super::wgpu::encoder::TaesdWgpuEncoder::new(&weights, context)?,
-            ),
+            )),
         };
         Ok(Self { inner })
     }
