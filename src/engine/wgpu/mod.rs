@@ -158,6 +158,9 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(desc.with_env())
 }
 
+/// Names the adapter to use: only adapters whose name contains it (any case) are considered.
+pub const ADAPTER_NAME_ENV: &str = "WGPU_ADAPTER_NAME";
+
 /// Every adapter the instance finds, best first (see [`rank`]).
 fn adapters(instance: &wgpu::Instance) -> Result<Vec<wgpu::Adapter>, WgpuError> {
     let mut found = block_on(
@@ -167,6 +170,19 @@ fn adapters(instance: &wgpu::Instance) -> Result<Vec<wgpu::Adapter>, WgpuError> 
     )?;
     found.sort_by_key(|a| rank(a.get_info().device_type));
     Ok(found)
+}
+
+/// `$WGPU_ADAPTER_NAME` in lower case, when set and not empty.
+fn wanted_name() -> Option<String> {
+    std::env::var(ADAPTER_NAME_ENV)
+        .ok()
+        .map(|n| n.trim().to_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// Whether `adapter` passes `$WGPU_ADAPTER_NAME` (every adapter does when it is unset).
+fn name_matches(adapter: &wgpu::Adapter, wanted: Option<&str>) -> bool {
+    wanted.is_none_or(|w| adapter.get_info().name.to_lowercase().contains(w))
 }
 
 /// The adapters found, for error messages: `none` or `name (backend, type), …`.
@@ -188,8 +204,10 @@ fn found_list(adapters: &[wgpu::Adapter]) -> String {
 pub fn real_adapter() -> Option<AdapterSummary> {
     let instance = instance();
     let found = adapters(&instance).ok()?;
+    let wanted = wanted_name();
     found
         .iter()
+        .filter(|a| name_matches(a, wanted.as_deref()))
         .map(|a| AdapterSummary::of(&a.get_info()))
         .find(|s| !s.is_software())
 }
@@ -223,20 +241,26 @@ impl GpuContext {
     pub fn open(policy: AdapterPolicy) -> Result<GpuContext, WgpuError> {
         let instance = instance();
         let found = adapters(&instance)?;
+        let name = wanted_name();
         let chosen = found.iter().find(|a| {
-            policy == AdapterPolicy::AllowSoftware
-                || a.get_info().device_type != wgpu::DeviceType::Cpu
+            name_matches(a, name.as_deref())
+                && (policy == AdapterPolicy::AllowSoftware
+                    || a.get_info().device_type != wgpu::DeviceType::Cpu)
         });
         let Some(adapter) = chosen else {
-            let wanted = match policy {
+            let mut wanted = match policy {
                 AdapterPolicy::RealOnly => {
-                    "a GPU adapter (software adapters are not used by \
-                                            generation.device = \"auto\"; \"wgpu\" accepts them)"
+                    "a GPU adapter (software adapters are not used by generation.device = \"auto\"; \
+                     \"wgpu\" accepts them)"
                 }
                 AdapterPolicy::AllowSoftware => "any adapter",
-            };
+            }
+            .to_string();
+            if let Some(name) = &name {
+                wanted += &format!(" whose name contains {name:?} (${ADAPTER_NAME_ENV})");
+            }
             return Err(WgpuError::NoAdapter {
-                wanted: wanted.to_string(),
+                wanted,
                 found: found_list(&found),
             });
         };

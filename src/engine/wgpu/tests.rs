@@ -465,3 +465,16 @@ fn the_adapter_is_described() {
         assert!(!real.is_software(), "{real}");
     }
 }
+
+#[test]
+fn no_adapter_is_an_error_naming_what_was_found() {
+    let Some(context) = context() else { return };
+    // The name filter is read from the environment; the other tests use the shared context,
+    // already open, so setting it here for a moment does not change them.
+    std::env::set_var(super::ADAPTER_NAME_ENV, "no such adapter 17");
+    let err = GpuContext::open(AdapterPolicy::AllowSoftware).unwrap_err();
+    std::env::remove_var(super::ADAPTER_NAME_ENV);
+    let text = err.to_string();
+    assert!(text.contains("no such adapter 17"), "{text}");
+    assert!(text.contains(&context.adapter().name), "{text}");
+}
