@@ -15,6 +15,10 @@
 // CI_CHUNK: the chunk's input tile with its 1-pixel border, (TILE_H+2) × (TILE_W+2), and its
 // weights, CI_CHUNK × 9 × OC_BLOCK, are staged in workgroup memory (3.4 + 9.2 KiB).
 //
+// Storage: activations are f32, or f16 where the adapter has SHADER_F16 (the host compiles
+// variants with `enable f16;` and these aliases changed: in_t, res_t, out_t are the element types
+// of `input`, `residual` and `output`). Arithmetic and workgroup memory are f32 either way.
+//
 // Weights are laid out by the host as [c_out/32][c_in_pad][9][32] (c_in padded to a multiple
 // of CI_CHUNK, c_out to a multiple of 32, with zeros), so a chunk is one contiguous run; bias is
 // padded to a multiple of 32 likewise (zeros where a layer has none).
@@ -26,6 +30,10 @@ const CI_CHUNK: u32 = 8u;
 const IN_W: u32 = 18u; // TILE_W + 2
 const IN_H: u32 = 6u; // TILE_H + 2
 const IN_TILE: u32 = 108u; // IN_W * IN_H
+
+alias in_t = f32;
+alias res_t = f32;
+alias out_t = f32;
 
 const FLAG_RELU: u32 = 1u;
 const FLAG_RESIDUAL: u32 = 2u;
@@ -44,11 +52,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(1) var<storage, read> input: array<in_t>;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<res_t>;
+@group(0) @binding(5) var<storage, read_write> output: array<out_t>;
 
 var<workgroup> in_tile: array<f32, 864>; // CI_CHUNK * IN_TILE
 var<workgroup> w_tile: array<vec4<f32>, 576>; // CI_CHUNK * 9 * OC_BLOCK / 4
@@ -97,7 +105,7 @@ fn main(
                     sy = sy / 2u;
                     sx = sx / 2u;
                 }
-                v = input[in_image + ci * in_plane + sy * params.in_w + sx];
+                v = f32(input[in_image + ci * in_plane + sy * params.in_w + sx]);
                 if (clamp_input) {
                     v = tanh(v / 3.0) * 3.0;
                 }
@@ -151,12 +159,12 @@ fn main(
                 }
                 var r = acc[p * 2u + h][k] + b;
                 if ((params.flags & FLAG_RESIDUAL) != 0u) {
-                    r += residual[base + x];
+                    r += f32(residual[base + x]);
                 }
                 if ((params.flags & FLAG_RELU) != 0u) {
                     r = max(r, 0.0);
                 }
-                output[base + x] = r;
+                output[base + x] = out_t(r);
             }
         }
     }

@@ -4,7 +4,8 @@
 // Same tiling as conv3x3.wgsl — 64 threads make 4 × 16 output pixels for 32 output channels,
 // each thread 4 pixels × 8 channels in registers — but the staged input tile is twice as large
 // per side, (2·TILE_H+1) × (2·TILE_W+1), so input channels go in chunks of 4 to keep workgroup
-// memory at 4.6 + 4.5 KiB. Weights and bias use conv3x3.wgsl's layout ([c_out/32][c_in_pad][9][32],
+// memory at 4.6 + 4.5 KiB. Storage types as in conv3x3.wgsl (in_t, out_t; f16 variants are made
+// by the host). Weights and bias use conv3x3.wgsl's layout ([c_out/32][c_in_pad][9][32],
 // c_in_pad a multiple of 8, so of 4 as well); binding 4 (the residual) is absent.
 
 const TILE_W: u32 = 16u;
@@ -14,6 +15,9 @@ const CI_CHUNK: u32 = 4u;
 const IN_W: u32 = 33u; // 2 * TILE_W + 1
 const IN_H: u32 = 9u; // 2 * TILE_H + 1
 const IN_TILE: u32 = 297u; // IN_W * IN_H
+
+alias in_t = f32;
+alias out_t = f32;
 
 struct Params {
     c_in: u32,
@@ -27,10 +31,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(1) var<storage, read> input: array<in_t>;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+@group(0) @binding(5) var<storage, read_write> output: array<out_t>;
 
 var<workgroup> in_tile: array<f32, 1188>; // CI_CHUNK * IN_TILE
 var<workgroup> w_tile: array<vec4<f32>, 288>; // CI_CHUNK * 9 * OC_BLOCK / 4
@@ -68,7 +72,7 @@ fn main(
             let xx = 2 * i32(x0) + i32(r % IN_W) - 1;
             var v = 0.0;
             if (ci < params.c_in && yy >= 0 && xx >= 0 && u32(yy) < params.in_h && u32(xx) < params.in_w) {
-                v = input[in_image + ci * in_plane + u32(yy) * params.in_w + u32(xx)];
+                v = f32(input[in_image + ci * in_plane + u32(yy) * params.in_w + u32(xx)]);
             }
             in_tile[i] = v;
         }
@@ -115,7 +119,7 @@ fn main(
                 if (x >= params.out_w) {
                     continue;
                 }
-                output[base + x] = acc[p * 2u + h][k] + b;
+                output[base + x] = out_t(acc[p * 2u + h][k] + b);
             }
         }
     }

@@ -211,9 +211,17 @@ impl DecodeReport {
             kind: kind.to_string(),
             decoder: engine.decoder_name().to_string(),
             device: engine.device().to_string(),
-            // generation.precision is the CPU networks' arithmetic; wgpu computes direct f32.
-            precision: match engine.device() {
-                crate::engine::Device::Wgpu => "f32".to_string(),
+            // On wgpu, `fast` stores activations as f16 where the adapter can (f32 arithmetic).
+            precision: match (engine.device(), engine.adapter()) {
+                (crate::engine::Device::Wgpu, Some(adapter)) => format!(
+                    "{}: {} storage",
+                    engine.precision(),
+                    if adapter.f16 && engine.precision() == crate::config::Precision::Fast {
+                        "f16"
+                    } else {
+                        "f32"
+                    }
+                ),
                 _ => engine.precision().to_string(),
             },
             batch,

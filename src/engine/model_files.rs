@@ -93,12 +93,15 @@ pub fn verify(model: &FoundFile) -> Result<String, EngineError> {
                         .decode_raw(&batch)?
                 }
                 // Not for Device::Cpu; verified through the wgpu networks all the same.
-                Backend::Wgpu(context) => crate::engine::wgpu::decoder::TaesdWgpuDecoder::new(
-                    model.family.name(),
-                    &weights,
-                    context,
-                )?
-                .decode_raw(&batch)?,
+                Backend::Wgpu(context, precision) => {
+                    let decoder = crate::engine::wgpu::decoder::TaesdWgpuDecoder::new(
+                        model.family.name(),
+                        &weights,
+                        context,
+                        precision,
+                    )?;
+                    decoder.decode_raw(&batch)?
+                }
             };
             let mean = out.iter().sum::<f32>() / out.len() as f32;
             if out.len() != 3 * 64 * 64

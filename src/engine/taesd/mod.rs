@@ -103,8 +103,9 @@ pub enum Backend {
     Cpu(Precision),
     /// candle's modules on this device (CUDA).
     Candle(candle_core::Device),
-    /// The WGSL networks on this wgpu device.
-    Wgpu(std::sync::Arc<super::wgpu::GpuContext>),
+    /// The WGSL networks on this wgpu device, in this precision (`fast`: f16 activations where
+    /// the device has them).
+    Wgpu(std::sync::Arc<super::wgpu::GpuContext>, Precision),
 }
 
 impl Backend {
@@ -115,9 +116,10 @@ impl Backend {
         match device {
             Device::Cpu => Ok(Backend::Cpu(precision)),
             Device::Cuda(_) => Ok(Backend::Candle(candle::candle_device(device)?)),
-            Device::Wgpu => Ok(Backend::Wgpu(super::wgpu::GpuContext::shared(
-                super::wgpu::AdapterPolicy::AllowSoftware,
-            )?)),
+            Device::Wgpu => Ok(Backend::Wgpu(
+                super::wgpu::GpuContext::shared(super::wgpu::AdapterPolicy::AllowSoftware)?,
+                precision,
+            )),
         }
     }
 
@@ -162,10 +164,11 @@ pub fn load_decoder(
         Backend::Candle(device) => {
             Box::new(candle::TaesdDecoderModel::on(path, family.name(), device)?)
         }
-        Backend::Wgpu(context) => Box::new(super::wgpu::decoder::TaesdWgpuDecoder::new(
+        Backend::Wgpu(context, precision) => Box::new(super::wgpu::decoder::TaesdWgpuDecoder::new(
             family.name(),
             &weights,
             context,
+            precision,
         )?),
     })
 }
@@ -194,8 +197,8 @@ impl TaesdEncoderModel {
             Backend::Candle(device) => {
                 EncoderImpl::Candle(candle::CandleEncoder::load(path, &weights, device)?)
             }
-            Backend::Wgpu(context) => EncoderImpl::Wgpu(Box::new(
-                super::wgpu::encoder::TaesdWgpuEncoder::new(&weights, context)?,
+            Backend::Wgpu(context, precision) => EncoderImpl::Wgpu(Box::new(
+                super::wgpu::encoder::TaesdWgpuEncoder::new(&weights, context, precision)?,
             )),
         };
         Ok(Self { inner })

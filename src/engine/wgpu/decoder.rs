@@ -11,15 +11,24 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
-use super::kernels::ConvWeights;
+use super::kernels::{ConvWeights, Storage};
 use super::network::{Layer, Network, Readout};
 use super::{AdapterSummary, GpuContext};
+use crate::config::Precision;
 use crate::engine::taesd::weights::{Part, WeightFile};
 use crate::engine::{Decoder, EngineError};
 use crate::latent::LatentBatch;
 
 /// Width of every hidden layer.
 const HIDDEN: usize = 64;
+
+/// Activation storage for `precision`: `fast` stores f16 where the device has it, `exact` f32.
+pub(super) fn storage(precision: Precision) -> Storage {
+    match precision {
+        Precision::Fast => Storage::F16,
+        Precision::Exact => Storage::F32,
+    }
+}
 
 /// One 3×3 convolution `prefix.weight` (`[c_out, c_in, 3, 3]`, and `prefix.bias` when `bias`)
 /// uploaded to the GPU.
@@ -97,6 +106,7 @@ impl TaesdWgpuDecoder {
         name: &str,
         weights: &WeightFile,
         context: Arc<GpuContext>,
+        precision: Precision,
     ) -> Result<Self, EngineError> {
         let latent_channels = weights.taesd_latent_channels(Part::Decoder)?;
         let mut layers = vec![Layer::Conv {
@@ -131,7 +141,13 @@ impl TaesdWgpuDecoder {
             relu: false,
             clamp: false,
         });
-        let network = Network::new(context, &format!("{name} decode"), latent_channels, layers)?;
+        let network = Network::new(
+            context,
+            &format!("{name} decode"),
+            latent_channels,
+            layers,
+            storage(precision),
+        )?;
         Ok(Self {
             name: name.to_string(),
             latent_channels,
@@ -142,6 +158,11 @@ impl TaesdWgpuDecoder {
     /// The adapter it runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         self.network.context().adapter()
+    }
+
+    /// How its activations are stored.
+    pub fn storage(&self) -> Storage {
+        self.network.storage()
     }
 
     /// The raw output `[N, 3, 8h, 8w]` in C-order (≈[0, 1], unclamped).

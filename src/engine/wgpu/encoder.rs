@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
-use super::decoder::{block, conv};
+use super::decoder::{block, conv, storage};
 use super::kernels::ConvMode;
 use super::network::{Layer, Network};
 use super::{AdapterSummary, GpuContext};
+use crate::config::Precision;
 use crate::engine::taesd::weights::{Part, WeightFile};
 use crate::engine::EngineError;
 use crate::latent::{Latent, LatentShape};
@@ -27,7 +28,11 @@ pub struct TaesdWgpuEncoder {
 
 impl TaesdWgpuEncoder {
     /// Uploads the encoder's weights (index layout) to `context`'s device.
-    pub fn new(weights: &WeightFile, context: Arc<GpuContext>) -> Result<Self, EngineError> {
+    pub fn new(
+        weights: &WeightFile,
+        context: Arc<GpuContext>,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
         let latent_channels = weights.taesd_latent_channels(Part::Encoder)?;
         let mut layers = vec![
             Layer::Conv {
@@ -67,7 +72,7 @@ impl TaesdWgpuEncoder {
             relu: false,
             clamp: false,
         });
-        let network = Network::new(context, "encode", 3, layers)?;
+        let network = Network::new(context, "encode", 3, layers, storage(precision))?;
         Ok(Self {
             latent_channels,
             network,

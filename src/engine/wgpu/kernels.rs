@@ -9,7 +9,13 @@
 //!   `u32` per pixel.
 //!
 //! The shaders are compiled into the binary (`include_str!`) and built into pipelines once per
-//! device.
+//! device. Activations may be stored as f16 where the device has `SHADER_F16` ([`Storage`]): the
+//! convolution shaders name their buffers' element types through aliases (`in_t`, `res_t`,
+//! `out_t`), and each combination a network needs is compiled from the same source with
+//! `enable f16;` and those aliases changed ([`Kernels::conv_pipeline`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
@@ -69,35 +75,125 @@ impl ConvMode {
     }
 }
 
-/// The compiled pipelines.
-#[derive(Debug)]
-pub struct Kernels {
-    pub(crate) conv: wgpu::ComputePipeline,
-    pub(crate) down: wgpu::ComputePipeline,
-    pub(crate) rgb8: wgpu::ComputePipeline,
+/// Element type of an activation buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Storage {
+    F32,
+    /// Half precision (arithmetic stays f32): half the memory and bandwidth.
+    F16,
 }
 
-impl Kernels {
-    /// Compiles the three shaders on `context`'s device; a shader the device refuses is a
-    /// [`WgpuError::Shader`] naming it.
-    pub fn new(context: &GpuContext) -> Result<Kernels, WgpuError> {
-        Ok(Kernels {
-            conv: pipeline(context, "conv3x3.wgsl", CONV3X3_WGSL)?,
-            down: pipeline(context, "conv3x3_down.wgsl", CONV3X3_DOWN_WGSL)?,
-            rgb8: pipeline(context, "to_rgb8.wgsl", TO_RGB8_WGSL)?,
-        })
+impl Storage {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
     }
 
-    /// The pipeline for a convolution in `mode`.
-    pub(crate) fn conv_pipeline(&self, mode: ConvMode) -> &wgpu::ComputePipeline {
-        match mode {
-            ConvMode::Same | ConvMode::Upsample => &self.conv,
-            ConvMode::Down => &self.down,
+    fn wgsl(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
         }
     }
 }
 
-fn pipeline(
+/// Storage types of a convolution's input, residual and output buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Types {
+    pub input: Storage,
+    pub residual: Storage,
+    pub output: Storage,
+}
+
+impl Types {
+    /// All f32.
+    pub const F32: Types = Types {
+        input: Storage::F32,
+        residual: Storage::F32,
+        output: Storage::F32,
+    };
+}
+
+/// The compiled pipelines: the output scaling, and the convolutions by mode and storage types
+/// (compiled when first asked for).
+#[derive(Debug)]
+pub struct Kernels {
+    convs: Mutex<HashMap<(bool, Types), wgpu::ComputePipeline>>,
+    pub(crate) rgb8: wgpu::ComputePipeline,
+}
+
+impl Kernels {
+    /// Compiles the shaders (the f32 convolutions at once, so a shader the device refuses is
+    /// found here) on `context`'s device; a refused shader is a [`WgpuError::Shader`] naming it.
+    pub fn new(context: &GpuContext) -> Result<Kernels, WgpuError> {
+        let kernels = Kernels {
+            convs: Mutex::new(HashMap::new()),
+            rgb8: compile(context, "to_rgb8.wgsl", TO_RGB8_WGSL)?,
+        };
+        kernels.conv_pipeline(context, ConvMode::Same, Types::F32)?;
+        kernels.conv_pipeline(context, ConvMode::Down, Types::F32)?;
+        Ok(kernels)
+    }
+
+    /// The pipeline for a convolution in `mode` over buffers of `types`.
+    pub(crate) fn conv_pipeline(
+        &self,
+        context: &GpuContext,
+        mode: ConvMode,
+        types: Types,
+    ) -> Result<wgpu::ComputePipeline, WgpuError> {
+        let down = mode == ConvMode::Down;
+        // The stride-2 shader has no residual binding.
+        let types = if down {
+            Types {
+                residual: Storage::F32,
+                ..types
+            }
+        } else {
+            types
+        };
+        let mut convs = self.convs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pipeline) = convs.get(&(down, types)) {
+            return Ok(pipeline.clone());
+        }
+        let (name, source) = if down {
+            ("conv3x3_down.wgsl", CONV3X3_DOWN_WGSL)
+        } else {
+            ("conv3x3.wgsl", CONV3X3_WGSL)
+        };
+        let pipeline = compile(context, name, &variant(source, types))?;
+        convs.insert((down, types), pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+/// `source` with its storage aliases set to `types` (and `enable f16;` when one is f16).
+fn variant(source: &str, types: Types) -> String {
+    if types == Types::F32 {
+        return source.to_string();
+    }
+    let mut text = String::from("enable f16;\n");
+    text += &source
+        .replace(
+            "alias in_t = f32;",
+            &format!("alias in_t = {};", types.input.wgsl()),
+        )
+        .replace(
+            "alias res_t = f32;",
+            &format!("alias res_t = {};", types.residual.wgsl()),
+        )
+        .replace(
+            "alias out_t = f32;",
+            &format!("alias out_t = {};", types.output.wgsl()),
+        );
+    text
+}
+
+/// Compiles `source` (named `shader` in errors) into a compute pipeline.
+fn compile(
     context: &GpuContext,
     shader: &'static str,
     source: &str,

@@ -94,6 +94,8 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// Driver name and version, as the driver reports them.
     pub driver: String,
+    /// Whether the device stores activations as f16 when asked (`SHADER_F16`).
+    pub f16: bool,
 }
 
 impl AdapterSummary {
@@ -108,6 +110,7 @@ impl AdapterSummary {
             backend: info.backend.to_str().to_string(),
             device_type: device_type_name(info.device_type).to_string(),
             driver,
+            f16: false,
         }
     }
 
@@ -264,7 +267,8 @@ impl GpuContext {
                 found: found_list(&found),
             });
         };
-        let summary = AdapterSummary::of(&adapter.get_info());
+        let mut summary = AdapterSummary::of(&adapter.get_info());
+        summary.f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
         if summary.is_software() {
             tracing::warn!(
                 adapter = %summary,
@@ -274,8 +278,10 @@ impl GpuContext {
         }
         let limits = adapter.limits();
         check_limits(&summary, &limits)?;
+        // f16 activations where the adapter has them (generation.precision = "fast").
         let desc = wgpu::DeviceDescriptor {
             label: Some("dreamd"),
+            required_features: adapter.features() & wgpu::Features::SHADER_F16,
             required_limits: limits.clone(),
             ..Default::default()
         };
@@ -318,6 +324,11 @@ impl GpuContext {
     /// What the device runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
+    }
+
+    /// Whether the device can store activations as f16 (`SHADER_F16`).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
     }
 
     /// The device's limits (the adapter's own).

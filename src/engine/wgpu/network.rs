@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::kernels::{
     buffer, bytes_f32, f32_bytes, flags, u32_bytes, ConvMode, ConvParams, ConvWeights, Kernels,
-    RGB8_GROUP, RGB8_GROUPS_X, TILE_H, TILE_W,
+    Storage, Types, RGB8_GROUP, RGB8_GROUPS_X, TILE_H, TILE_W,
 };
 use super::{GpuContext, WgpuError};
 
@@ -58,7 +58,7 @@ enum Slot {
 
 /// One convolution dispatch of the plan.
 struct Step {
-    mode: ConvMode,
+    pipeline: wgpu::ComputePipeline,
     params: ConvParams,
     oc_blocks: u32,
     bind_group: wgpu::BindGroup,
@@ -92,6 +92,8 @@ pub struct Network {
     name: String,
     layers: Vec<Layer>,
     in_channels: usize,
+    /// How hidden activations are stored (the input and the last layer's output are f32).
+    storage: Storage,
     /// Largest activation (bytes) one binding may hold: the device's limit, smaller in tests.
     binding_limit: u64,
     scratch: Mutex<Option<Scratch>>,
@@ -109,8 +111,8 @@ impl std::fmt::Debug for Network {
 
 /// Per-picture shapes `(channels, height, width)` through the network.
 struct Shapes {
-    /// Largest activation (input included), in elements.
-    max_elems: usize,
+    /// Largest activation (input included), in bytes.
+    max_bytes: usize,
     /// The last layer's output.
     out: (usize, usize, usize),
     /// Largest `(height, width)` any layer makes.
@@ -118,13 +120,19 @@ struct Shapes {
 }
 
 impl Network {
-    /// A network of `layers` taking `in_channels`-channel input; `name` labels errors.
+    /// A network of `layers` taking `in_channels`-channel input, its hidden activations stored
+    /// as `storage` (f16 only where the device has `SHADER_F16`, else f32); `name` labels errors.
     pub fn new(
         context: Arc<GpuContext>,
         name: &str,
         in_channels: usize,
         layers: Vec<Layer>,
+        storage: Storage,
     ) -> Result<Network, WgpuError> {
+        let storage = match storage {
+            Storage::F16 if context.has_f16() => Storage::F16,
+            _ => Storage::F32,
+        };
         let kernels = context.kernels()?;
         let binding_limit = context
             .limits()
@@ -136,6 +144,7 @@ impl Network {
             name: name.to_string(),
             layers,
             in_channels,
+            storage,
             binding_limit,
             scratch: Mutex::new(None),
         })
@@ -153,6 +162,11 @@ impl Network {
         *self.scratch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// How its hidden activations are stored.
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
     /// Output shape `(channels, height, width)` of one picture of input size `h × w`.
     pub fn output_shape(&self, h: usize, w: usize) -> (usize, usize, usize) {
         self.shapes(h, w).out
@@ -160,9 +174,9 @@ impl Network {
 
     fn shapes(&self, h: usize, w: usize) -> Shapes {
         let (mut c, mut h, mut w) = (self.in_channels, h, w);
-        let mut max_elems = c * h * w;
+        let mut max_bytes = c * h * w * 4;
         let mut max_size = (h, w);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let (conv, mode) = match layer {
                 Layer::Conv { conv, mode, .. } => (conv, *mode),
                 Layer::Block(convs) => (&convs[2], ConvMode::Same),
@@ -170,11 +184,16 @@ impl Network {
             };
             (h, w) = mode.output_size(h, w);
             c = conv.c_out;
-            max_elems = max_elems.max(c * h * w);
+            // The last layer writes f32.
+            let size = match i + 1 == self.layers.len() {
+                true => 4,
+                false => self.storage.bytes(),
+            };
+            max_bytes = max_bytes.max(c * h * w * size);
             max_size = (max_size.0.max(h), max_size.1.max(w));
         }
         Shapes {
-            max_elems,
+            max_bytes,
             out: (c, h, w),
             max_size,
         }
@@ -184,7 +203,7 @@ impl Network {
     /// binding and the dispatch limits; an error naming the limit when not even one does.
     pub fn per_pass(&self, h: usize, w: usize) -> Result<usize, WgpuError> {
         let shapes = self.shapes(h, w);
-        let per_picture = (shapes.max_elems * 4) as u64;
+        let per_picture = shapes.max_bytes as u64;
         let by_binding = self.binding_limit / per_picture.max(1);
         if by_binding == 0 {
             return Err(WgpuError::Limit {
@@ -304,7 +323,7 @@ impl Network {
                     });
                     for step in &scratch.steps {
                         let (x, y) = step.params.workgroups();
-                        pass.set_pipeline(self.kernels.conv_pipeline(step.mode));
+                        pass.set_pipeline(&step.pipeline);
                         pass.set_bind_group(0, &step.bind_group, &[]);
                         pass.dispatch_workgroups(x, y, n as u32 * step.oc_blocks);
                     }
@@ -355,6 +374,8 @@ impl Network {
         let mut plan = Plan {
             steps: Vec::new(),
             last: 0,
+            storage: self.storage,
+            held: [self.storage; 3],
             shape: (self.in_channels, h, w),
         };
         let mut current = Slot::Input;
@@ -399,6 +420,10 @@ impl Network {
                 }
             }
         }
+        // The last layer writes f32: what is read back, or scaled to bytes by to_rgb8.wgsl.
+        if let Some(step) = plan.steps.last_mut() {
+            step.types.output = Storage::F32;
+        }
         plan
     }
 
@@ -406,10 +431,17 @@ impl Network {
     fn scratch_for(&self, h: usize, w: usize, capacity: usize) -> Result<Scratch, WgpuError> {
         let device = self.context.device();
         let shapes = self.shapes(h, w);
-        let act_bytes = (shapes.max_elems * 4 * capacity) as u64;
+        let act_bytes = (shapes.max_bytes * capacity) as u64;
         let in_bytes = (self.in_channels * h * w * 4 * capacity) as u64;
         let align = u64::from(self.context.limits().min_uniform_buffer_offset_alignment).max(32);
         let what = format!("{} buffers for {capacity} pictures of {h}×{w}", self.name);
+        let plan = self.plan(h, w);
+        let last = plan.last;
+        let plan = plan.steps;
+        let pipelines = plan
+            .iter()
+            .map(|p| self.kernels.conv_pipeline(&self.context, p.mode, p.types))
+            .collect::<Result<Vec<_>, _>>()?;
         self.context.checked(&what, || {
             let input = buffer(
                 device,
@@ -426,9 +458,6 @@ impl Network {
                 )
             });
 
-            let plan = self.plan(h, w);
-            let last = plan.last;
-            let plan = plan.steps;
             let params = buffer(
                 device,
                 "params",
@@ -440,7 +469,7 @@ impl Network {
                 Slot::Act(i) => &acts[i],
             };
             let mut steps = Vec::with_capacity(plan.len());
-            for (i, step) in plan.iter().enumerate() {
+            for (i, (step, pipeline)) in plan.iter().zip(pipelines).enumerate() {
                 let Planned {
                     mode,
                     params: p,
@@ -448,12 +477,12 @@ impl Network {
                     residual,
                     to,
                     weights,
+                    ..
                 } = step;
                 let offset = align * i as u64;
                 self.context
                     .queue()
                     .write_buffer(&params, offset, &p.bytes());
-                let pipeline = self.kernels.conv_pipeline(*mode);
                 let mut entries = vec![
                     wgpu::BindGroupEntry {
                         binding: 0,
@@ -493,7 +522,7 @@ impl Network {
                     entries: &entries,
                 });
                 steps.push(Step {
-                    mode: *mode,
+                    pipeline,
                     params: *p,
                     oc_blocks: weights.oc_blocks() as u32,
                     bind_group,
@@ -557,6 +586,8 @@ impl Network {
 /// One planned dispatch: the convolution, its sizes and flags, where it reads, adds and writes.
 struct Planned<'a> {
     mode: ConvMode,
+    /// Element types of the buffers it reads and writes.
+    types: Types,
     params: ConvParams,
     from: Slot,
     residual: Option<Slot>,
@@ -568,6 +599,9 @@ struct Planned<'a> {
 struct Plan<'a> {
     steps: Vec<Planned<'a>>,
     last: usize,
+    /// How hidden activations are stored, and what each activation buffer holds now.
+    storage: Storage,
+    held: [Storage; 3],
     /// Shape `(c, h, w)` of the activation made last.
     shape: (usize, usize, usize),
 }
@@ -606,8 +640,19 @@ impl<'a> Plan<'a> {
             flags: bits,
             c_in_pad: weights.c_in_pad() as u32,
         };
+        let held = |slot: Slot| match slot {
+            Slot::Input => Storage::F32,
+            Slot::Act(i) => self.held[i],
+        };
+        let types = Types {
+            input: held(from),
+            residual: held(residual.unwrap_or(from)),
+            output: self.storage,
+        };
+        self.held[to] = self.storage;
         self.steps.push(Planned {
             mode,
+            types,
             params,
             from,
             residual,

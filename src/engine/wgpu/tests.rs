@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::kernels::{ConvMode, ConvWeights};
+use super::kernels::{ConvMode, ConvWeights, Storage};
 use super::network::{Layer, Network, Readout};
 use super::{AdapterPolicy, GpuContext};
 use crate::config::Precision;
@@ -160,7 +160,7 @@ fn conv3x3_with_clamp_and_relu_matches_float64() {
         relu: true,
         clamp: true,
     };
-    let network = Network::new(context, "test conv", C_IN, vec![layer]).unwrap();
+    let network = Network::new(context, "test conv", C_IN, vec![layer], Storage::F32).unwrap();
     let got = network.run_raw(&input, N, H, W).unwrap();
     let clamped: Vec<f64> = wide(&input)
         .iter()
@@ -191,7 +191,7 @@ fn upsampling_conv3x3_matches_float64() {
         relu: false,
         clamp: false,
     };
-    let network = Network::new(context, "test upsample", C_IN, vec![layer]).unwrap();
+    let network = Network::new(context, "test upsample", C_IN, vec![layer], Storage::F32).unwrap();
     assert_eq!(network.output_shape(H, W), (C_OUT, 2 * H, 2 * W));
     let got = network.run_raw(&input, N, H, W).unwrap();
     let (expected, _) = reference_conv(
@@ -214,7 +214,14 @@ fn stride2_conv3x3_matches_float64() {
     let (conv, weight, bias) = random_conv(&context, C_IN, C_OUT, 0.5);
     let (h, w) = (2 * H + 1, 2 * W);
     let input = values(N * C_IN * h * w, 0.6, 1.0);
-    let network = Network::new(context, "test down", C_IN, vec![Layer::Down(conv)]).unwrap();
+    let network = Network::new(
+        context,
+        "test down",
+        C_IN,
+        vec![Layer::Down(conv)],
+        Storage::F32,
+    )
+    .unwrap();
     assert_eq!(network.output_shape(h, w), (C_OUT, H + 1, W));
     let got = network.run_raw(&input, N, h, w).unwrap();
     let (expected, _) = reference_conv(
@@ -252,7 +259,14 @@ fn residual_block_matches_float64() {
     let (Some(c0), Some(c2), Some(c4)) = (convs.next(), convs.next(), convs.next()) else {
         unreachable!("three convolutions");
     };
-    let network = Network::new(context, "test block", c, vec![Layer::Block([c0, c2, c4])]).unwrap();
+    let network = Network::new(
+        context,
+        "test block",
+        c,
+        vec![Layer::Block([c0, c2, c4])],
+        Storage::F32,
+    )
+    .unwrap();
     let got = network.run_raw(&input, N, H, W).unwrap();
     let err = max_err(&got, &h);
     assert!(err <= 1e-5, "max relative error {err}");
@@ -269,7 +283,7 @@ fn output_scaling_to_bytes_matches_float64() {
         relu: false,
         clamp: false,
     };
-    let network = Network::new(context, "test rgb8", C_IN, vec![layer]).unwrap();
+    let network = Network::new(context, "test rgb8", C_IN, vec![layer], Storage::F32).unwrap();
     let got = network.run(&input, N, H, W, Readout::Rgb8).unwrap();
     let (expected, _) = reference_conv(
         &wide(&input),
@@ -304,7 +318,14 @@ fn output_scaling_to_bytes_matches_float64() {
         relu: false,
         clamp: false,
     };
-    let four = Network::new(network.context().clone(), "test four", C_IN, vec![layer]).unwrap();
+    let four = Network::new(
+        network.context().clone(),
+        "test four",
+        C_IN,
+        vec![layer],
+        Storage::F32,
+    )
+    .unwrap();
     let err = four.run(&input, N, H, W, Readout::Rgb8).unwrap_err();
     assert!(err.to_string().contains("3 channels"), "{err}");
 }
@@ -335,7 +356,8 @@ fn decoder_matches_the_cpu_exact_path() {
     };
     let Some(context) = context() else { return };
     let weights = WeightFile::load(&path, Part::Decoder).unwrap();
-    let gpu = super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context).unwrap();
+    let gpu = super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context, Precision::Exact)
+        .unwrap();
     let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
     for (shape, n) in [
         (LatentShape::new(4, 8, 8), 2),
@@ -373,7 +395,13 @@ fn decoder_matches_golden_vectors() {
         };
         let Some(context) = context() else { return };
         let weights = WeightFile::load(&path, Part::Decoder).unwrap();
-        let gpu = super::decoder::TaesdWgpuDecoder::new(family.name(), &weights, context).unwrap();
+        let gpu = super::decoder::TaesdWgpuDecoder::new(
+            family.name(),
+            &weights,
+            context,
+            Precision::Exact,
+        )
+        .unwrap();
         let shape = LatentShape::new(channels, 8, 8);
         let mut batch = LatentBatch::with_capacity(shape, 1);
         batch
@@ -391,7 +419,7 @@ fn encoder_matches_the_cpu_exact_path() {
     };
     let Some(context) = context() else { return };
     let weights = WeightFile::load(&path, Part::Encoder).unwrap();
-    let gpu = super::encoder::TaesdWgpuEncoder::new(&weights, context).unwrap();
+    let gpu = super::encoder::TaesdWgpuEncoder::new(&weights, context, Precision::Exact).unwrap();
     let cpu = TaesdCpuEncoder::new(&weights, Precision::Exact).unwrap();
     // 64×64 → a 4×8×8 latent; 40×56 → an odd 4×5×7 one.
     for (n, h, w) in [(2, 64, 64), (2, 40, 56)] {
@@ -416,7 +444,8 @@ fn batches_split_under_a_small_binding_limit() {
     let Some(context) = context() else { return };
     let weights = WeightFile::load(&dec_path, Part::Decoder).unwrap();
     let mut decoder =
-        super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone()).unwrap();
+        super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone(), Precision::Exact)
+            .unwrap();
     let shape = LatentShape::new(4, 4, 6);
     let batch = latents(shape, 5);
     let whole = decoder.decode_raw(&batch).unwrap();
@@ -433,7 +462,8 @@ fn batches_split_under_a_small_binding_limit() {
     assert!(err.contains("max_storage_buffer_binding_size"), "{err}");
 
     let weights = WeightFile::load(&enc_path, Part::Encoder).unwrap();
-    let mut encoder = super::encoder::TaesdWgpuEncoder::new(&weights, context).unwrap();
+    let mut encoder =
+        super::encoder::TaesdWgpuEncoder::new(&weights, context, Precision::Exact).unwrap();
     let (n, h, w) = (3, 32, 48);
     let input: Vec<f32> = (0..n * 3 * h * w)
         .map(|i| 0.5 + 0.4 * (i as f32 * 0.021).sin())
@@ -477,4 +507,137 @@ fn no_adapter_is_an_error_naming_what_was_found() {
     let text = err.to_string();
     assert!(text.contains("no such adapter 17"), "{text}");
     assert!(text.contains(&context.adapter().name), "{text}");
+}
+
+/// f16 storage (`precision = "fast"` where the device has `SHADER_F16`): a chain that stores
+/// every kind of intermediate as f16 — a convolution, two residual blocks (the second's residual
+/// an f16 buffer), a stride-2 convolution — against float64, within f16's precision.
+#[test]
+fn f16_storage_stays_within_half_precision_of_float64() {
+    let Some(context) = context() else { return };
+    if !context.has_f16() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "(no SHADER_F16 on {}: f32 only)",
+            context.adapter()
+        );
+        return;
+    }
+    let c = 16;
+    let (first, w0, b0) = random_conv(&context, C_IN, c, 2.0);
+    let mut reference = Vec::new();
+    let mut block = |seed: f64| {
+        let convs: Vec<_> = (0..3)
+            .map(|i| random_conv(&context, c, c, seed + i as f64))
+            .collect();
+        reference.push(
+            convs
+                .iter()
+                .map(|(_, w, b)| (w.clone(), b.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let mut it = convs.into_iter().map(|(conv, _, _)| conv);
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), Some(d)) => Layer::Block([a, b, d]),
+            _ => unreachable!("three convolutions"),
+        }
+    };
+    let blocks = [block(3.0), block(6.0)];
+    let (down, wd, bd) = random_conv(&context, c, c, 9.0);
+    // The stride-2 convolution has no bias in TAESD, but the kernel takes one: keep it.
+    let [b1, b2] = blocks;
+    let layers = vec![
+        Layer::Conv {
+            conv: first,
+            mode: ConvMode::Same,
+            relu: true,
+            clamp: false,
+        },
+        b1,
+        b2,
+        Layer::Down(down),
+    ];
+    let network = Network::new(context, "test f16", C_IN, layers, Storage::F16).unwrap();
+    assert_eq!(network.storage(), Storage::F16);
+    let (h, w) = (2 * H, W);
+    let input = values(N * C_IN * h * w, 3.0, 1.0);
+    let got = network.run_raw(&input, N, h, w).unwrap();
+
+    let mut x = relu(reference_conv(&wide(&input), N, C_IN, (h, w), &w0, &b0, c, ConvMode::Same).0);
+    for convs in &reference {
+        let skip = x.clone();
+        for (i, (wt, b)) in convs.iter().enumerate() {
+            x = reference_conv(&x, N, c, (h, w), wt, b, c, ConvMode::Same).0;
+            if i == 2 {
+                x.iter_mut().zip(&skip).for_each(|(a, s)| *a += s);
+            }
+            x = relu(x);
+        }
+    }
+    let (expected, _) = reference_conv(&x, N, c, (h, w), &wd, &bd, c, ConvMode::Down);
+    // Each stored value rounds to 11 significant bits (≈ 5e-4 relative); after a few layers the
+    // error is measured against the activations' scale, not each value (some are near zero).
+    let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&expected)
+        .map(|(&a, &b)| (f64::from(a) - b).abs())
+        .fold(0.0, f64::max)
+        / scale;
+    assert!(err <= 5e-3, "max error {err} of the largest value {scale}");
+    assert!(err > 0.0, "f16 storage should round somewhere");
+}
+
+/// PSNR in dB of `b` against `a` (both ≈[0, 1], clamped as the pictures are).
+fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
+/// `precision = "fast"` on wgpu (f16 activations where the device has them) holds the same
+/// bound as the CPU's fast path: ≥ 45 dB against the exact decode; the encoder's latents stay
+/// close to the exact encoder's.
+#[test]
+fn fast_precision_decodes_above_45_db() {
+    let (Some(dec_path), Some(enc_path)) = (
+        weights(Family::Taesd, Part::Decoder),
+        weights(Family::Taesd, Part::Encoder),
+    ) else {
+        return;
+    };
+    let Some(context) = context() else { return };
+    let weights = WeightFile::load(&dec_path, Part::Decoder).unwrap();
+    let fast =
+        super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone(), Precision::Fast)
+            .unwrap();
+    let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
+    let expected_storage = if context.has_f16() {
+        Storage::F16
+    } else {
+        Storage::F32
+    };
+    assert_eq!(fast.storage(), expected_storage);
+    let shape = LatentShape::new(4, 8, 8);
+    let batch = latents(shape, 2);
+    let db = psnr(&cpu.decode_raw(&batch), &fast.decode_raw(&batch).unwrap());
+    assert!(db >= 45.0, "{db:.1} dB");
+
+    let weights = WeightFile::load(&enc_path, Part::Encoder).unwrap();
+    let fast = super::encoder::TaesdWgpuEncoder::new(&weights, context, Precision::Fast).unwrap();
+    let exact = TaesdCpuEncoder::new(&weights, Precision::Exact).unwrap();
+    let (n, h, w) = (2, 64, 64);
+    let input: Vec<f32> = (0..n * 3 * h * w)
+        .map(|i| 0.5 + 0.5 * (i as f32 * 0.013).sin() * (i as f32 * 0.0007).cos())
+        .collect();
+    let err = max_abs(
+        &fast.encode_raw(&input, n, h, w).unwrap(),
+        &exact.encode_raw(&input, n, h, w),
+    );
+    assert!(err <= 2e-2, "max abs error {err}");
 }
