@@ -452,6 +452,27 @@ mod tests {
         assert_eq!(account.acquisitions(), 0);
     }
 
+    /// `auto` takes a wgpu adapter only when it is a real GPU: on a machine whose only adapter
+    /// is software (lavapipe in CI) or that has none, it is the CPU.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_never_takes_a_software_adapter() {
+        let expected = match wgpu::real_adapter() {
+            Some(adapter) => {
+                assert!(!adapter.is_software(), "{adapter}");
+                Device::Wgpu
+            }
+            None => Device::Cpu,
+        };
+        assert_eq!(Device::select(DeviceRequest::Auto).unwrap(), expected);
+        // The preview decoder does not look for a GPU at all.
+        assert_eq!(
+            Device::select_for(DeviceRequest::Auto, false).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(Device::select(DeviceRequest::Wgpu).unwrap(), Device::Wgpu);
+    }
+
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_backend_is_a_clear_error() {
