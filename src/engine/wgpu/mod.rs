@@ -24,6 +24,7 @@ pub mod network;
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -221,7 +222,8 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     adapter: AdapterSummary,
     limits: wgpu::Limits,
-    wait_limit: Duration,
+    /// The longest one wait may take, in nanoseconds (a test shortens it).
+    wait_limit: AtomicU64,
     /// The pipelines, compiled on first use.
     kernels: Mutex<Option<Arc<kernels::Kernels>>>,
 }
@@ -301,7 +303,7 @@ impl GpuContext {
             queue,
             adapter: summary,
             limits,
-            wait_limit: WAIT_LIMIT,
+            wait_limit: AtomicU64::new(WAIT_LIMIT.as_nanos() as u64),
             kernels: Mutex::new(None),
         })
     }
@@ -349,7 +351,14 @@ impl GpuContext {
 
     /// The longest one wait on the GPU may take.
     pub fn wait_limit(&self) -> Duration {
+        Duration::from_nanos(self.wait_limit.load(Ordering::Relaxed))
+    }
+
+    /// Sets the longest one wait may take (tests force timeouts with it).
+    #[cfg(test)]
+    pub(crate) fn set_wait_limit(&self, limit: Duration) {
         self.wait_limit
+            .store(limit.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn device(&self) -> &wgpu::Device {
@@ -367,8 +376,8 @@ impl GpuContext {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
         let errors = [
-            block_on(validation.pop(), self.wait_limit, what)?,
-            block_on(oom.pop(), self.wait_limit, what)?,
+            block_on(validation.pop(), self.wait_limit(), what)?,
+            block_on(oom.pop(), self.wait_limit(), what)?,
         ];
         match errors.into_iter().flatten().next() {
             Some(error) => Err(self.error(what, error)),
@@ -389,14 +398,14 @@ impl GpuContext {
     pub(crate) fn wait(&self, index: wgpu::SubmissionIndex, what: &str) -> Result<(), WgpuError> {
         let poll = wgpu::PollType::Wait {
             submission_index: Some(index),
-            timeout: Some(self.wait_limit),
+            timeout: Some(self.wait_limit()),
         };
         match self.device.poll(poll) {
             Ok(_) => Ok(()),
             Err(wgpu::PollError::Timeout) => Err(WgpuError::Timeout {
                 what: what.to_string(),
                 adapter: self.adapter.to_string(),
-                limit: self.wait_limit,
+                limit: self.wait_limit(),
             }),
             Err(e) => Err(self.error(what, e)),
         }
@@ -417,17 +426,21 @@ impl GpuContext {
             // The receiver waits below; if it is gone there is no one to tell.
             let _ = sender.send(result);
         });
-        self.wait(index, what)?;
-        match receiver.recv_timeout(self.wait_limit) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.error(what, format!("mapping the result: {e}"))),
-            Err(_) => {
-                return Err(WgpuError::Timeout {
-                    what: format!("{what} (mapping the result)"),
-                    adapter: self.adapter.to_string(),
-                    limit: self.wait_limit,
-                })
-            }
+        let mapped =
+            self.wait(index, what)
+                .and_then(|()| match receiver.recv_timeout(self.wait_limit()) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.error(what, format!("mapping the result: {e}"))),
+                    Err(_) => Err(WgpuError::Timeout {
+                        what: format!("{what} (mapping the result)"),
+                        adapter: self.adapter.to_string(),
+                        limit: self.wait_limit(),
+                    }),
+                });
+        if let Err(e) = mapped {
+            // Cancels a mapping still pending, so the buffer is not left mapped.
+            buffer.unmap();
+            return Err(e);
         }
         let bytes = slice
             .get_mapped_range()

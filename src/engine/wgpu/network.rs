@@ -1,14 +1,17 @@
 //! A TAESD network on the GPU: a list of layers run over a batch in one command submission.
 //!
-//! Activations are NCHW f32 in three storage buffers that take turns (a residual block needs
-//! its input, one hidden activation and its output alive at once), plus the input buffer. They
+//! Activations are NCHW in three storage buffers that take turns (a residual block needs its
+//! input, one hidden activation and its output alive at once), plus the input buffer; hidden
+//! activations are f32, or f16 where asked and the device can ([`Storage`]), the input and the
+//! last layer's output always f32. They
 //! are made for the input size and the number of pictures per pass, and kept for the next call
 //! of the same size, together with the bind groups and the per-layer uniforms, so a steady
 //! stream of same-size batches allocates nothing on the GPU.
 //!
 //! A pass holds as many pictures as fit the largest activation in one storage binding
 //! (`max_storage_buffer_binding_size`: 128 MiB on many adapters; one 64×256×512 f32 activation
-//! is 32 MiB, so a batch of 10 at 512×256 runs in three passes). Every pass is recorded into the
+//! is 32 MiB, so a batch of 10 at 512×256 runs in three passes, two with f16). Every pass is
+//! recorded into the
 //! same command encoder — the batch's inputs are uploaded once and each pass copies its slice in,
 //! and each pass copies its result out into one read-back buffer — so a whole batch is one
 //! submission and one wait.
@@ -355,7 +358,13 @@ impl Network {
         let Some((readback, _)) = scratch.readback.as_ref() else {
             return Err(self.context.error(&what, "no read-back buffer"));
         };
-        self.context.read(readback, total_out, index, &what)
+        let bytes = self.context.read(readback, total_out, index, &what);
+        if bytes.is_err() {
+            // A mapping that timed out or failed may still complete later: the next call makes a
+            // fresh read-back buffer rather than meet this one mapped.
+            scratch.readback = None;
+        }
+        bytes
     }
 
     /// [`Network::run`] with [`Readout::Raw`], as f32 values.

@@ -641,3 +641,33 @@ fn fast_precision_decodes_above_45_db() {
     );
     assert!(err <= 2e-2, "max abs error {err}");
 }
+
+/// A wait past its deadline is an error naming it, not a panic or a hang, and the decoder
+/// works again afterwards (its read-back buffer is not left mapped).
+#[test]
+fn a_late_gpu_is_an_error_and_the_decoder_recovers() {
+    let Some(path) = weights(Family::Taesd, Part::Decoder) else {
+        return;
+    };
+    if context().is_none() {
+        return;
+    }
+    // A context of its own: the others keep their deadline.
+    let context = Arc::new(GpuContext::open(AdapterPolicy::AllowSoftware).unwrap());
+    let weights = WeightFile::load(&path, Part::Decoder).unwrap();
+    let decoder =
+        super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone(), Precision::Exact)
+            .unwrap();
+    let batch = latents(LatentShape::new(4, 16, 16), 2);
+    context.set_wait_limit(std::time::Duration::from_nanos(1));
+    // A software adapter takes far longer than 1 ns; should it have been done, fine too.
+    if let Err(e) = decoder.decode_raw(&batch) {
+        let text = e.to_string();
+        assert!(text.contains("did not finish within"), "{text}");
+    }
+    context.set_wait_limit(super::WAIT_LIMIT);
+    let again = decoder.decode_raw(&batch).unwrap();
+    let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
+    let err = max_abs(&again, &cpu.decode_raw(&batch));
+    assert!(err <= 1e-4, "max abs error {err}");
+}
