@@ -46,6 +46,13 @@ fn the_daemon_decodes_on_wgpu() {
     };
     assert_eq!(field(&status, "generation/device"), "wgpu", "{status:#}");
     assert_eq!(field(&status, "generation/decoder"), "taesd", "{status:#}");
+    let adapter = field(&status, "generation/adapter")
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        adapter.contains("vulkan") || adapter.contains("metal") || adapter.contains("dx12"),
+        "{status:#}"
+    );
     assert_eq!(field(&status, "failures/decode"), 0, "{status:#}");
     let frame = image::open(daemon.path("output/current_frame.png")).unwrap();
     assert_eq!((frame.width(), frame.height()), (128, 64));
