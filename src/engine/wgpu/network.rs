@@ -137,10 +137,12 @@ impl Network {
             _ => Storage::F32,
         };
         let kernels = context.kernels()?;
+        // The shaders index with u32: no binding past 4 GiB, whatever the adapter allows.
         let binding_limit = context
             .limits()
             .max_storage_buffer_binding_size
-            .min(context.limits().max_buffer_size);
+            .min(context.limits().max_buffer_size)
+            .min(u64::from(u32::MAX));
         Ok(Network {
             context,
             kernels,
@@ -229,8 +231,17 @@ impl Network {
                 need: groups,
             });
         }
-        // z = pictures × channel blocks (64 channels: 2 blocks).
-        let by_groups = max_groups / 2;
+        // z = pictures × blocks of 32 output channels.
+        let blocks = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv { conv, .. } | Layer::Down(conv) => conv.oc_blocks(),
+                Layer::Block(convs) => convs.iter().map(ConvWeights::oc_blocks).max().unwrap_or(1),
+            })
+            .max()
+            .unwrap_or(1) as u64;
+        let by_groups = max_groups / blocks.max(1);
         Ok(by_binding.min(by_groups).max(1) as usize)
     }
 
