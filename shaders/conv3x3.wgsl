@@ -107,7 +107,9 @@ fn main(
                 }
                 v = f32(input[in_image + ci * in_plane + sy * params.in_w + sx]);
                 if (clamp_input) {
-                    v = tanh(v / 3.0) * 3.0;
+                    // Clamped first: some drivers' tanh overflows to NaN for large arguments;
+                    // tanh(±10) is ±1 in f32 already.
+                    v = tanh(clamp(v / 3.0, -10.0, 10.0)) * 3.0;
                 }
             }
             in_tile[i] = v;

@@ -671,3 +671,28 @@ fn a_late_gpu_is_an_error_and_the_decoder_recovers() {
     let err = max_abs(&again, &cpu.decode_raw(&batch));
     assert!(err <= 1e-4, "max abs error {err}");
 }
+
+/// The soft clamp stays finite for huge latents (some drivers' tanh overflows to NaN).
+#[test]
+fn the_input_clamp_is_finite_for_huge_values() {
+    let Some(context) = context() else { return };
+    let (conv, weight, bias) = random_conv(&context, C_IN, 8, 4.0);
+    let layer = Layer::Conv {
+        conv,
+        mode: ConvMode::Same,
+        relu: false,
+        clamp: true,
+    };
+    let network = Network::new(context, "test clamp", C_IN, vec![layer], Storage::F32).unwrap();
+    let input: Vec<f32> = values(C_IN * H * W, 5.0, 1.0)
+        .into_iter()
+        .map(|v| v.signum() * 1e30)
+        .collect();
+    let got = network.run_raw(&input, 1, H, W).unwrap();
+    let clamped: Vec<f64> = input.iter().map(|v| 3.0 * v.signum() as f64).collect();
+    let (expected, _) =
+        reference_conv(&clamped, 1, C_IN, (H, W), &weight, &bias, 8, ConvMode::Same);
+    assert!(got.iter().all(|v| v.is_finite()));
+    let err = max_err(&got, &expected);
+    assert!(err <= 1e-5, "max relative error {err}");
+}
