@@ -337,8 +337,12 @@ pub async fn run_observed(
 pub fn check(config: &Config) -> anyhow::Result<String> {
     let engine = Arc::new(Engine::from_config(config)?);
     let source = keyframes::from_config(config, &engine)?.source;
+    let adapter = engine
+        .adapter()
+        .map(|a| format!(" ({a})"))
+        .unwrap_or_default();
     Ok(format!(
-        "ok: decoder {} on {} (latents {}, decoded at 1/{}), keyframes from {}, output {}",
+        "ok: decoder {} on {}{adapter} (latents {}, decoded at 1/{}), keyframes from {}, output {}",
         engine.decoder_name(),
         engine.device(),
         engine.latent_shape(),

@@ -514,7 +514,7 @@ mod tests {
 
     fn keyframe_every(seq: u64, n: u64) -> Arc<EncodedFrame> {
         let mut frame = (*crate::frame::test_frame(seq)).clone();
-        frame.kind = if seq % n == 0 {
+        frame.kind = if seq.is_multiple_of(n) {
             FrameKind::Keyframe { index: seq / n }
         } else {
             FrameKind::Inbetween {

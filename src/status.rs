@@ -204,6 +204,10 @@ pub struct GenerationSection {
     pub source: String,
     pub decoder: String,
     pub device: String,
+    /// The wgpu adapter, `NAME (backend, type, driver)`, when the device is wgpu (absent
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +329,7 @@ pub fn document(shared: &Shared, lifecycle: Lifecycle) -> StatusDocument {
             source: shared.source_name.clone(),
             decoder: shared.engine.decoder_name().to_string(),
             device: shared.engine.device().to_string(),
+            adapter: shared.engine.adapter().map(|a| a.to_string()),
         },
         gpu_lock: GpuLockSection {
             acquisitions: lock.acquisitions,

@@ -51,6 +51,9 @@ pub struct DecodeReport {
     /// Multiply-adds ×2 of the TAESD decoder at this size, per second (0 for other decoders).
     pub gflop_per_s: f64,
     pub threads: usize,
+    /// The wgpu adapter (name, backend, type, driver) when the device is wgpu.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<crate::engine::wgpu::AdapterSummary>,
 }
 
 /// The benchmark latents: `z[n,c,h,w] = 2·sin(0.7c + 0.3h + 0.11w + 0.37n)` (the golden
@@ -208,7 +211,19 @@ impl DecodeReport {
             kind: kind.to_string(),
             decoder: engine.decoder_name().to_string(),
             device: engine.device().to_string(),
-            precision: engine.precision().to_string(),
+            // On wgpu, `fast` stores activations as f16 where the adapter can (f32 arithmetic).
+            precision: match (engine.device(), engine.adapter()) {
+                (crate::engine::Device::Wgpu, Some(adapter)) => format!(
+                    "{}: {} storage",
+                    engine.precision(),
+                    if adapter.f16 && engine.precision() == crate::config::Precision::Fast {
+                        "f16"
+                    } else {
+                        "f32"
+                    }
+                ),
+                _ => engine.precision().to_string(),
+            },
             batch,
             latent: input,
             output,
@@ -218,11 +233,26 @@ impl DecodeReport {
             frames_per_s: round(batch as f64 / median, 3),
             gflop_per_s: round(flops / median / 1e9, 1),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            adapter: engine.adapter().cloned(),
         }
     }
 
     pub fn to_text(&self) -> String {
-        format!(
+        let adapter = match &self.adapter {
+            Some(a) => format!(
+                "adapter: {} (backend {}, type {}{})\n",
+                a.name,
+                a.backend,
+                a.device_type,
+                if a.is_software() {
+                    ": software, figures are for correctness only"
+                } else {
+                    ""
+                }
+            ),
+            None => String::new(),
+        };
+        let text = format!(
             "dreamd bench {}: {} ({}) on {}, batch {} of {} -> {}\n\
              median of {} runs: {:.1} ms per batch, {:.2} ms per frame, {:.2} frames/s, {:.1} GFLOP/s ({} threads)\n",
             self.kind,
@@ -238,7 +268,8 @@ impl DecodeReport {
             self.frames_per_s,
             self.gflop_per_s,
             self.threads
-        )
+        );
+        text + &adapter
     }
 }
 

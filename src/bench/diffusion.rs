@@ -91,7 +91,7 @@ pub fn run(
     device: &CandleDevice,
 ) -> anyhow::Result<DiffusionBenchReport> {
     anyhow::ensure!(
-        options.width % 8 == 0 && options.height % 8 == 0,
+        options.width.is_multiple_of(8) && options.height.is_multiple_of(8),
         "width and height must be multiples of 8"
     );
     let runs = options.runs.max(1);

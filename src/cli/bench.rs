@@ -214,7 +214,7 @@ pub struct CodecArgs {
     /// Config file to start from (for models_dir and the like).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Device: auto, cpu, cuda, cuda:N.
+    /// Device: auto, cpu, cuda, cuda:N, wgpu.
     #[arg(long, default_value = "auto")]
     device: String,
     /// CPU arithmetic (default: generation.precision of the config).

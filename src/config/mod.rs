@@ -669,24 +669,28 @@ impl Config {
 /// Where decoding runs, as named by `generation.device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceRequest {
+    /// CUDA when built and present, else a real GPU through wgpu, else the CPU.
     Auto,
     Cpu,
     Cuda(usize),
+    /// The portable GPU backend (Vulkan, Metal, DX12), software adapters included.
+    Wgpu,
 }
 
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `wgpu`.
 pub fn parse_device(text: &str) -> Result<DeviceRequest, ConfigError> {
     let bad = || {
         invalid(
             "generation.device",
             format!("{text:?}"),
-            "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\"",
+            "\"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"wgpu\"",
         )
     };
     match text {
         "auto" => Ok(DeviceRequest::Auto),
         "cpu" => Ok(DeviceRequest::Cpu),
         "cuda" => Ok(DeviceRequest::Cuda(0)),
+        "wgpu" => Ok(DeviceRequest::Wgpu),
         other => match other.strip_prefix("cuda:") {
             Some(n) => n.parse().map(DeviceRequest::Cuda).map_err(|_| bad()),
             None => Err(bad()),

@@ -101,6 +101,7 @@ fn decode_divisor_must_divide_the_latent() {
 fn device_names() {
     assert_eq!(parse_device("cuda:1").unwrap(), DeviceRequest::Cuda(1));
     assert_eq!(parse_device("cuda").unwrap(), DeviceRequest::Cuda(0));
+    assert_eq!(parse_device("wgpu").unwrap(), DeviceRequest::Wgpu);
     assert!(err("[generation]\ndevice = \"gpu\"").contains("generation.device"));
 }
 

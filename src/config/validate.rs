@@ -81,7 +81,10 @@ impl Config {
             }
         }
         if let Some(d) = g.decode_divisor {
-            if ![1, 2, 4, 8].contains(&d) || (g.width / 8) % d != 0 || (g.height / 8) % d != 0 {
+            if ![1, 2, 4, 8].contains(&d)
+                || !(g.width / 8).is_multiple_of(d)
+                || !(g.height / 8).is_multiple_of(d)
+            {
                 return Err(invalid(
                     "generation.decode_divisor",
                     d,

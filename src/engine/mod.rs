@@ -2,10 +2,11 @@
 //! batch of latents into pictures.
 //!
 //! Decoders come in families, one folder each: the built-in [`preview`] map and the learned
-//! [`taesd`] networks (which choose their backend, CPU or CUDA, in one place), on the CPU
-//! [`kernels`]. Model files are found by [`model_search`] (and loaded and checked through
-//! [`model_files`]); [`pth`] reads PyTorch checkpoints; [`resize`] resamples to the output
-//! size. A new backend or family (wgpu, in-process diffusion) is another folder beside `taesd`.
+//! [`taesd`] networks (which choose their backend, CPU, CUDA or wgpu, in one place), on the CPU
+//! [`kernels`], on any GPU through [`wgpu`] (WGSL kernels from `shaders/`). Model files are
+//! found by [`model_search`] (and loaded and checked through [`model_files`]); [`pth`] reads
+//! PyTorch checkpoints; [`resize`] resamples to the output size. A new backend or family is
+//! another folder beside `taesd`.
 //!
 //! [`Engine::decode_batch`] is stage 2 of the pipeline: it takes the GPU lock once, makes one
 //! decoder call for the whole `[N, C, h, w]` batch, releases the lock, and only then resamples
@@ -20,6 +21,7 @@ pub mod preview;
 pub mod pth;
 pub mod resize;
 pub mod taesd;
+pub mod wgpu;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -59,6 +61,8 @@ pub enum EngineError {
     Device(String, String),
     #[error("{0}")]
     Model(String),
+    #[error(transparent)]
+    Wgpu(#[from] wgpu::WgpuError),
 }
 
 /// Where decoding runs.
@@ -66,6 +70,8 @@ pub enum EngineError {
 pub enum Device {
     Cpu,
     Cuda(usize),
+    /// A GPU through wgpu (the adapter is chosen when the networks load: [`wgpu::GpuContext`]).
+    Wgpu,
 }
 
 impl fmt::Display for Device {
@@ -73,23 +79,40 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Wgpu => f.write_str("wgpu"),
         }
     }
 }
 
 impl Device {
     /// Resolves `generation.device`: `auto` is the first CUDA GPU in a CUDA build when one
-    /// answers, else the CPU.
+    /// answers, else a real GPU through wgpu (never a software adapter), else the CPU;
+    /// `wgpu` takes any wgpu adapter (a software one with a warning, when it loads).
     pub fn select(request: DeviceRequest) -> Result<Device, EngineError> {
+        Device::select_for(request, true)
+    }
+
+    /// [`Device::select`], where `auto` looks for a wgpu adapter only when `wgpu_useful` (the
+    /// preview decoder and candle's work do not run on wgpu, so they need not open a driver).
+    pub fn select_for(request: DeviceRequest, wgpu_useful: bool) -> Result<Device, EngineError> {
         match request {
             DeviceRequest::Cpu => Ok(Device::Cpu),
-            DeviceRequest::Auto => Ok(
+            DeviceRequest::Wgpu => Ok(Device::Wgpu),
+            DeviceRequest::Auto => {
                 if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    Device::Cuda(0)
-                } else {
-                    Device::Cpu
-                },
-            ),
+                    return Ok(Device::Cuda(0));
+                }
+                if !wgpu_useful {
+                    return Ok(Device::Cpu);
+                }
+                Ok(match wgpu::real_adapter() {
+                    Some(adapter) => {
+                        tracing::info!(%adapter, "device auto: no CUDA device; using a GPU through wgpu");
+                        Device::Wgpu
+                    }
+                    None => Device::Cpu,
+                })
+            }
             DeviceRequest::Cuda(n) if cfg!(feature = "cuda") => Ok(Device::Cuda(n)),
             DeviceRequest::Cuda(n) => Err(EngineError::Device(
                 format!("cuda:{n}"),
@@ -145,6 +168,8 @@ pub struct Engine {
     height: u32,
     divisor: u32,
     precision: crate::config::Precision,
+    /// The wgpu adapter the networks run on, when the device is wgpu.
+    adapter: Option<wgpu::AdapterSummary>,
 }
 
 impl Engine {
@@ -152,10 +177,8 @@ impl Engine {
     /// decoder (and the matching encoder when its file is there), and logs the choice.
     pub fn from_config(config: &Config) -> Result<Engine, EngineError> {
         let g = &config.generation;
-        let device = Device::select(
-            crate::config::parse_device(&g.device)
-                .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?,
-        )?;
+        let request = crate::config::parse_device(&g.device)
+            .map_err(|e| EngineError::Device(g.device.clone(), e.to_string()))?;
         let report = model_files::search_for(g);
         let family = match g.decoder {
             DecoderChoice::Preview => None,
@@ -178,6 +201,9 @@ impl Engine {
             DecoderChoice::Taef1 => Some(Family::Taef1),
             DecoderChoice::Taef2 => Some(Family::Taef2),
         };
+        // TAEF2 runs on candle (CPU) whatever the device: only the other members use wgpu.
+        let device = Device::select_for(request, family.is_some_and(|f| f != Family::Taef2))?;
+        let mut adapter = None;
         let (decoder, encoder): (Box<dyn Decoder>, _) = match family {
             None => (Box::new(preview::PreviewDecoder), None),
             Some(family) => {
@@ -200,13 +226,22 @@ impl Engine {
                     decoder = family.name(),
                     file = %found.path.display(),
                     found_via = %found.origin,
+                    %device,
                     "loaded decoder"
                 );
+                if device == Device::Wgpu {
+                    adapter = Some(
+                        wgpu::GpuContext::shared(wgpu::AdapterPolicy::AllowSoftware)?
+                            .adapter()
+                            .clone(),
+                    );
+                }
                 (decoder, encoder)
             }
         };
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
+        engine.adapter = adapter;
         // Full size by default: with the Winograd CPU engine, TAESD keeps a 4 fps display fed at
         // 512×256 on two cores (BENCHMARKS.md); a busier machine sets a divisor.
         engine.divisor = g.decode_divisor.unwrap_or(1);
@@ -225,7 +260,13 @@ impl Engine {
             height,
             divisor: 1,
             precision: crate::config::Precision::default(),
+            adapter: None,
         }
+    }
+
+    /// The wgpu adapter the networks run on (None unless the device is wgpu).
+    pub fn adapter(&self) -> Option<&wgpu::AdapterSummary> {
+        self.adapter.as_ref()
     }
 
     /// The CPU arithmetic asked for (it matters only to the TAESD networks on the CPU).
@@ -421,6 +462,27 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("4-channel"), "{err}");
         assert_eq!(account.acquisitions(), 0);
+    }
+
+    /// `auto` takes a wgpu adapter only when it is a real GPU: on a machine whose only adapter
+    /// is software (lavapipe in CI) or that has none, it is the CPU.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_never_takes_a_software_adapter() {
+        let expected = match wgpu::real_adapter() {
+            Some(adapter) => {
+                assert!(!adapter.is_software(), "{adapter}");
+                Device::Wgpu
+            }
+            None => Device::Cpu,
+        };
+        assert_eq!(Device::select(DeviceRequest::Auto).unwrap(), expected);
+        // The preview decoder does not look for a GPU at all.
+        assert_eq!(
+            Device::select_for(DeviceRequest::Auto, false).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(Device::select(DeviceRequest::Wgpu).unwrap(), Device::Wgpu);
     }
 
     #[cfg(not(feature = "cuda"))]

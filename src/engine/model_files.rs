@@ -92,6 +92,16 @@ pub fn verify(model: &FoundFile) -> Result<String, EngineError> {
                     TaesdDecoderModel::on(&model.path, model.family.name(), device)?
                         .decode_raw(&batch)?
                 }
+                // Not for Device::Cpu; verified through the wgpu networks all the same.
+                Backend::Wgpu(context, precision) => {
+                    let decoder = crate::engine::wgpu::decoder::TaesdWgpuDecoder::new(
+                        model.family.name(),
+                        &weights,
+                        context,
+                        precision,
+                    )?;
+                    decoder.decode_raw(&batch)?
+                }
             };
             let mean = out.iter().sum::<f32>() / out.len() as f32;
             if out.len() != 3 * 64 * 64

@@ -959,7 +959,7 @@ impl Machine {
 }
 
 fn pairs(items: Vec<Obj>, at: usize) -> Result<Vec<(Obj, Obj)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(format!("odd number of dict items at byte {at}"));
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -274,7 +274,7 @@ fn orthogonal_unit(a: &[f32], norm_a: f64) -> Vec<f32> {
     // Start from a fixed alternating pattern, remove its component along a (Gram-Schmidt); if the
     // pattern happens to be parallel to a, use a ramp instead.
     for candidate in [
-        (|i: usize| if i % 2 == 0 { 1.0 } else { -1.0 }) as fn(usize) -> f64,
+        (|i: usize| if i.is_multiple_of(2) { 1.0 } else { -1.0 }) as fn(usize) -> f64,
         |i: usize| (i % 7) as f64 - 3.0,
     ] {
         let along: f64 = a

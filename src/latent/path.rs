@@ -415,7 +415,7 @@ fn euclidean_tangent(before: Option<&[f64]>, at: &[f64], after: Option<&[f64]>) 
 /// of the slerp's).
 fn orthogonal_unit(p: &[f64]) -> Vec<f64> {
     for candidate in [
-        (|i: usize| if i % 2 == 0 { 1.0 } else { -1.0 }) as fn(usize) -> f64,
+        (|i: usize| if i.is_multiple_of(2) { 1.0 } else { -1.0 }) as fn(usize) -> f64,
         |i: usize| (i % 7) as f64 - 3.0,
     ] {
         let along: f64 = p.iter().enumerate().map(|(i, x)| candidate(i) * x).sum();

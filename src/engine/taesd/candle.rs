@@ -281,10 +281,11 @@ impl Module for TaesdEncoder {
 /// Results of the engine-facing types here (`Result` is candle's in this file).
 type EngineResult<T> = std::result::Result<T, EngineError>;
 
-/// The candle device for an engine device.
+/// The candle device for an engine device. candle has no wgpu backend: on wgpu, candle's work
+/// (in-process diffusion, TAEF2) runs on its CPU backend.
 pub fn candle_device(device: Device) -> EngineResult<CandleDevice> {
     match device {
-        Device::Cpu => Ok(CandleDevice::Cpu),
+        Device::Cpu | Device::Wgpu => Ok(CandleDevice::Cpu),
         Device::Cuda(n) => CandleDevice::new_cuda(n)
             .map_err(|e| EngineError::Device(device.to_string(), e.to_string())),
     }

@@ -1,13 +1,14 @@
 //! The TAESD family (Tiny AutoEncoder for Stable Diffusion, Ollin Boer Bohan, MIT licence):
 //! which member a config asks for, and the one place a backend is chosen for its networks.
 //!
-//! One architecture serves the whole family ([`Family`]). It runs on one of two backends
+//! One architecture serves the whole family ([`Family`]). It runs on one of three backends
 //! ([`Backend::for_device`]): on the CPU, dreamd's own networks ([`cpu`], over the
 //! [`kernels`](super::kernels)); on CUDA, candle's modules ([`candle`], also the reference the
-//! CPU networks are tested against). [`weights`] reads either layout of the weight files.
+//! CPU networks are tested against); on wgpu, the WGSL networks of [`super::wgpu`]. [`weights`]
+//! reads either layout of the weight files.
 //!
 //! TAEF2 (FLUX.2, 32 channels) adds GroupNorm mid-blocks that only the candle modules implement,
-//! so its files run on candle's CPU backend when the device is the CPU
+//! so its files run on candle's CPU backend when the device is the CPU or wgpu
 //! ([`Backend::for_weights`]).
 
 pub mod candle;
@@ -102,27 +103,35 @@ pub enum Backend {
     Cpu(Precision),
     /// candle's modules on this device (CUDA).
     Candle(candle_core::Device),
+    /// The WGSL networks on this wgpu device, in this precision (`fast`: f16 activations where
+    /// the device has them).
+    Wgpu(std::sync::Arc<super::wgpu::GpuContext>, Precision),
 }
 
 impl Backend {
-    /// The backend for `device`: the CPU networks on the CPU, candle on CUDA. Decoder and
-    /// encoder both get theirs here.
+    /// The backend for `device`: the CPU networks on the CPU, candle on CUDA, the WGSL
+    /// networks on wgpu (the process's one device: [`super::wgpu::GpuContext::shared`]).
+    /// Decoder and encoder both get theirs here.
     pub fn for_device(device: Device, precision: Precision) -> Result<Backend, EngineError> {
         match device {
             Device::Cpu => Ok(Backend::Cpu(precision)),
             Device::Cuda(_) => Ok(Backend::Candle(candle::candle_device(device)?)),
+            Device::Wgpu => Ok(Backend::Wgpu(
+                super::wgpu::GpuContext::shared(super::wgpu::AdapterPolicy::AllowSoftware)?,
+                precision,
+            )),
         }
     }
 
     /// The backend for these weights on `device`: as [`Backend::for_device`], except that
-    /// weights with GroupNorm mid-blocks (TAEF2), which dreamd's CPU networks do not implement,
-    /// run on candle's CPU backend (`precision` does not apply there).
+    /// weights with GroupNorm mid-blocks (TAEF2), which dreamd's CPU and wgpu networks do not
+    /// implement, run on candle's CPU backend (`precision` does not apply there).
     pub fn for_weights(
         weights: &WeightFile,
         device: Device,
         precision: Precision,
     ) -> Result<Backend, EngineError> {
-        if device == Device::Cpu && has_mid_blocks(weights) {
+        if matches!(device, Device::Cpu | Device::Wgpu) && has_mid_blocks(weights) {
             tracing::info!(
                 file = %weights.path().display(),
                 "GroupNorm mid-blocks (TAEF2): running on candle's CPU backend, not dreamd's CPU networks"
@@ -155,11 +164,17 @@ pub fn load_decoder(
         Backend::Candle(device) => {
             Box::new(candle::TaesdDecoderModel::on(path, family.name(), device)?)
         }
+        Backend::Wgpu(context, precision) => Box::new(super::wgpu::decoder::TaesdWgpuDecoder::new(
+            family.name(),
+            &weights,
+            context,
+            precision,
+        )?),
     })
 }
 
 /// The TAESD encoder: pictures to latents, on the backend [`Backend::for_device`] picks
-/// ([`cpu::TaesdCpuEncoder`] on the CPU, the candle module on CUDA).
+/// ([`cpu::TaesdCpuEncoder`] on the CPU, the candle module on CUDA, the WGSL network on wgpu).
 pub struct TaesdEncoderModel {
     inner: EncoderImpl,
 }
@@ -167,6 +182,7 @@ pub struct TaesdEncoderModel {
 enum EncoderImpl {
     Candle(candle::CandleEncoder),
     Cpu(cpu::TaesdCpuEncoder),
+    Wgpu(Box<super::wgpu::encoder::TaesdWgpuEncoder>),
 }
 
 impl TaesdEncoderModel {
@@ -181,6 +197,9 @@ impl TaesdEncoderModel {
             Backend::Candle(device) => {
                 EncoderImpl::Candle(candle::CandleEncoder::load(path, &weights, device)?)
             }
+            Backend::Wgpu(context, precision) => EncoderImpl::Wgpu(Box::new(
+                super::wgpu::encoder::TaesdWgpuEncoder::new(&weights, context, precision)?,
+            )),
         };
         Ok(Self { inner })
     }
@@ -189,6 +208,7 @@ impl TaesdEncoderModel {
         match &self.inner {
             EncoderImpl::Candle(encoder) => encoder.latent_channels(),
             EncoderImpl::Cpu(encoder) => encoder.latent_channels(),
+            EncoderImpl::Wgpu(encoder) => encoder.latent_channels(),
         }
     }
 
@@ -197,13 +217,14 @@ impl TaesdEncoderModel {
         match &self.inner {
             EncoderImpl::Cpu(encoder) => encoder.encode(images),
             EncoderImpl::Candle(encoder) => encoder.encode(images),
+            EncoderImpl::Wgpu(encoder) => encoder.encode(images),
         }
     }
 }
 
 /// The size `(width, height)` of an encoder's input pictures (None for no pictures): they
 /// must all be the same size, with sides multiples of 8.
-fn encoder_input_size(images: &[RgbImage]) -> Result<Option<(u32, u32)>, EngineError> {
+pub(crate) fn encoder_input_size(images: &[RgbImage]) -> Result<Option<(u32, u32)>, EngineError> {
     let Some(first) = images.first() else {
         return Ok(None);
     };
