@@ -359,14 +359,7 @@ impl TaesdCpuEncoder {
             return Ok(Vec::new());
         };
         let (w, h) = (w as usize, h as usize);
-        let mut values = vec![0.0; images.len() * 3 * h * w];
-        for (image, out) in images.iter().zip(values.chunks_exact_mut(3 * h * w)) {
-            for (i, pixel) in image.pixels().enumerate() {
-                for c in 0..3 {
-                    out[c * h * w + i] = f32::from(pixel[c]) / 255.0;
-                }
-            }
-        }
+        let values = super::encoder_planes(images, w, h);
         let shape = LatentShape::new(self.latent_channels, h / 8, w / 8);
         self.encode_raw(&values, images.len(), h, w)
             .chunks_exact(shape.len())

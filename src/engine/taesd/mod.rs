@@ -237,6 +237,19 @@ pub(crate) fn encoder_input_size(images: &[RgbImage]) -> Result<Option<(u32, u32
     Ok(Some((w, h)))
 }
 
+/// `images` (all `w × h`) as the encoders take them: `[N, 3, h, w]` planes scaled to 0–1.
+pub(crate) fn encoder_planes(images: &[RgbImage], w: usize, h: usize) -> Vec<f32> {
+    let mut values = vec![0.0; images.len() * 3 * h * w];
+    for (image, out) in images.iter().zip(values.chunks_exact_mut(3 * h * w)) {
+        for (i, pixel) in image.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * h * w + i] = f32::from(pixel[c]) / 255.0;
+            }
+        }
+    }
+    values
+}
+
 impl From<WeightError> for EngineError {
     fn from(e: WeightError) -> Self {
         EngineError::Model(e.to_string())
