@@ -43,6 +43,13 @@ fn wait_for(
 
 #[test]
 fn the_daemon_dreams_through_comfyui_and_survives_its_absence() {
+    if !dreamd::comfyui::protocol::recordings_dir()
+        .join("ws.jsonl")
+        .is_file()
+    {
+        dreamd::test_weights::skip("the ComfyUI recordings (../shared/comfyui/recordings, or $DREAMD_SHARED/comfyui/recordings)");
+        return;
+    }
     if !models().join("taesd/taesd_encoder.safetensors").is_file() {
         support::tool_missing("TAESD weights in ../shared/models (or $DREAMD_MODELS)");
         return;
