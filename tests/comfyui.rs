@@ -622,18 +622,17 @@ async fn dropping_the_keyframe_future_cancels_our_prompt() {
 // The keyframe source
 // ---------------------------------------------------------------------------------------------
 
-fn taesd_engine() -> Arc<dreamd::engine::Engine> {
+/// The TAESD engine the source encodes with, or None after a loud skip when the weights are
+/// not found (a failure under `DREAMD_REQUIRE_MODELS`, as in CI).
+fn taesd_engine() -> Option<Arc<dreamd::engine::Engine>> {
+    let models = dreamd::test_weights::models_dir(dreamd::engine::taesd::Family::Taesd)?;
     let mut config = dreamd::config::Config::default();
     config.generation.decoder = dreamd::config::DecoderChoice::Taesd;
-    // `$DREAMD_MODELS`, else the shared models beside the package (as the unit tests do).
-    let models = std::env::var_os("DREAMD_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
-        });
     config.generation.models_dir = Some(models);
     config.generation.decode_divisor = Some(1);
-    Arc::new(dreamd::engine::Engine::from_config(&config).unwrap())
+    Some(Arc::new(
+        dreamd::engine::Engine::from_config(&config).unwrap(),
+    ))
 }
 
 fn source_options() -> SourceOptions {
@@ -659,8 +658,10 @@ async fn source_feeds_each_keyframe_back_through_img2img() {
     if !recordings() {
         return;
     }
+    let Some(engine) = taesd_engine() else {
+        return;
+    };
     let server = replay(Scenario::Happy).await;
-    let engine = taesd_engine();
     let mut source = ComfyUiSource::new(
         comfy_config(&server.url),
         Arc::clone(&engine),
@@ -748,8 +749,11 @@ async fn preflight_names_a_missing_checkpoint() {
     })
     .await
     .unwrap();
+    let Some(engine) = taesd_engine() else {
+        return;
+    };
     let mut source =
-        ComfyUiSource::new(comfy_config(&server.url), taesd_engine(), source_options()).unwrap();
+        ComfyUiSource::new(comfy_config(&server.url), engine, source_options()).unwrap();
     let err = source.preflight().await.unwrap_err().to_string();
     assert!(err.contains("\"v1-5-pruned-emaonly.safetensors\""), "{err}");
     assert!(
@@ -766,8 +770,10 @@ async fn fallback_plays_while_comfyui_is_down_and_dreaming_resumes() {
     if !recordings() {
         return;
     }
+    let Some(engine) = taesd_engine() else {
+        return;
+    };
     let server = replay(Scenario::Happy).await;
-    let engine = taesd_engine();
     let source = ComfyUiSource::new(
         comfy_config(&server.url),
         Arc::clone(&engine),
@@ -833,8 +839,11 @@ async fn fallback_plays_while_comfyui_is_down_and_dreaming_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_fallback_keyframes_fail_fast_while_down() {
+    let Some(engine) = taesd_engine() else {
+        return;
+    };
     let (url, _task) = silent_server().await.unwrap();
-    let source = ComfyUiSource::new(comfy_config(&url), taesd_engine(), source_options()).unwrap();
+    let source = ComfyUiSource::new(comfy_config(&url), engine, source_options()).unwrap();
     let mut source = FallbackSource::new(source, None);
     let err = source.keyframe(0).await.unwrap_err().to_string();
     assert!(err.contains(&url), "{err}");

@@ -797,19 +797,30 @@ pub struct RecordedHttp {
 mod tests {
     use super::*;
 
-    fn lines(name: &str) -> Vec<String> {
+    /// The non-empty lines of a recording, or none after a loud skip when the recordings are
+    /// not there (a failure under `DREAMD_REQUIRE_MODELS`, as in CI).
+    fn lines(name: &str) -> Option<Vec<String>> {
         let path = recordings_dir().join(name);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (set DREAMD_SHARED)", path.display()));
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            crate::test_weights::skip(&format!(
+                "the ComfyUI recording {} (or $DREAMD_SHARED/comfyui/recordings)",
+                path.display()
+            ));
+            return None;
+        };
+        Some(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 
     #[test]
     fn every_recorded_websocket_line_parses() {
-        let lines = lines("ws.jsonl");
+        let Some(lines) = lines("ws.jsonl") else {
+            return;
+        };
         assert_eq!(lines.len(), 155);
         let mut kinds = std::collections::BTreeSet::new();
         let mut binaries = 0;
@@ -885,7 +896,10 @@ mod tests {
     fn recorded_details_the_client_relies_on() {
         let mut no_prompt_executing = 0;
         let mut done_signals = 0;
-        for line in lines("ws.jsonl") {
+        let Some(recorded) = lines("ws.jsonl") else {
+            return;
+        };
+        for line in recorded {
             let rec: RecordedWs = serde_json::from_str(&line).unwrap();
             let Some(msg) = rec.msg else { continue };
             match WsMessage::parse(&msg.to_string()).unwrap() {
@@ -915,7 +929,9 @@ mod tests {
 
     #[test]
     fn every_recorded_http_line_parses() {
-        let lines = lines("http.jsonl");
+        let Some(lines) = lines("http.jsonl") else {
+            return;
+        };
         assert_eq!(lines.len(), 50);
         let mut checked = std::collections::BTreeMap::<&str, usize>::new();
         for line in &lines {
