@@ -197,6 +197,27 @@ pub fn read_f32_file(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// The largest absolute difference between `a` and `b` (same length), for tests that compare
+/// outputs with references.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// PSNR in dB of `b` against `a`, both ≈[0, 1] and clamped to it as pictures are.
+pub fn psnr_unit(a: &[f32], b: &[f32]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -344,17 +344,7 @@ impl Aggregator {
     }
 
     fn points(&self, series: &Series) -> Vec<SeriesPoint> {
-        let origin = self.first.unwrap_or(0.0);
-        series
-            .points()
-            .into_iter()
-            .map(|p| SeriesPoint {
-                t_s: p.t - origin,
-                mean: p.mean,
-                max: p.max,
-                count: p.count,
-            })
-            .collect()
+        series.report_points(self.first.unwrap_or(0.0))
     }
 
     /// The finished report.

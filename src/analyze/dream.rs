@@ -512,18 +512,7 @@ impl DirectionAggregator {
         if themes.is_none() && collapse.is_none() && injections.is_none() && cache.is_none() {
             return None;
         }
-        let points = |series: &Series| {
-            series
-                .points()
-                .into_iter()
-                .map(|p| SeriesPoint {
-                    t_s: p.t - origin,
-                    mean: p.mean,
-                    max: p.max,
-                    count: p.count,
-                })
-                .collect()
-        };
+        let points = |series: &Series| series.report_points(origin);
         Some(Direction {
             themes,
             collapse,

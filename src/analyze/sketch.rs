@@ -240,6 +240,19 @@ impl Series {
             })
             .collect()
     }
+
+    /// [`Series::points`] as a report's points, timed from `origin` (the report's first record).
+    pub fn report_points(&self, origin: f64) -> Vec<super::model::SeriesPoint> {
+        self.points()
+            .into_iter()
+            .map(|p| super::model::SeriesPoint {
+                t_s: p.t - origin,
+                mean: p.mean,
+                max: p.max,
+                count: p.count,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -1378,14 +1378,6 @@ mod tests {
             .collect()
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
     #[test]
     fn upstream_taef2_archives_list_the_expected_tensors() {
         for (part, params, first, last) in [
@@ -1466,7 +1458,7 @@ mod tests {
                     .unwrap_or_else(|| panic!("{}", info.name))
                     .to_vec();
                 assert_eq!(info.shape, shape, "{}", info.name);
-                let diff = max_diff(
+                let diff = crate::test_weights::max_abs_diff(
                     &a.values(&info.name, &shape).unwrap(),
                     &b.values(&info.name, &shape).unwrap(),
                 );
@@ -1500,14 +1492,14 @@ mod tests {
         let from_st = decode(&st);
         let golden = f32_file(&golden);
         assert!(
-            max_diff(&from_pth, &from_st) <= 2e-3,
+            crate::test_weights::max_abs_diff(&from_pth, &from_st) <= 2e-3,
             "{}",
-            max_diff(&from_pth, &from_st)
+            crate::test_weights::max_abs_diff(&from_pth, &from_st)
         );
         assert!(
-            max_diff(&from_pth, &golden) <= 2e-3,
+            crate::test_weights::max_abs_diff(&from_pth, &golden) <= 2e-3,
             "{}",
-            max_diff(&from_pth, &golden)
+            crate::test_weights::max_abs_diff(&from_pth, &golden)
         );
         // The encoder too (CPU engine path), on a small picture.
         let (Some(enc_pth), Some(enc_st)) = (
@@ -1532,9 +1524,9 @@ mod tests {
         };
         let (a, b) = (encode(&enc_pth), encode(&enc_st));
         assert!(
-            max_diff(a.data(), b.data()) <= 2e-3,
+            crate::test_weights::max_abs_diff(a.data(), b.data()) <= 2e-3,
             "{}",
-            max_diff(a.data(), b.data())
+            crate::test_weights::max_abs_diff(a.data(), b.data())
         );
     }
 
@@ -1584,7 +1576,7 @@ mod tests {
         let decoder = TaesdDecoderModel::load(&pth, "taef2", crate::engine::Device::Cpu).unwrap();
         assert_eq!(crate::engine::Decoder::latent_channels(&decoder), 32);
         let got = decoder.decode_raw(&batch).unwrap();
-        let diff = max_diff(&got, &f32_file(&golden));
+        let diff = crate::test_weights::max_abs_diff(&got, &f32_file(&golden));
         assert!(diff <= 2e-3, "taef2: max abs error {diff}");
         // The encoder's mid-blocks load too, and make 32-channel latents.
         let Some(enc) = test_file("taesd-pth/taef2_encoder.pth") else {

@@ -377,15 +377,7 @@ mod tests {
     use crate::engine::taesd::Family;
     use crate::engine::Device;
     use crate::latent::{Latent, LatentShape};
-    use crate::test_weights::{read_f32_file, shared_file, weights};
-
-    fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
+    use crate::test_weights::{max_abs_diff, psnr_unit, read_f32_file, shared_file, weights};
 
     #[test]
     fn matches_golden_vectors() {
@@ -404,7 +396,7 @@ mod tests {
             let shape = LatentShape::new(channels, 8, 8);
             let mut batch = LatentBatch::with_capacity(shape, 1);
             batch.push(&Latent::new(shape, input).unwrap()).unwrap();
-            let err = max_abs(&decoder.decode_raw(&batch), &expected);
+            let err = max_abs_diff(&decoder.decode_raw(&batch), &expected);
             assert!(err <= 1e-3, "{family}: max abs error {err}");
         }
     }
@@ -434,7 +426,7 @@ mod tests {
                 .collect();
             batch.push(&Latent::new(shape, data).unwrap()).unwrap();
         }
-        let err = max_abs(&cpu.decode_raw(&batch), &candle.decode_raw(&batch).unwrap());
+        let err = max_abs_diff(&cpu.decode_raw(&batch), &candle.decode_raw(&batch).unwrap());
         assert!(err <= 1e-3, "max abs error {err}");
     }
 
@@ -465,20 +457,9 @@ mod tests {
         for precision in [Precision::Exact, Precision::Fast] {
             let cpu = TaesdCpuEncoder::new(&weights, precision).unwrap();
             let got = cpu.encode_raw(&values, n, h, w);
-            let err = max_abs(&got, &expected);
+            let err = max_abs_diff(&got, &expected);
             assert!(err <= 1e-3, "{precision}: max abs error {err}");
         }
-    }
-
-    /// PSNR in dB of `b` against `a`, both ≈[0, 1] and clamped to it as the pictures are.
-    fn psnr(a: &[f32], b: &[f32]) -> f64 {
-        let mse = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        10.0 * (1.0 / mse.max(1e-20)).log10()
     }
 
     /// The bound for `precision = "fast"`: every frame ≥ 45 dB against the exact path, on the
@@ -542,10 +523,10 @@ mod tests {
             .zip(approx.chunks_exact(frame))
             .enumerate()
         {
-            figures.push(psnr(a, b));
+            figures.push(psnr_unit(a, b));
             if i % 2 == 0 {
                 let e = &from_fast_encoder[(i / 2) * frame..][..frame];
-                figures.push(psnr(a, e));
+                figures.push(psnr_unit(a, e));
             }
         }
         let worst = figures.iter().copied().fold(f64::MAX, f64::min);

@@ -16,7 +16,7 @@ use crate::engine::taesd::weights::{Part, WeightFile};
 use crate::engine::taesd::Family;
 use crate::engine::Decoder;
 use crate::latent::{Latent, LatentBatch, LatentShape};
-use crate::test_weights::{read_f32_file, shared_file, weights};
+use crate::test_weights::{max_abs_diff, psnr_unit, read_f32_file, shared_file, weights};
 
 /// The process's wgpu context (software adapters allowed), or None after a loud skip line; a
 /// panic instead under `DREAMD_REQUIRE_TOOLS=1`.
@@ -341,14 +341,6 @@ fn latents(shape: LatentShape, n: usize) -> LatentBatch {
     batch
 }
 
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn decoder_matches_the_cpu_exact_path() {
     let Some(path) = weights(Family::Taesd, Part::Decoder) else {
@@ -364,7 +356,7 @@ fn decoder_matches_the_cpu_exact_path() {
         (LatentShape::new(4, 5, 7), 3),
     ] {
         let batch = latents(shape, n);
-        let err = max_abs(&gpu.decode_raw(&batch).unwrap(), &cpu.decode_raw(&batch));
+        let err = max_abs_diff(&gpu.decode_raw(&batch).unwrap(), &cpu.decode_raw(&batch));
         assert!(err <= 1e-4, "{shape}: max abs error {err}");
         // The pictures, through the output-scaling kernel.
         let (a, b) = (gpu.decode(&batch).unwrap(), cpu.decode(&batch).unwrap());
@@ -407,7 +399,7 @@ fn decoder_matches_golden_vectors() {
         batch
             .push(&Latent::new(shape, read_f32_file(&input)).unwrap())
             .unwrap();
-        let err = max_abs(&gpu.decode_raw(&batch).unwrap(), &read_f32_file(&expected));
+        let err = max_abs_diff(&gpu.decode_raw(&batch).unwrap(), &read_f32_file(&expected));
         assert!(err <= 1e-4, "{family}: max abs error {err}");
     }
 }
@@ -428,7 +420,7 @@ fn encoder_matches_the_cpu_exact_path() {
             .collect();
         let got = gpu.encode_raw(&input, n, h, w).unwrap();
         let expected = cpu.encode_raw(&input, n, h, w);
-        let err = max_abs(&got, &expected);
+        let err = max_abs_diff(&got, &expected);
         assert!(err <= 1e-4, "{n}x3x{h}x{w}: max abs error {err}");
     }
 }
@@ -589,17 +581,6 @@ fn f16_storage_stays_within_half_precision_of_float64() {
     assert!(err > 0.0, "f16 storage should round somewhere");
 }
 
-/// PSNR in dB of `b` against `a` (both ≈[0, 1], clamped as the pictures are).
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (f64::from(x.clamp(0.0, 1.0)) - f64::from(y.clamp(0.0, 1.0))).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (1.0 / mse.max(1e-20)).log10()
-}
-
 /// `precision = "fast"` on wgpu (f16 activations where the device has them) holds the same
 /// bound as the CPU's fast path: ≥ 45 dB against the exact decode; the encoder's latents stay
 /// close to the exact encoder's.
@@ -625,7 +606,7 @@ fn fast_precision_decodes_above_45_db() {
     assert_eq!(fast.storage(), expected_storage);
     let shape = LatentShape::new(4, 8, 8);
     let batch = latents(shape, 2);
-    let db = psnr(&cpu.decode_raw(&batch), &fast.decode_raw(&batch).unwrap());
+    let db = psnr_unit(&cpu.decode_raw(&batch), &fast.decode_raw(&batch).unwrap());
     assert!(db >= 45.0, "{db:.1} dB");
 
     let weights = WeightFile::load(&enc_path, Part::Encoder).unwrap();
@@ -635,7 +616,7 @@ fn fast_precision_decodes_above_45_db() {
     let input: Vec<f32> = (0..n * 3 * h * w)
         .map(|i| 0.5 + 0.5 * (i as f32 * 0.013).sin() * (i as f32 * 0.0007).cos())
         .collect();
-    let err = max_abs(
+    let err = max_abs_diff(
         &fast.encode_raw(&input, n, h, w).unwrap(),
         &exact.encode_raw(&input, n, h, w),
     );
@@ -668,7 +649,7 @@ fn a_late_gpu_is_an_error_and_the_decoder_recovers() {
     context.set_wait_limit(super::WAIT_LIMIT);
     let again = decoder.decode_raw(&batch).unwrap();
     let cpu = TaesdCpuDecoder::new("taesd", &weights, Precision::Exact).unwrap();
-    let err = max_abs(&again, &cpu.decode_raw(&batch));
+    let err = max_abs_diff(&again, &cpu.decode_raw(&batch));
     assert!(err <= 1e-4, "max abs error {err}");
 }
 
