@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dreamd::comfyui::client::{ClientOptions, ComfyClient, ComfyError, GenerateRequest};
 use dreamd::comfyui::protocol::{InterruptRequest, PromptRequest, QueueDelete};
-use dreamd::comfyui::replay::{silent_server, Options, Replay, Scenario};
+use dreamd::comfyui::replay::{silent_server, Options, Replay, ReplayError, Scenario};
 use dreamd::comfyui::workflow::{Values, Workflow};
 use dreamd::comfyui::{
     ComfyUiConfig, ComfyUiHealth, ComfyUiSource, ComfyUiStatus, FallbackSource, SourceOptions,
@@ -65,25 +65,29 @@ fn request(deadline: Duration) -> GenerateRequest {
     }
 }
 
-/// Whether the recorded ComfyUI traffic the replay serves is there; skips loudly (a failure
-/// under `DREAMD_REQUIRE_MODELS` / `DREAMD_REQUIRE_TOOLS`, as in CI) when it is not.
-fn recordings() -> bool {
-    let present = dreamd::comfyui::protocol::recordings_dir()
-        .join("ws.jsonl")
-        .is_file();
-    if !present {
-        dreamd::test_weights::skip("the ComfyUI recordings (../shared/comfyui/recordings, or $DREAMD_SHARED/comfyui/recordings)");
+/// The replaying ComfyUI with `options`, or None after a loud skip when the recordings it
+/// serves are not there (a failure under `DREAMD_REQUIRE_MODELS` / `DREAMD_REQUIRE_TOOLS`, as
+/// in CI).
+async fn start(options: Options) -> Option<Replay> {
+    match Replay::start(options).await {
+        Ok(server) => Some(server),
+        Err(e @ (ReplayError::Read { .. } | ReplayError::Parse { .. })) => {
+            dreamd::test_weights::skip(&format!(
+                "the ComfyUI recordings (../shared/comfyui/recordings, or \
+                 $DREAMD_SHARED/comfyui/recordings): {e}"
+            ));
+            None
+        }
+        Err(e) => panic!("{e}"),
     }
-    present
 }
 
-async fn replay(scenario: Scenario) -> Replay {
-    Replay::start(Options {
+async fn replay(scenario: Scenario) -> Option<Replay> {
+    start(Options {
         scenario,
         ..Options::default()
     })
     .await
-    .unwrap()
 }
 
 /// Waits until `f` holds, up to `limit`.
@@ -128,10 +132,9 @@ fn assert_only_scoped_cancels(server: &Replay) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_opens_the_socket_first_and_cleans_up() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Happy).await else {
         return;
-    }
-    let server = replay(Scenario::Happy).await;
+    };
     let client = client(&server.url);
     let done = client
         .generate(request(Duration::from_secs(10)))
@@ -185,10 +188,9 @@ async fn happy_path_opens_the_socket_first_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_result_still_gives_the_picture() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Cached).await else {
         return;
-    }
-    let server = replay(Scenario::Cached).await;
+    };
     let client = client(&server.url);
     let done = client
         .generate(request(Duration::from_secs(10)))
@@ -203,10 +205,9 @@ async fn cached_result_still_gives_the_picture() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_400_names_the_node_errors() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Validation).await else {
         return;
-    }
-    let server = replay(Scenario::Validation).await;
+    };
     let client = client(&server.url);
     let err = client
         .generate(request(Duration::from_secs(10)))
@@ -230,10 +231,9 @@ async fn validation_400_names_the_node_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_error_carries_the_servers_message() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::RuntimeError).await else {
         return;
-    }
-    let server = replay(Scenario::RuntimeError).await;
+    };
     let client = client(&server.url);
     let err = client
         .generate(request(Duration::from_secs(10)))
@@ -266,10 +266,9 @@ async fn runtime_error_carries_the_servers_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_only_our_prompt_on_an_old_server() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Stall).await else {
         return;
-    }
-    let server = replay(Scenario::Stall).await;
+    };
     let client = client(&server.url);
     let start = Instant::now();
     let err = client
@@ -317,16 +316,15 @@ async fn deadline_interrupts_only_our_prompt_on_an_old_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_uses_the_jobs_api_where_the_server_has_it() {
-    if !recordings() {
-        return;
-    }
-    let server = Replay::start(Options {
+    let Some(server) = start(Options {
         scenario: Scenario::Stall,
         jobs_api: true,
         ..Options::default()
     })
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let client = client(&server.url);
     let err = client
         .generate(request(Duration::from_millis(800)))
@@ -347,10 +345,9 @@ async fn deadline_uses_the_jobs_api_where_the_server_has_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupt_from_elsewhere_ends_the_keyframe_with_its_node() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Stall).await else {
         return;
-    }
-    let server = replay(Scenario::Stall).await;
+    };
     let client = Arc::new(client(&server.url));
     let task = {
         let client = Arc::clone(&client);
@@ -380,10 +377,9 @@ async fn an_interrupt_from_elsewhere_ends_the_keyframe_with_its_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_prompt_is_deleted_from_the_queue_and_the_other_job_keeps_running() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::BehindOther).await else {
         return;
-    }
-    let server = replay(Scenario::BehindOther).await;
+    };
     let client = client(&server.url);
     assert!(eventually(Duration::from_secs(2), || server.foreign_running()).await);
     let err = client
@@ -404,10 +400,9 @@ async fn a_pending_prompt_is_deleted_from_the_queue_and_the_other_job_keeps_runn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_drop_is_reconciled_through_the_history() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::WsDrop).await else {
         return;
-    }
-    let server = replay(Scenario::WsDrop).await;
+    };
     let client = client(&server.url);
     let start = Instant::now();
     let done = client
@@ -428,10 +423,9 @@ async fn websocket_drop_is_reconciled_through_the_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_and_unknown_messages_never_break_the_wait() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Binary).await else {
         return;
-    }
-    let server = replay(Scenario::Binary).await;
+    };
     let client = client(&server.url);
     let done = client
         .generate(request(Duration::from_secs(10)))
@@ -455,10 +449,9 @@ async fn binary_frames_and_unknown_messages_never_break_the_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_image_websocket_result_comes_from_a_binary_frame() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Binary).await else {
         return;
-    }
-    let server = replay(Scenario::Binary).await;
+    };
     let client = client(&server.url);
     let workflow = Workflow::parse(
         r#"{"1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
@@ -505,10 +498,9 @@ async fn a_server_that_never_answers_fails_within_the_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_dies_mid_run_and_comes_back() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Stall).await else {
         return;
-    }
-    let server = replay(Scenario::Stall).await;
+    };
     let client = Arc::new(client(&server.url));
     let task = {
         let client = Arc::clone(&client);
@@ -540,16 +532,15 @@ async fn a_server_that_dies_mid_run_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_null_interrupt_is_a_500_and_the_client_never_sends_it() {
-    if !recordings() {
-        return;
-    }
-    let server = Replay::start(Options {
+    let Some(server) = start(Options {
         scenario: Scenario::Stall,
         interrupt_fails: true,
         ..Options::default()
     })
     .await
-    .unwrap();
+    else {
+        return;
+    };
     // The replay answers `null` the way ComfyUI 0.3.59 did.
     let raw = raw_post(&server, "/interrupt", "null").await;
     assert!(raw.starts_with("HTTP/1.1 500"), "{raw}");
@@ -596,10 +587,9 @@ async fn raw_post(server: &Replay, path: &str, body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_keyframe_future_cancels_our_prompt() {
-    if !recordings() {
+    let Some(server) = replay(Scenario::Stall).await else {
         return;
-    }
-    let server = replay(Scenario::Stall).await;
+    };
     let client = client(&server.url);
     let dropped = tokio::time::timeout(
         Duration::from_millis(600),
@@ -655,13 +645,12 @@ fn comfy_config(url: &str) -> ComfyUiConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_feeds_each_keyframe_back_through_img2img() {
-    if !recordings() {
-        return;
-    }
     let Some(engine) = taesd_engine() else {
         return;
     };
-    let server = replay(Scenario::Happy).await;
+    let Some(server) = replay(Scenario::Happy).await else {
+        return;
+    };
     let mut source = ComfyUiSource::new(
         comfy_config(&server.url),
         Arc::clone(&engine),
@@ -740,15 +729,14 @@ async fn source_feeds_each_keyframe_back_through_img2img() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_names_a_missing_checkpoint() {
-    if !recordings() {
-        return;
-    }
-    let server = Replay::start(Options {
+    let Some(server) = start(Options {
         checkpoints: vec!["sd_xl_base_1.0.safetensors".into()],
         ..Options::default()
     })
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let Some(engine) = taesd_engine() else {
         return;
     };
@@ -767,13 +755,12 @@ async fn preflight_names_a_missing_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_plays_while_comfyui_is_down_and_dreaming_resumes() {
-    if !recordings() {
-        return;
-    }
     let Some(engine) = taesd_engine() else {
         return;
     };
-    let server = replay(Scenario::Happy).await;
+    let Some(server) = replay(Scenario::Happy).await else {
+        return;
+    };
     let source = ComfyUiSource::new(
         comfy_config(&server.url),
         Arc::clone(&engine),
