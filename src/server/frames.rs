@@ -32,7 +32,10 @@ pub async fn current(State(app): State<App>) -> Response {
                     HeaderValue::from(frame.seq),
                 ),
             ],
-            Body::from(bytes_of(&frame.bytes)),
+            // No copy: the body shares the frame's bytes.
+            Body::from(axum::body::Bytes::from_owner(std::sync::Arc::clone(
+                &frame.bytes,
+            ))),
         )
             .into_response(),
         None => (
@@ -45,10 +48,6 @@ pub async fn current(State(app): State<App>) -> Response {
         )
             .into_response(),
     }
-}
-
-fn bytes_of(bytes: &std::sync::Arc<[u8]>) -> axum::body::Bytes {
-    axum::body::Bytes::copy_from_slice(bytes)
 }
 
 /// A made frame by sequence number.
@@ -66,29 +65,12 @@ pub async fn by_seq(
     };
     let format = app.shared.format;
     let bytes = match in_memory(&app, seq) {
-        Some(bytes) => Ok(Ok(bytes.to_vec())),
-        None => {
-            let path = app.shared.archive.path_of(seq, format);
-            tokio::task::spawn_blocking(move || std::fs::read(path)).await
-        }
-    };
-    let bytes = match bytes {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("frame {seq} is not on disk (not made yet, or pruned)\n"),
-            )
-                .into_response();
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(seq, "cannot read frame {seq}: {e}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read frame\n").into_response();
-        }
-        Err(e) => {
-            tracing::warn!(seq, "frame read task failed: {e}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read frame\n").into_response();
-        }
+        // No copy: the body shares the frame's bytes.
+        Some(bytes) => axum::body::Bytes::from_owner(bytes),
+        None => match from_disk(&app, seq).await {
+            Ok(bytes) => axum::body::Bytes::from(bytes),
+            Err(response) => return response,
+        },
     };
     let etag = format!("\"{seq}-{:016x}\"", fnv1a(&bytes));
     let cache = [(ETAG, etag.clone()), (CACHE_CONTROL, IMMUTABLE.to_string())];
@@ -105,6 +87,27 @@ pub async fn by_seq(
         Body::from(bytes),
     )
         .into_response()
+}
+
+/// Frame `seq` from `output/frames/`, or the answer saying why not (404 when it is not there).
+async fn from_disk(app: &App, seq: u64) -> Result<Vec<u8>, Response> {
+    let path = app.shared.archive.path_of(seq, app.shared.format);
+    match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err((
+            StatusCode::NOT_FOUND,
+            format!("frame {seq} is not on disk (not made yet, or pruned)\n"),
+        )
+            .into_response()),
+        Ok(Err(e)) => {
+            tracing::warn!(seq, "cannot read frame {seq}: {e}");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, "cannot read frame\n").into_response())
+        }
+        Err(e) => {
+            tracing::warn!(seq, "frame read task failed: {e}");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, "cannot read frame\n").into_response())
+        }
+    }
 }
 
 /// Frame `seq` when it is still in memory: on screen now, or made and waiting in the buffer.
