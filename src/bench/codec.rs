@@ -216,12 +216,23 @@ impl DecodeReport {
                 (crate::engine::Device::Wgpu, Some(adapter)) => format!(
                     "{}: {} storage",
                     engine.precision(),
-                    if adapter.f16 && engine.precision() == crate::config::Precision::Fast {
+                    if adapter.f16 && engine.precision() != crate::config::Precision::Exact {
                         "f16"
                     } else {
                         "f32"
                     }
                 ),
+                // On the CPU, `fast` and `bf16` run dreamd's own kernels at the active
+                // instruction set (`bf16` products need avx512-bf16).
+                (crate::engine::Device::Cpu, _)
+                    if engine.precision() != crate::config::Precision::Exact =>
+                {
+                    format!(
+                        "{}: {} kernels",
+                        engine.precision(),
+                        crate::engine::kernels::isa::Isa::active()
+                    )
+                }
                 _ => engine.precision().to_string(),
             },
             batch,

@@ -59,6 +59,7 @@ enum Command {
 impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
+        dreamd::engine::kernels::isa::Isa::check_env()?;
         match self.command {
             Command::Run(args) => args.run(),
             Command::Ctl(args) => args.run(),

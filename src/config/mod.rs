@@ -188,6 +188,10 @@ pub enum Precision {
     /// `exact` on real latents.
     #[default]
     Fast,
+    /// [`Precision::Fast`] with the Winograd-domain products in bf16 (`vdpbf16ps`) where the
+    /// CPU has AVX512_BF16 (elsewhere the same as `fast`): faster again, but ≈35 dB PSNR
+    /// against `exact`, below `fast`'s 45 dB bound. On wgpu the same as `fast`.
+    Bf16,
 }
 
 impl fmt::Display for Precision {
@@ -195,6 +199,7 @@ impl fmt::Display for Precision {
         match self {
             Precision::Exact => f.write_str("exact"),
             Precision::Fast => f.write_str("fast"),
+            Precision::Bf16 => f.write_str("bf16"),
         }
     }
 }

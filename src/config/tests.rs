@@ -56,11 +56,13 @@ fn unknown_decoder_lists_allowed_values() {
 }
 
 #[test]
-fn precision_is_fast_or_exact() {
+fn precision_is_fast_exact_or_bf16() {
     assert_eq!(Config::default().generation.precision, Precision::Fast);
     let config = Config::parse("[generation]\nprecision = \"exact\"", "t").unwrap();
     assert_eq!(config.generation.precision, Precision::Exact);
-    let message = err("[generation]\nprecision = \"bf16\"");
+    let config = Config::parse("[generation]\nprecision = \"bf16\"", "t").unwrap();
+    assert_eq!(config.generation.precision, Precision::Bf16);
+    let message = err("[generation]\nprecision = \"half\"");
     assert!(message.contains("generation.precision"), "{message}");
     assert!(message.contains("exact"), "{message}");
 }

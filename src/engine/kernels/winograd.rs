@@ -21,15 +21,15 @@
 
 use std::ops::Range;
 
-use super::conv::{matmul, Epilogue, Matmul, Padded};
+use super::conv::{Epilogue, Padded};
+use super::isa::Isa;
 use super::pool;
+use super::tile_products::{PositionWeights, Products, POSITIONS};
 
 /// Output tile side.
 const TILE: usize = 4;
 /// Input tile side (TILE + 2).
 const ALPHA: usize = 6;
-/// Transform positions per tile.
-const POSITIONS: usize = ALPHA * ALPHA;
 /// Tiles per chunk the threads aim at: `V` and `M` of a chunk (36 × 64 × tiles f32 each) stay
 /// near the core's L2. 32, 48, 96 and 192 measured within noise of each other at 4×32×64
 /// (BENCHMARKS.md); 192 was slowest.
@@ -51,7 +51,7 @@ pub struct Winograd3x3 {
     c_in: usize,
     c_out: usize,
     /// Transformed weights `[36][c_out][c_in]`.
-    u: Vec<f32>,
+    u: PositionWeights,
     bias: Option<Vec<f32>>,
 }
 
@@ -75,8 +75,15 @@ impl Geometry {
 }
 
 impl Winograd3x3 {
-    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias `[c_out]`.
-    pub fn new(c_in: usize, c_out: usize, weight: &[f32], bias: Option<Vec<f32>>) -> Self {
+    /// From PyTorch-layout weights `[c_out][c_in][3][3]` and an optional bias `[c_out]`, with
+    /// the Winograd-domain products in `products` arithmetic.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+        products: Products,
+    ) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
         let mut u = vec![0.0; POSITIONS * c_out * c_in];
         for co in 0..c_out {
@@ -100,7 +107,7 @@ impl Winograd3x3 {
         Self {
             c_in,
             c_out,
-            u,
+            u: PositionWeights::new(c_out, c_in, u, products),
             bias,
         }
     }
@@ -112,11 +119,12 @@ impl Winograd3x3 {
 
     /// Convolves `input`, then applies the epilogue; borders of the result are zero.
     pub fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
-        self.forward_with(input, epilogue, true)
+        self.forward_with(input, epilogue, Isa::active())
     }
 
-    /// [`Self::forward`], with the AVX2 build of the transforms allowed or not (tests check both).
-    fn forward_with(&self, input: &Padded, epilogue: Epilogue, simd: bool) -> Padded {
+    /// [`Self::forward`] with the kernels of instruction-set level `isa`, which the CPU must
+    /// have (tests check every level it has).
+    fn forward_with(&self, input: &Padded, epilogue: Epilogue, isa: Isa) -> Padded {
         assert_eq!(input.channels, self.c_in, "conv input channels");
         if let Some(r) = epilogue.residual {
             assert_eq!(
@@ -162,15 +170,15 @@ impl Winograd3x3 {
         }
         std::thread::scope(|scope| {
             for (range, rows) in ranges.into_iter().zip(rows) {
-                scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, simd));
+                scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, isa));
             }
         });
         out
     }
 
     /// Computes tile rows `range` (of the flattened batch) into `rows`: the interior output rows
-    /// of those tiles, `c_out` groups of them in (b, y) order. Picks the AVX2 build of the
-    /// transforms when `simd` allows it and the CPU has it.
+    /// of those tiles, `c_out` groups of them in (b, y) order, with the build of the transforms
+    /// for `isa`.
     fn tile_rows(
         &self,
         input: &Padded,
@@ -178,21 +186,31 @@ impl Winograd3x3 {
         range: Range<usize>,
         geom: Geometry,
         epilogue: Epilogue,
-        simd: bool,
+        isa: Isa,
     ) {
+        assert!(
+            isa <= Isa::detected(),
+            "{isa} kernels on a CPU without {isa}"
+        );
         #[cfg(target_arch = "x86_64")]
-        if simd && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: `tile_rows_avx2` only needs AVX2, which the CPU has (checked just above).
-            unsafe { self.tile_rows_avx2(input, rows, range, geom, epilogue) };
-            return;
+        match isa {
+            // SAFETY: each build needs only its level's features, which the CPU has (above).
+            Isa::Avx512 | Isa::Avx512Bf16 => {
+                unsafe { self.tile_rows_avx512(input, rows, range, geom, epilogue, isa) };
+                return;
+            }
+            Isa::Avx2 => {
+                unsafe { self.tile_rows_avx2(input, rows, range, geom, epilogue) };
+                return;
+            }
+            Isa::Portable => {}
         }
-        let _ = simd;
-        self.tile_rows_generic(input, rows, range, geom, epilogue);
+        self.tile_rows_generic(input, rows, range, geom, epilogue, isa);
     }
 
     /// [`Self::tile_rows_generic`] compiled for AVX2 (the transforms vectorize 8 wide).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn tile_rows_avx2(
         &self,
         input: &Padded,
@@ -201,7 +219,22 @@ impl Winograd3x3 {
         geom: Geometry,
         epilogue: Epilogue,
     ) {
-        self.tile_rows_generic(input, rows, range, geom, epilogue);
+        self.tile_rows_generic(input, rows, range, geom, epilogue, Isa::Avx2);
+    }
+
+    /// [`Self::tile_rows_generic`] compiled for AVX-512 (16 wide, masked tails).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    unsafe fn tile_rows_avx512(
+        &self,
+        input: &Padded,
+        rows: Vec<&mut [f32]>,
+        range: Range<usize>,
+        geom: Geometry,
+        epilogue: Epilogue,
+        isa: Isa,
+    ) {
+        self.tile_rows_generic(input, rows, range, geom, epilogue, isa);
     }
 
     #[inline(always)]
@@ -212,6 +245,7 @@ impl Winograd3x3 {
         range: Range<usize>,
         geom: Geometry,
         epilogue: Epilogue,
+        isa: Isa,
     ) {
         let tw = geom.tw;
         // Index of each tile row's first output row within one channel's group.
@@ -235,31 +269,17 @@ impl Winograd3x3 {
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, _) = geom.rows_of(r);
                     let offset = ci * tiles + k * tw;
-                    scratch.input_tiles(input, (ci, b, y0), &mut v, self.c_in * tiles, offset);
+                    scratch.input_tiles(isa, input, (ci, b, y0), &mut v, self.c_in * tiles, offset);
                 }
             }
-            for p in 0..POSITIONS {
-                let weights = &self.u[p * self.c_out * self.c_in..][..self.c_out * self.c_in];
-                matmul(
-                    Matmul {
-                        m: self.c_out,
-                        n: tiles,
-                        k: self.c_in,
-                    },
-                    &mut m[p * self.c_out * tiles..],
-                    tiles,
-                    weights,
-                    &v[p * self.c_in * tiles..],
-                    tiles,
-                    false,
-                );
-            }
+            self.u.multiply(isa, &v, tiles, &mut m);
             for co in 0..self.c_out {
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, count) = geom.rows_of(r);
                     let local = co * n + first_row[r - range.start];
                     scratch.output_tiles(
+                        isa,
                         &m,
                         (self.c_out * tiles, co * tiles + k * tw),
                         &mut rows[local..local + count],
@@ -312,6 +332,7 @@ impl Scratch {
     #[inline(always)]
     fn input_tiles(
         &mut self,
+        isa: Isa,
         input: &Padded,
         (ci, b, y0): (usize, usize, usize),
         v: &mut [f32],
@@ -333,6 +354,7 @@ impl Scratch {
         {
             let [c0, c1, c2, c3, c4, c5] = &mut self.cols;
             bt(
+                isa,
                 d,
                 [
                     &mut c0[..width],
@@ -347,15 +369,7 @@ impl Scratch {
         let tw = self.tw;
         for i in 0..ALPHA {
             let [p0, p1, p2, p3] = &mut self.phase;
-            for ((((quad, a), b), c), d) in self.cols[i]
-                .chunks_exact(TILE)
-                .zip(p0.iter_mut())
-                .zip(p1.iter_mut())
-                .zip(p2.iter_mut())
-                .zip(p3.iter_mut())
-            {
-                (*a, *b, *c, *d) = (quad[0], quad[1], quad[2], quad[3]);
-            }
+            deinterleave4(isa, &self.cols[i], [p0, p1, p2, p3]);
             let [p0, p1, p2, p3] = &self.phase;
             let src = [&p0[..], &p1[..], &p2[..], &p3[..], &p0[1..], &p1[1..]];
             let base = i * ALPHA * stride + offset;
@@ -365,6 +379,7 @@ impl Scratch {
             let (o3, rest) = rest.split_at_mut(stride);
             let (o4, rest) = rest.split_at_mut(stride);
             bt(
+                isa,
                 src,
                 [
                     &mut o0[..tw],
@@ -382,8 +397,10 @@ impl Scratch {
     /// `y0`) from `m[p·stride + offset + tx]` into `rows` (its 1–4 interior output rows), adding
     /// `bias` and the residual, then the ReLU when asked.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn output_tiles(
         &mut self,
+        isa: Isa,
         m: &[f32],
         (stride, offset): (usize, usize),
         rows: &mut [&mut [f32]],
@@ -398,7 +415,7 @@ impl Scratch {
             let [h0, h1, h2, h3] = &mut self.half[i * TILE..(i + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(src, [h0, h1, h2, h3]);
+            at(isa, src, [h0, h1, h2, h3]);
         }
         // self.full[k·4 + dy][tx] = output (dy, 4tx + k).
         for k in 0..TILE {
@@ -406,20 +423,11 @@ impl Scratch {
             let [y0, y1, y2, y3] = &mut self.full[k * TILE..(k + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(src, [y0, y1, y2, y3]);
+            at(isa, src, [y0, y1, y2, y3]);
         }
         for (dy, row) in rows.iter_mut().enumerate() {
             let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
-            for ((((quad, &a), &b), &c), &d) in self
-                .line
-                .chunks_exact_mut(TILE)
-                .zip(f0)
-                .zip(f1)
-                .zip(f2)
-                .zip(f3)
-            {
-                quad.copy_from_slice(&[a, b, c, d]);
-            }
+            interleave4(isa, [f0, f1, f2, f3], &mut self.line);
             let width = row.len();
             let line = &self.line[..width];
             let residual = epilogue.residual.map(|r| {
@@ -452,9 +460,75 @@ impl Scratch {
     }
 }
 
-/// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices.
+/// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices, with the
+/// instructions of `isa`.
 #[inline(always)]
-fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
+fn bt(isa: Isa, d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
+        unsafe { avx512::bt(d, out) };
+        return;
+    }
+    let _ = isa;
+    bt_portable(d, out);
+}
+
+/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices, with the
+/// instructions of `isa`.
+#[inline(always)]
+fn at(isa: Isa, m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        // SAFETY: as in `bt`.
+        unsafe { avx512::at(m, out) };
+        return;
+    }
+    let _ = isa;
+    at_portable(m, out);
+}
+
+/// `out[k][t] = src[4t + k]` for `t < out[k].len()` (the four phases of a row of tiles).
+#[inline(always)]
+fn deinterleave4(isa: Isa, src: &[f32], out: [&mut [f32]; TILE]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        // SAFETY: as in `bt`.
+        unsafe { avx512::deinterleave4(src, out) };
+        return;
+    }
+    let _ = isa;
+    let [p0, p1, p2, p3] = out;
+    for ((((quad, a), b), c), d) in src
+        .chunks_exact(TILE)
+        .zip(p0.iter_mut())
+        .zip(p1.iter_mut())
+        .zip(p2.iter_mut())
+        .zip(p3.iter_mut())
+    {
+        (*a, *b, *c, *d) = (quad[0], quad[1], quad[2], quad[3]);
+    }
+}
+
+/// `dst[4t + k] = src[k][t]` for `t < src[0].len()` (the inverse of [`deinterleave4`]).
+#[inline(always)]
+fn interleave4(isa: Isa, src: [&[f32]; TILE], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        // SAFETY: as in `bt`.
+        unsafe { avx512::interleave4(src, dst) };
+        return;
+    }
+    let _ = isa;
+    let [f0, f1, f2, f3] = src;
+    for ((((quad, &a), &b), &c), &d) in dst.chunks_exact_mut(TILE).zip(f0).zip(f1).zip(f2).zip(f3) {
+        quad.copy_from_slice(&[a, b, c, d]);
+    }
+}
+
+/// [`bt`] in plain arithmetic (the compiler vectorizes it for the enclosing build).
+#[inline(always)]
+fn bt_portable(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
     let n = out[0].len();
     let [d0, d1, d2, d3, d4, d5] = d.map(|s| &s[..n]);
     let [o0, o1, o2, o3, o4, o5] = out;
@@ -476,9 +550,9 @@ fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
     }
 }
 
-/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices.
+/// [`at`] in plain arithmetic.
 #[inline(always)]
-fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
+fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
     let n = out[0].len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
     let [o0, o1, o2, o3] = out;
@@ -490,6 +564,179 @@ fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
         o1[x] = d12 + 2.0 * d34;
         o2[x] = p12 + 4.0 * p34;
         o3[x] = d12 + 8.0 * d34 + m5[x];
+    }
+}
+
+/// The transforms' element-wise pieces with AVX-512 instructions: 16 lanes, masked tails, and
+/// the phase (de)interleaving as two-source permutes instead of scalar moves (the compiler's
+/// own vectorization of the portable loops left rows of 16–32 tiles to its scalar remainder).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{ALPHA, TILE};
+
+    const LANES: usize = 16;
+
+    /// Lanes `0..n.min(16)` set.
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= LANES {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// [`super::bt`]. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
+        let n = out[0].len();
+        assert!(d.iter().all(|d| d.len() >= n) && out.iter().all(|o| o.len() >= n));
+        let d = d.map(<[f32]>::as_ptr);
+        let o = out.map(<[f32]>::as_mut_ptr);
+        let (two, four, five) = (
+            _mm512_set1_ps(2.0),
+            _mm512_set1_ps(4.0),
+            _mm512_set1_ps(5.0),
+        );
+        let mut x = 0;
+        while x < n {
+            let k = mask(n - x);
+            let [a0, a1, a2, a3, a4, a5] = d.map(|d| _mm512_maskz_loadu_ps(k, d.add(x)));
+            let store = |i: usize, v: __m512| _mm512_mask_storeu_ps(o[i].add(x), k, v);
+            store(0, _mm512_fmadd_ps(four, a0, _mm512_fnmadd_ps(five, a2, a4)));
+            store(
+                1,
+                _mm512_fnmadd_ps(four, _mm512_add_ps(a1, a2), _mm512_add_ps(a3, a4)),
+            );
+            store(
+                2,
+                _mm512_fmadd_ps(four, _mm512_sub_ps(a1, a2), _mm512_sub_ps(a4, a3)),
+            );
+            let a42 = _mm512_sub_ps(a4, a2);
+            store(3, _mm512_fmadd_ps(two, _mm512_sub_ps(a3, a1), a42));
+            store(4, _mm512_fmadd_ps(two, _mm512_sub_ps(a1, a3), a42));
+            store(5, _mm512_fmadd_ps(four, a1, _mm512_fnmadd_ps(five, a3, a5)));
+            x += LANES;
+        }
+    }
+
+    /// [`super::at`]. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
+        let n = out[0].len();
+        assert!(m.iter().all(|m| m.len() >= n) && out.iter().all(|o| o.len() >= n));
+        let m = m.map(<[f32]>::as_ptr);
+        let o = out.map(<[f32]>::as_mut_ptr);
+        let (two, four, eight) = (
+            _mm512_set1_ps(2.0),
+            _mm512_set1_ps(4.0),
+            _mm512_set1_ps(8.0),
+        );
+        let mut x = 0;
+        while x < n {
+            let k = mask(n - x);
+            let [m0, m1, m2, m3, m4, m5] = m.map(|m| _mm512_maskz_loadu_ps(k, m.add(x)));
+            let (p12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
+            let (p34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
+            let store = |i: usize, v: __m512| _mm512_mask_storeu_ps(o[i].add(x), k, v);
+            store(0, _mm512_add_ps(_mm512_add_ps(m0, p12), p34));
+            store(1, _mm512_fmadd_ps(two, d34, d12));
+            store(2, _mm512_fmadd_ps(four, p34, p12));
+            store(3, _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5));
+            x += LANES;
+        }
+    }
+
+    /// `idx[lane] = k + 4·(lane mod 8)`: phase k of 8 tiles from a pair of vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn phase_index(k: i32) -> __m512i {
+        _mm512_setr_epi32(
+            k,
+            k + 4,
+            k + 8,
+            k + 12,
+            k + 16,
+            k + 20,
+            k + 24,
+            k + 28,
+            k,
+            k + 4,
+            k + 8,
+            k + 12,
+            k + 16,
+            k + 20,
+            k + 24,
+            k + 28,
+        )
+    }
+
+    /// [`super::deinterleave4`]. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn deinterleave4(src: &[f32], out: [&mut [f32]; TILE]) {
+        let n = out[0].len();
+        assert!(src.len() >= TILE * n && out.iter().all(|o| o.len() >= n));
+        let s = src.as_ptr();
+        let o = out.map(<[f32]>::as_mut_ptr);
+        let index = [0, 1, 2, 3].map(|k| phase_index(k));
+        let mut t = 0;
+        while t < n {
+            let left = TILE * (n - t);
+            // 16 tiles × 4 values; vector j holds tiles 4j..4j+4.
+            let a: [__m512; 4] = std::array::from_fn(|j| {
+                _mm512_maskz_loadu_ps(mask(left.saturating_sub(16 * j)), s.add(TILE * t + 16 * j))
+            });
+            for (k, index) in index.iter().enumerate() {
+                let low = _mm512_permutex2var_ps(a[0], *index, a[1]);
+                let high = _mm512_permutex2var_ps(a[2], *index, a[3]);
+                let phase = _mm512_mask_blend_ps(0xff00, low, high);
+                _mm512_mask_storeu_ps(o[k].add(t), mask(n - t), phase);
+            }
+            t += LANES;
+        }
+    }
+
+    /// [`super::interleave4`]. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn interleave4(src: [&[f32]; TILE], dst: &mut [f32]) {
+        let n = src[0].len();
+        assert!(src.iter().all(|s| s.len() >= n) && dst.len() >= TILE * n);
+        let s = src.map(<[f32]>::as_ptr);
+        let d = dst.as_mut_ptr();
+        // Pairs of phases, lanes interleaved: [a0 b0 a1 b1 …] for tiles 0–7 and 8–15.
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        // Then pairs of pairs, 64-bit lanes interleaved: four tiles × four phases per vector.
+        let first = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+        let second = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+        let mut t = 0;
+        while t < n {
+            let k = mask(n - t);
+            let [f0, f1, f2, f3] = s.map(|s| _mm512_maskz_loadu_ps(k, s.add(t)));
+            let (l01, h01) = (
+                _mm512_permutex2var_ps(f0, low, f1),
+                _mm512_permutex2var_ps(f0, high, f1),
+            );
+            let (l23, h23) = (
+                _mm512_permutex2var_ps(f2, low, f3),
+                _mm512_permutex2var_ps(f2, high, f3),
+            );
+            let quads = [
+                (l01, l23, first),
+                (l01, l23, second),
+                (h01, h23, first),
+                (h01, h23, second),
+            ];
+            let left = TILE * (n - t);
+            for (j, (a, b, index)) in quads.into_iter().enumerate() {
+                let v = _mm512_permutex2var_pd(_mm512_castps_pd(a), index, _mm512_castps_pd(b));
+                let k = mask(left.saturating_sub(16 * j));
+                _mm512_mask_storeu_ps(d.add(TILE * t + 16 * j), k, _mm512_castpd_ps(v));
+            }
+            t += LANES;
+        }
     }
 }
 
@@ -514,15 +761,15 @@ mod tests {
             residual: residual.then_some(&res),
         };
         let direct = Conv3x3::new(c_in, c_out, &weight, bias.clone()).forward(&input, epilogue);
-        let conv = Winograd3x3::new(c_in, c_out, &weight, bias);
-        // The SIMD build (where the CPU has it) and the portable one.
-        for simd in [true, false] {
-            let fast = conv.forward_with(&input, epilogue, simd);
+        let conv = Winograd3x3::new(c_in, c_out, &weight, bias, Products::F32);
+        // Every level the CPU has.
+        for isa in Isa::available() {
+            let fast = conv.forward_with(&input, epilogue, isa);
             assert_eq!(fast.data.len(), direct.data.len());
             for (i, (a, b)) in fast.data.iter().zip(&direct.data).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "simd {simd}, {i}: {a} vs {b}"
+                    "{isa}, {i}: {a} vs {b}"
                 );
             }
         }
@@ -543,7 +790,7 @@ mod tests {
 
     #[test]
     fn borders_stay_zero() {
-        let conv = Winograd3x3::new(1, 1, &[1.0; 9], Some(vec![5.0]));
+        let conv = Winograd3x3::new(1, 1, &[1.0; 9], Some(vec![5.0]), Products::F32);
         let out = conv.forward(
             &Padded::from_nchw(&[1.0; 6], 1, 1, 2, 3),
             Epilogue {

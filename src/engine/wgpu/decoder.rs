@@ -25,7 +25,7 @@ const HIDDEN: usize = 64;
 /// Activation storage for `precision`: `fast` stores f16 where the device has it, `exact` f32.
 pub(super) fn storage(precision: Precision) -> Storage {
     match precision {
-        Precision::Fast => Storage::F16,
+        Precision::Fast | Precision::Bf16 => Storage::F16,
         Precision::Exact => Storage::F32,
     }
 }
