@@ -13,7 +13,7 @@ Usage (models default to $DREAMD_MODELS, else <repo>/../shared/models):
   ort_taesd.py bench   --weights FILE --batch 10 --latent 4x32x64 [--threads 2] [--runs 5] [--json]
   ort_taesd.py bench   --kind encoder --weights taesd_encoder.safetensors --batch 10 --latent 3x256x512
   ort_taesd.py compare --dreamd target/release/dreamd --weights FILE --batch 10 \\
-                       --latents 4x16x32,4x32x64 [--rounds 3] [--precision fast|exact] [--json]
+                       --latents 4x16x32,4x32x64 [--rounds 3] [--precision fast|exact|bf16] [--json]
   ort_taesd.py compare --kind encoder --dreamd target/release/dreamd --batch 10 --shapes 3x256x512
 
 Benchmark inputs (identical to dreamd's): z[n,c,h,w] = 2*sin(0.7c + 0.3h + 0.11w + 0.37n) for the
@@ -446,7 +446,7 @@ def main(argv=None):
                       help="CxHxW inputs (default 4x16x32,4x32x64; 3x256x512 for --kind encoder)")
     comp.add_argument("--rounds", type=int, default=3)
     comp.add_argument("--kind", choices=["decoder", "encoder"], default="decoder")
-    comp.add_argument("--precision", choices=["fast", "exact"],
+    comp.add_argument("--precision", choices=["fast", "exact", "bf16"],
                       help="dreamd --precision (default: dreamd's configured default)")
     args = ap.parse_args(argv)
     try:

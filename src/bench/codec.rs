@@ -223,15 +223,16 @@ impl DecodeReport {
                     }
                 ),
                 // On the CPU, `fast` and `bf16` run dreamd's own kernels at the active
-                // instruction set (`bf16` products need avx512-bf16).
+                // instruction set (bf16 products only at avx512-bf16, and only for `bf16`).
                 (crate::engine::Device::Cpu, _)
                     if engine.precision() != crate::config::Precision::Exact =>
                 {
-                    format!(
-                        "{}: {} kernels",
-                        engine.precision(),
-                        crate::engine::kernels::isa::Isa::active()
-                    )
+                    use crate::engine::kernels::isa::Isa;
+                    let isa = match engine.precision() {
+                        crate::config::Precision::Bf16 => Isa::active(),
+                        _ => Isa::active().min(Isa::Avx512),
+                    };
+                    format!("{}: {isa} kernels", engine.precision())
                 }
                 _ => engine.precision().to_string(),
             },
