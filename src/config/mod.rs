@@ -189,7 +189,7 @@ pub enum Precision {
     #[default]
     Fast,
     /// [`Precision::Fast`] with the Winograd-domain products in bf16 (`vdpbf16ps`) where the
-    /// CPU has AVX512_BF16 (elsewhere the same as `fast`): faster again, but ≈35 dB PSNR
+    /// CPU has AVX512_BF16 (elsewhere the same as `fast`): faster again, but ≈34 dB PSNR
     /// against `exact`, below `fast`'s 45 dB bound. On wgpu the same as `fast`.
     Bf16,
 }

@@ -15,7 +15,7 @@
 //!   interleaved (`[p][c_out][c_in/2]`, the even channel in the low half); `V[p]` is rounded
 //!   and interleaved the same way into a small buffer just before its product. Sums stay f32.
 //!   Rounding both operands to 8 significant bits costs more than F(4,3)'s transforms can
-//!   afford: the decoder lands at ≈35 dB PSNR against `exact` on real latents, below the
+//!   afford: the decoder lands at ≈34 dB PSNR against `exact` on real latents, below the
 //!   45 dB bound of `precision = "fast"`, so bf16 is its own, opt-in, precision.
 
 use super::conv::{matmul, Matmul};
