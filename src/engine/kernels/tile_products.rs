@@ -64,6 +64,10 @@ impl PositionWeights {
     /// the best build `isa` allows (bf16 only for weights made with [`Products::Bf16`]).
     pub(crate) fn multiply(&self, isa: Isa, v: &[f32], tiles: usize, m: &mut [f32]) {
         let (c_out, c_in) = (self.c_out, self.c_in);
+        assert!(
+            isa <= Isa::detected(),
+            "{isa} products on a CPU without {isa}"
+        );
         assert!(v.len() >= POSITIONS * c_in * tiles, "products: V too short");
         assert!(
             m.len() >= POSITIONS * c_out * tiles,

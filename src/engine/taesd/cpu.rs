@@ -476,7 +476,10 @@ mod tests {
     fn fast_precision_stays_above_45_db_on_real_latents() {
         if let Some(figures) = psnr_against_exact(Precision::Fast) {
             let worst = figures.iter().copied().fold(f64::MAX, f64::min);
-            eprintln!("fast (cpu level {}): worst {worst:.1} dB ({figures:.1?})", Isa::active());
+            eprintln!(
+                "fast (cpu level {}): worst {worst:.1} dB ({figures:.1?})",
+                Isa::active()
+            );
             assert!(worst >= 45.0, "worst {worst:.1} dB ({figures:.1?})");
         }
     }
