@@ -77,7 +77,7 @@ enum Layer {
         conv: Conv,
         relu: bool,
     },
-    Block([Conv; 3]),
+    Block(Box<[Conv; 3]>),
     Upsample,
     /// Stride-2 convolution (encoder).
     Down(Conv3x3Stride2),
@@ -96,7 +96,8 @@ fn run_layers(layers: &[Layer], mut x: Padded) -> Padded {
     for layer in layers {
         x = match layer {
             Layer::Conv { conv, relu: r } => conv.forward(&x, if *r { relu } else { plain }),
-            Layer::Block([c0, c2, c4]) => {
+            Layer::Block(convs) => {
+                let [c0, c2, c4] = &**convs;
                 let h = c0.forward(&x, relu);
                 let h = c2.forward(&h, relu);
                 c4.forward(
@@ -163,7 +164,7 @@ fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Lay
             true,
         )
     };
-    Ok(Layer::Block([c(0)?, c(2)?, c(4)?]))
+    Ok(Layer::Block(Box::new([c(0)?, c(2)?, c(4)?])))
 }
 
 impl TaesdCpuDecoder {
