@@ -119,3 +119,54 @@ fn seed_injections_on_the_picture_source() {
     let text = std::fs::read_to_string(daemon.path("output/status.json")).unwrap();
     assert!(rainmeter_regex().is_match(&text), "{text}");
 }
+
+/// A keyframe without a picture (procedural) is decoded once: the director decodes it to look
+/// at it (collapse, cache), and the pair ending at it takes that picture as its keyframe frame
+/// instead of decoding the latent again, so its batch is the in-betweens only.
+#[test]
+fn latent_keyframes_are_decoded_once() {
+    let models = shared();
+    if !models.join("taesd/taesd_encoder.safetensors").is_file() {
+        support::tool_missing("TAESD weights in ../shared/models (or $DREAMD_MODELS)");
+        return;
+    }
+    let extra = format!(
+        "width = 128\nheight = 64\ndecoder = \"taesd\"\nmodels_dir = {:?}\n\
+         [keyframes]\nsource = \"procedural\"\n",
+        models.join("taesd"),
+    );
+    let daemon = Daemon::start(&extra);
+    let until = Instant::now() + Duration::from_secs(60);
+    let pairs = loop {
+        let pairs: Vec<serde_json::Value> = daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "pair" && e["outcome"] == "ok")
+            .collect();
+        if pairs.len() >= 5 {
+            break pairs;
+        }
+        assert!(
+            Instant::now() < until,
+            "fewer than 5 pairs in 60 s\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let taken = pairs
+        .iter()
+        .filter(|p| p["batch_size"].as_u64().unwrap() + 1 == p["frames"].as_u64().unwrap())
+        .count();
+    for p in &pairs {
+        assert!(
+            p["batch_size"].as_u64().unwrap() + 1 >= p["frames"].as_u64().unwrap(),
+            "a pair decoded fewer pictures than its in-betweens: {p}"
+        );
+    }
+    // The first pairs may start before the director has looked at their keyframe.
+    assert!(
+        taken >= pairs.len() - 2,
+        "{taken} of {} pairs took the director's picture: {pairs:?}",
+        pairs.len()
+    );
+}

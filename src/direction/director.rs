@@ -28,6 +28,7 @@ use super::similarity::{Embedding, Similarity};
 use super::themes::{PromptChoice, PromptsConfig, SystemClock, ThemeRotation};
 use crate::engine::{Engine, LockAccount};
 use crate::events::{CacheEvent, CollapseEvent, InjectionEvent, LogEvent};
+use crate::keyframes::decoded::DecodedKeyframes;
 use crate::keyframes::{Keyframe, KeyframeError, KeyframeSource};
 use crate::latent::Latent;
 
@@ -132,6 +133,8 @@ pub struct Director {
     labels: Mutex<Labels>,
     engine: Arc<Engine>,
     lock_timeout: Duration,
+    /// Where the keyframes decoded here wait for the pairs that end at them.
+    decoded: Arc<DecodedKeyframes>,
 }
 
 /// A keyframe source under creative direction.
@@ -202,6 +205,7 @@ impl Director {
             labels: Mutex::new(Labels::default()),
             engine,
             lock_timeout,
+            decoded: Arc::new(DecodedKeyframes::new()),
         }))
     }
 
@@ -246,6 +250,12 @@ impl Director {
         state.policy.reconfigure(injection);
     }
 
+    /// The pictures of keyframes this director decoded to look at, for the pipeline's pairs
+    /// (see [`DecodedKeyframes`]).
+    pub fn decoded_keyframes(&self) -> Arc<DecodedKeyframes> {
+        Arc::clone(&self.decoded)
+    }
+
     /// Wraps `inner` in this direction.
     pub fn wrap(self: &Arc<Self>, inner: Box<dyn KeyframeSource>) -> Box<dyn KeyframeSource> {
         {
@@ -281,9 +291,13 @@ impl Director {
         }
         let picture = match &previous.image {
             Some(image) => image.clone(),
-            None => engine
-                .decode_one(&previous.latent, lock_timeout)
-                .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?,
+            None => {
+                let picture = engine
+                    .decode_one(&previous.latent, lock_timeout)
+                    .map_err(|e| format!("decoding the last keyframe for direction: {e}"))?;
+                self.decoded.put(previous.index, picture.clone());
+                picture
+            }
         };
         let embedding = Embedding::of(&picture);
         let mut guard = state.lock();

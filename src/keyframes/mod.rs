@@ -3,6 +3,7 @@
 //! A source is asynchronous and fallible: the coordinator asks it for keyframe `k` under a
 //! timeout, and a failure costs that keyframe's frames, never the pipeline.
 
+pub mod decoded;
 pub mod diffusion;
 pub mod images;
 pub mod procedural;

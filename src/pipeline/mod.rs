@@ -32,6 +32,7 @@ use crate::control::Control;
 use crate::engine::{Engine, LockAccount, Priority};
 use crate::events::{KeyframeEvent, KeyframeOutcome, LogEvent, PairEvent, PairOutcome};
 use crate::frame::FrameKind;
+use crate::keyframes::decoded::DecodedKeyframes;
 use crate::keyframes::{Keyframe, KeyframeSource};
 use crate::latent::path::{PathKind, PathOptions, Window};
 use crate::stats::{millis as ms, Stage, Telemetry};
@@ -171,6 +172,9 @@ pub struct Pipeline {
     pub telemetry: Arc<Telemetry>,
     pub control: Arc<Control>,
     pub settings: PipelineSettings,
+    /// Keyframes the director decoded already: a pair takes its keyframe's picture from here
+    /// instead of decoding the latent again (None: every pair decodes its keyframe).
+    pub decoded_keyframes: Option<Arc<DecodedKeyframes>>,
 }
 
 impl Pipeline {
@@ -333,12 +337,22 @@ impl Pipeline {
         let (path, keyframe_image) = (self.settings.path, self.settings.keyframe_image);
         let job = Arc::new(job);
         let last_seq = job.last_seq(&self.settings);
+        // The keyframe's frame: its own picture, its latent decoded by the director already,
+        // or (None) its latent decoded with the in-betweens.
+        let keyframe_picture = if stages::shows_picture(&job.to, keyframe_image) {
+            job.to.image.clone()
+        } else {
+            self.decoded_keyframes
+                .as_ref()
+                .and_then(|board| board.take(job.to.index, self.engine.output_size()))
+        };
+        let decode_keyframe = keyframe_picture.is_none();
 
         let batch = {
             let work = Arc::clone(&job);
             let stage = tokio::task::spawn_blocking(move || {
                 let start = Instant::now();
-                stages::path_stage(work.window(), &work.to, n, path, keyframe_image)
+                stages::path_stage(work.window(), &work.to, n, path, decode_keyframe)
                     .map(|b| (b, start.elapsed()))
             });
             let outcome = run_stage(stage, timeouts.slerp(), shutdown).await;
@@ -352,11 +366,7 @@ impl Pipeline {
 
         let account = Arc::new(LockAccount::default());
         let decoded = {
-            let (work, engine, account) = (
-                Arc::clone(&job),
-                Arc::clone(&self.engine),
-                Arc::clone(&account),
-            );
+            let (engine, account) = (Arc::clone(&self.engine), Arc::clone(&account));
             let lock_timeout = timeouts.decode();
             // Below the start gate the display is starving: this decode goes before background
             // work (the UNet steps of an in-process keyframe) waiting for the lock.
@@ -368,8 +378,7 @@ impl Pipeline {
                 stages::decode_stage(
                     &engine,
                     &batch,
-                    &work.to,
-                    keyframe_image,
+                    keyframe_picture,
                     priority,
                     &account,
                     lock_timeout,

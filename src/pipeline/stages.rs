@@ -24,33 +24,33 @@ pub fn shows_picture(to: &Keyframe, keyframe_image: KeyframeImage) -> bool {
 }
 
 /// Stage 1: the latents to decode for a pair ending at `to`: the N in-betweens along the path
-/// through `window` (none when there is no window: no keyframe to start from), then `to`'s own
-/// latent, so the keyframe comes through the same decoder as its neighbours (unless it shows
-/// its picture).
+/// through `window` (none when there is no window: no keyframe to start from), then, when
+/// `decode_keyframe`, `to`'s own latent, so the keyframe comes through the same decoder as its
+/// neighbours (not when it shows its picture, or its latent was decoded already).
 pub fn path_stage(
     window: Option<Window<'_>>,
     to: &Keyframe,
     frames_per_pair: usize,
     options: PathOptions,
-    keyframe_image: KeyframeImage,
+    decode_keyframe: bool,
 ) -> Result<LatentBatch, LatentError> {
     let mut batch = match window {
         Some(window) => path::inbetweens(window, &inbetween_factors(frames_per_pair), options)?,
         None => LatentBatch::with_capacity(to.latent.shape(), 1),
     };
-    if !shows_picture(to, keyframe_image) {
+    if decode_keyframe {
         batch.push(&to.latent)?;
     }
     Ok(batch)
 }
 
-/// Stage 2: decodes the batch under one lock acquisition; appends `to`'s own picture, resized,
-/// when it [`shows_picture`].
+/// Stage 2: decodes the batch under one lock acquisition; appends `keyframe_picture` (the
+/// keyframe's own picture, or its latent decoded earlier), resized to the output size, when
+/// stage 1 left the keyframe out.
 pub fn decode_stage(
     engine: &Engine,
     batch: &LatentBatch,
-    to: &Keyframe,
-    keyframe_image: KeyframeImage,
+    keyframe_picture: Option<RgbImage>,
     priority: Priority,
     account: &LockAccount,
     lock_timeout: Duration,
@@ -64,11 +64,11 @@ pub fn decode_stage(
     } else {
         engine.decode_batch_as(batch, priority, account, lock_timeout)?
     };
-    if let (true, Some(image)) = (shows_picture(to, keyframe_image), &to.image) {
+    if let Some(image) = keyframe_picture {
         let (w, h) = engine.output_size();
         output
             .images
-            .push(crate::engine::resize::resize_rgb(image.clone(), w, h)?);
+            .push(crate::engine::resize::resize_rgb(image, w, h)?);
     }
     Ok(output)
 }

@@ -5,6 +5,7 @@ use super::*;
 use crate::buffer::Slot;
 use crate::engine::preview::PreviewDecoder;
 use crate::engine::{Decoder, Device, EngineError};
+use crate::keyframes::decoded::DecodedKeyframes;
 use crate::keyframes::procedural::ProceduralSource;
 use crate::keyframes::KeyframeError;
 use crate::latent::LatentBatch;
@@ -93,6 +94,18 @@ async fn run_with(
     last: u64,
     change: impl FnOnce(&mut PipelineSettings),
 ) -> (String, Arc<Telemetry>, Arc<FrameBuffer>) {
+    run_with_decoded(decoder, source, decode_timeout, last, change, None).await
+}
+
+/// [`run_with`], with keyframes decoded already (as the director leaves them).
+async fn run_with_decoded(
+    decoder: FaultyDecoder,
+    source: Box<dyn KeyframeSource>,
+    decode_timeout: f64,
+    last: u64,
+    change: impl FnOnce(&mut PipelineSettings),
+    decoded_keyframes: Option<Arc<DecodedKeyframes>>,
+) -> (String, Arc<Telemetry>, Arc<FrameBuffer>) {
     let dir = tempfile::tempdir().unwrap();
     let (archive, first_seq) = FrameArchive::open(&dir.path().join("frames"), 1000).unwrap();
     let buffer = Arc::new(FrameBuffer::new(first_seq));
@@ -118,6 +131,7 @@ async fn run_with(
             first_seq,
             live: Arc::new(LiveSettings::new(&config)),
         },
+        decoded_keyframes,
     };
     change(&mut pipeline.settings);
     let shutdown = CancellationToken::new();
@@ -158,6 +172,39 @@ async fn all_frames_are_ready_in_order_when_nothing_fails() {
         run_until_settled(decoder(None, None), Box::new(procedural()), 5.0, 12).await;
     assert_eq!(states, "RRRRRRRRRRRRR");
     assert_eq!(telemetry.pipeline.total_failures(), 0);
+}
+
+/// A keyframe the director decoded already is not decoded again: its pair's batch is the
+/// in-betweens only, and the keyframe's frame is the director's picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_decoded_by_the_director_are_not_decoded_again() {
+    let board = Arc::new(DecodedKeyframes::new());
+    let marked = image::RgbImage::from_pixel(64, 32, image::Rgb([1, 2, 3]));
+    board.put(1, marked.clone());
+    board.put(2, marked.clone());
+    let decoder = decoder(None, None);
+    let sizes = Arc::clone(&decoder.sizes);
+    let (states, telemetry, buffer) = run_with_decoded(
+        decoder,
+        Box::new(procedural()),
+        5.0,
+        12,
+        |_| {},
+        Some(Arc::clone(&board)),
+    )
+    .await;
+    assert_eq!(states, "RRRRRRRRRRRRR");
+    assert_eq!(telemetry.pipeline.total_failures(), 0);
+    // Keyframe 0 alone, then pairs ending at keyframes 1 and 2 without their keyframe (N), and
+    // the pair ending at 3 with it (N + 1).
+    assert_eq!(sizes.lock()[..4], [1, N, N, N + 1]);
+    for (seq, reused) in [(4, true), (8, true), (12, false)] {
+        let Some(Slot::Ready(frame)) = buffer.slot(seq) else {
+            panic!("slot {seq} not ready")
+        };
+        let picture = image::load_from_memory(&frame.bytes).unwrap().to_rgb8();
+        assert_eq!(picture == marked, reused, "keyframe frame {seq}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
