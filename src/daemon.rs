@@ -237,6 +237,7 @@ pub async fn run_observed(
         telemetry: Arc::clone(&telemetry),
         control: Arc::clone(&control),
         settings: PipelineSettings::from_config(&config, first_seq, Arc::clone(&live)),
+        decoded_keyframes: Some(director.decoded_keyframes()),
     };
     let (replace_source, replacements) = tokio::sync::mpsc::channel(1);
     let pipeline = tokio::spawn(pipeline.run(source, replacements, generation.clone()));
