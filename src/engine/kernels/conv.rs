@@ -13,6 +13,8 @@
 
 use std::ops::Range;
 
+use super::isa::Isa;
+
 /// Columns per chunk: 64 output rows × this many f32 stay in L2 across the nine taps.
 const CHUNK: usize = 2048;
 
@@ -323,6 +325,7 @@ impl Conv3x3Stride2 {
         let out_row = wo + 2;
         let out_image = (ho + 2) * out_row;
         let plane = input.batch * out_image;
+        let isa = Isa::active();
         for b in 0..input.batch {
             let mut y0 = 0;
             while y0 < ho {
@@ -333,12 +336,10 @@ impl Conv3x3Stride2 {
                         let (dy, dx) = (tap / 3, tap % 3);
                         let col = &mut cols[(ci * 9 + tap) * n..][..n];
                         for (line, out) in col.chunks_exact_mut(wo).enumerate() {
-                            // Output (y, x) reads padded input (2y + dy, 2x + dx).
+                            // Output (y, x) reads padded input (2y + dy, 2x + dx), which stays
+                            // inside the padded row: 2(wo − 1) + 2 ≤ width + 1.
                             let start = input.index(ci, b, 2 * (y0 + line) + dy, dx);
-                            let src = &input.data[start..];
-                            for (x, v) in out.iter_mut().enumerate() {
-                                *v = src.get(2 * x).copied().unwrap_or(0.0);
-                            }
+                            even_values(isa, &input.data[start..start + 2 * wo - 1], out);
                         }
                     }
                 }
@@ -371,6 +372,58 @@ impl Conv3x3Stride2 {
         }
         super::pool::give(cols);
         super::pool::give(product);
+    }
+}
+
+/// `out[x] = src[2x]`; `src` holds at least `2·out.len() − 1` values.
+fn even_values(isa: Isa, src: &[f32], out: &mut [f32]) {
+    assert!(
+        src.len() + 1 >= 2 * out.len(),
+        "even_values: source too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        assert!(
+            isa <= Isa::detected(),
+            "{isa} kernels on a CPU without {isa}"
+        );
+        // SAFETY: the CPU has AVX-512 F (checked above); `even_values_avx512` reads and writes
+        // only within the lengths asserted above (masked tails).
+        unsafe { even_values_avx512(src, out) };
+        return;
+    }
+    let _ = isa;
+    for (v, pair) in out.iter_mut().zip(src.chunks(2)) {
+        *v = pair[0];
+    }
+}
+
+/// [`even_values`] 16 at a time: two loads and one two-source permute.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn even_values_avx512(src: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mask = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let (n, len) = (out.len(), src.len());
+    let (s, o) = (src.as_ptr(), out.as_mut_ptr());
+    let mut x = 0;
+    while x < n {
+        let first = 2 * x;
+        let a = _mm512_maskz_loadu_ps(mask(len - first), s.add(first));
+        // Past the end the mask is empty: no lane is read, and the address is only formed.
+        let b = _mm512_maskz_loadu_ps(
+            mask(len.saturating_sub(first + 16)),
+            s.wrapping_add(first + 16),
+        );
+        _mm512_mask_storeu_ps(o.add(x), mask(n - x), _mm512_permutex2var_ps(a, even, b));
+        x += 16;
     }
 }
 
@@ -534,6 +587,21 @@ mod tests {
                 }
             }
             assert_eq!(out.data[0], 0.0);
+        }
+    }
+
+    #[test]
+    fn even_values_at_every_level_and_length() {
+        for isa in Isa::available() {
+            for n in [0, 1, 2, 15, 16, 17, 33, 100] {
+                let src: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
+                // A sentinel past the end must survive (masked stores).
+                let mut out = vec![-1.0; n + 1];
+                even_values(isa, &src, &mut out[..n]);
+                let expected: Vec<f32> = (0..n).map(|x| (2 * x) as f32).collect();
+                assert_eq!(out[..n], expected[..], "{isa}, {n}");
+                assert_eq!(out[n], -1.0, "{isa}, {n}: wrote past the end");
+            }
         }
     }
 

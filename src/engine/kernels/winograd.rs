@@ -681,12 +681,17 @@ mod avx512 {
         let s = src.as_ptr();
         let o = out.map(<[f32]>::as_mut_ptr);
         let index = [0, 1, 2, 3].map(|k| phase_index(k));
+        // Vectors past the end are loaded and stored with empty masks (no lane touched); their
+        // addresses are only formed, hence `wrapping_add`.
         let mut t = 0;
         while t < n {
             let left = TILE * (n - t);
             // 16 tiles × 4 values; vector j holds tiles 4j..4j+4.
             let a: [__m512; 4] = std::array::from_fn(|j| {
-                _mm512_maskz_loadu_ps(mask(left.saturating_sub(16 * j)), s.add(TILE * t + 16 * j))
+                _mm512_maskz_loadu_ps(
+                    mask(left.saturating_sub(16 * j)),
+                    s.wrapping_add(TILE * t + 16 * j),
+                )
             });
             for (k, index) in index.iter().enumerate() {
                 let low = _mm512_permutex2var_ps(a[0], *index, a[1]);
@@ -733,7 +738,7 @@ mod avx512 {
             for (j, (a, b, index)) in quads.into_iter().enumerate() {
                 let v = _mm512_permutex2var_pd(_mm512_castps_pd(a), index, _mm512_castps_pd(b));
                 let k = mask(left.saturating_sub(16 * j));
-                _mm512_mask_storeu_ps(d.add(TILE * t + 16 * j), k, _mm512_castpd_ps(v));
+                _mm512_mask_storeu_ps(d.wrapping_add(TILE * t + 16 * j), k, _mm512_castpd_ps(v));
             }
             t += LANES;
         }
