@@ -200,28 +200,63 @@ mod x86 {
             let u = u.as_ptr().add(p * c_out * c_in);
             let v = v.as_ptr().add(p * c_in * tiles);
             let m = m.as_mut_ptr().add(p * c_out * tiles);
-            let mut t = 0;
-            while t < tiles {
-                let width = (tiles - t).min(VECS * LANES);
-                let (vecs, mask) = (width.div_ceil(LANES), tail_mask(width));
-                let mut co = 0;
-                while co < c_out {
-                    let rows = (c_out - co).min(ROWS);
-                    dispatch!(
-                        f32_block,
-                        rows,
-                        vecs,
-                        u.add(co * c_in),
-                        c_in,
-                        v.add(t),
-                        tiles,
-                        m.add(co * tiles + t),
-                        tiles,
-                        mask
-                    );
-                    co += rows;
+            for_each_block(c_out, tiles, |co, t, rows, vecs, mask| {
+                dispatch!(
+                    f32_block,
+                    rows,
+                    vecs,
+                    u.add(co * c_in),
+                    c_in,
+                    v.add(t),
+                    tiles,
+                    m.add(co * tiles + t),
+                    tiles,
+                    mask
+                )
+            });
+        }
+    }
+
+    /// Calls `block(co, t, rows, vecs, mask)` for each block of one position's `M`: up to
+    /// [`ROWS`] output channels from `co` × up to [`VECS`] vectors of tiles from `t`, `mask`
+    /// the lanes of the last vector that hold tiles.
+    #[inline(always)]
+    fn for_each_block(
+        c_out: usize,
+        tiles: usize,
+        mut block: impl FnMut(usize, usize, usize, usize, __mmask16),
+    ) {
+        let mut t = 0;
+        while t < tiles {
+            let width = (tiles - t).min(VECS * LANES);
+            let (vecs, mask) = (width.div_ceil(LANES), tail_mask(width));
+            let mut co = 0;
+            while co < c_out {
+                let rows = (c_out - co).min(ROWS);
+                block(co, t, rows, vecs, mask);
+                co += rows;
+            }
+            t += width;
+        }
+    }
+
+    /// Stores a block's accumulators: row `r` at `m + r·m_rs`, the last vector masked.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_block<const R: usize, const V: usize>(
+        acc: &[[__m512; V]; R],
+        m: *mut f32,
+        m_rs: usize,
+        mask: __mmask16,
+    ) {
+        for (r, acc) in acc.iter().enumerate() {
+            let out = m.add(r * m_rs);
+            for (j, &acc) in acc.iter().enumerate() {
+                if j + 1 == V {
+                    _mm512_mask_storeu_ps(out.add(j * LANES), mask, acc);
+                } else {
+                    _mm512_storeu_ps(out.add(j * LANES), acc);
                 }
-                t += width;
             }
         }
     }
@@ -256,16 +291,7 @@ mod x86 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let out = m.add(r * m_rs);
-            for (j, &acc) in acc.iter().enumerate() {
-                if j + 1 == V {
-                    _mm512_mask_storeu_ps(out.add(j * LANES), mask, acc);
-                } else {
-                    _mm512_storeu_ps(out.add(j * LANES), acc);
-                }
-            }
-        }
+        store_block(&acc, m, m_rs, mask);
     }
 
     /// The bf16 products of every position. Callers guarantee AVX-512 F/BW and AVX512_BF16,
@@ -287,29 +313,21 @@ mod x86 {
             pack_position(v.as_ptr().add(p * c_in * tiles), c_in, tiles, &mut packed);
             let u = u.as_ptr().add(p * c_out * pairs);
             let m = m.as_mut_ptr().add(p * c_out * tiles);
-            let mut t = 0;
-            while t < tiles {
-                let width = (tiles - t).min(VECS * LANES);
-                let (vecs, mask) = (width.div_ceil(LANES), tail_mask(width));
-                let mut co = 0;
-                while co < c_out {
-                    let rows = (c_out - co).min(ROWS);
-                    dispatch!(
-                        bf16_block,
-                        rows,
-                        vecs,
-                        u.add(co * pairs),
-                        pairs,
-                        packed.as_ptr().add(t),
-                        padded,
-                        m.add(co * tiles + t),
-                        tiles,
-                        mask
-                    );
-                    co += rows;
-                }
-                t += width;
-            }
+            let packed = packed.as_ptr();
+            for_each_block(c_out, tiles, |co, t, rows, vecs, mask| {
+                dispatch!(
+                    bf16_block,
+                    rows,
+                    vecs,
+                    u.add(co * pairs),
+                    pairs,
+                    packed.add(t),
+                    padded,
+                    m.add(co * tiles + t),
+                    tiles,
+                    mask
+                )
+            });
         }
     }
 
@@ -374,16 +392,7 @@ mod x86 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let out = m.add(r * m_rs);
-            for (j, &acc) in acc.iter().enumerate() {
-                if j + 1 == V {
-                    _mm512_mask_storeu_ps(out.add(j * LANES), mask, acc);
-                } else {
-                    _mm512_storeu_ps(out.add(j * LANES), acc);
-                }
-            }
-        }
+        store_block(&acc, m, m_rs, mask);
     }
 }
 
