@@ -403,13 +403,8 @@ fn even_values(isa: Isa, src: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn even_values_avx512(src: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mask = |n: usize| -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    };
+
+    use super::isa::lanes as mask;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let (n, len) = (out.len(), src.len());
     let (s, o) = (src.as_ptr(), out.as_mut_ptr());

@@ -50,7 +50,7 @@ impl Isa {
     /// names a level (an invalid value is reported by [`Isa::check_env`] and otherwise ignored).
     pub fn active() -> Isa {
         static ACTIVE: OnceLock<Isa> = OnceLock::new();
-        *ACTIVE.get_or_init(|| match Isa::cap_from_env() {
+        *ACTIVE.get_or_init(|| match Isa::check_env() {
             Ok(Some(cap)) => cap.min(Isa::detected()),
             Ok(None) | Err(_) => Isa::detected(),
         })
@@ -64,10 +64,6 @@ impl Isa {
     /// The cap `DREAMD_CPU_MAX_ISA` asks for, if set; an error naming the value if it is not a
     /// level. The command line calls this at start so a typo is an error, not a silent default.
     pub fn check_env() -> Result<Option<Isa>, IsaError> {
-        Isa::cap_from_env()
-    }
-
-    fn cap_from_env() -> Result<Option<Isa>, IsaError> {
         match std::env::var(MAX_ISA_VAR) {
             Ok(value) if value.trim().is_empty() => Ok(None),
             Ok(value) => value.parse().map(Some),
@@ -76,6 +72,18 @@ impl Isa {
                 value: value.to_string_lossy().into_owned(),
             }),
         }
+    }
+}
+
+/// The AVX-512 mask with lanes `0..n.min(16)` set: the lanes of a 16-wide f32 vector that hold
+/// values when `n` are left (the kernels' masked tails).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn lanes(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
     }
 }
 
@@ -135,6 +143,15 @@ mod tests {
         let err = "avx-512".parse::<Isa>().unwrap_err();
         assert!(err.to_string().contains("\"avx-512\""), "{err}");
         assert!(err.to_string().contains(MAX_ISA_VAR), "{err}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lane_masks_cover_what_is_left() {
+        assert_eq!(lanes(0), 0);
+        assert_eq!(lanes(3), 0b111);
+        assert_eq!(lanes(16), 0xffff);
+        assert_eq!(lanes(40), 0xffff);
     }
 
     #[test]

@@ -34,6 +34,17 @@ pub enum Products {
     Bf16,
 }
 
+impl Products {
+    /// The instruction-set level these products run at on this CPU: bf16 needs
+    /// [`Isa::Avx512Bf16`]; f32 products go no further than [`Isa::Avx512`].
+    pub fn level(self) -> Isa {
+        match self {
+            Products::Bf16 => Isa::active(),
+            Products::F32 => Isa::active().min(Isa::Avx512),
+        }
+    }
+}
+
 /// The transformed weights `U`, in the forms the products need.
 #[derive(Debug, Clone)]
 pub(crate) struct PositionWeights {
@@ -138,6 +149,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::POSITIONS;
+    use crate::engine::kernels::isa::lanes;
 
     /// f32 lanes per zmm register.
     const LANES: usize = 16;
@@ -145,14 +157,6 @@ mod x86 {
     const ROWS: usize = 4;
     /// Vectors of tiles per block (96 tiles).
     const VECS: usize = 6;
-
-    /// Lanes of a block's last vector that hold tiles.
-    fn tail_mask(width: usize) -> __mmask16 {
-        match width % LANES {
-            0 => 0xffff,
-            r => (1u16 << r) - 1,
-        }
-    }
 
     /// Calls `$block::<R, V>` for the runtime `rows` (1..=4) and `vecs` (1..=6).
     macro_rules! dispatch {
@@ -229,7 +233,8 @@ mod x86 {
         let mut t = 0;
         while t < tiles {
             let width = (tiles - t).min(VECS * LANES);
-            let (vecs, mask) = (width.div_ceil(LANES), tail_mask(width));
+            let vecs = width.div_ceil(LANES);
+            let mask = lanes(width - (vecs - 1) * LANES);
             let mut co = 0;
             while co < c_out {
                 let rows = (c_out - co).min(ROWS);
@@ -349,11 +354,7 @@ mod x86 {
             let odd = (2 * l + 1 < c_in).then(|| v.add((2 * l + 1) * tiles));
             let mut t = 0;
             while t < tiles {
-                let mask = if tiles - t >= LANES {
-                    0xffff
-                } else {
-                    tail_mask(tiles - t)
-                };
+                let mask = lanes(tiles - t);
                 let a = _mm512_maskz_loadu_ps(mask, even.add(t));
                 let b = odd.map_or(_mm512_setzero_ps(), |odd| {
                     _mm512_maskz_loadu_ps(mask, odd.add(t))

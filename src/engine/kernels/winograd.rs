@@ -575,18 +575,9 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{ALPHA, TILE};
+    use crate::engine::kernels::isa::lanes as mask;
 
     const LANES: usize = 16;
-
-    /// Lanes `0..n.min(16)` set.
-    #[inline(always)]
-    fn mask(n: usize) -> __mmask16 {
-        if n >= LANES {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
 
     /// [`super::bt`]. Needs AVX-512 F.
     #[target_feature(enable = "avx512f")]
