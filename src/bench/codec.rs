@@ -222,17 +222,14 @@ impl DecodeReport {
                         "f32"
                     }
                 ),
-                // On the CPU, `fast` and `bf16` run dreamd's own kernels at the active
-                // instruction set (bf16 products only at avx512-bf16, and only for `bf16`).
-                (crate::engine::Device::Cpu, _)
-                    if engine.precision() != crate::config::Precision::Exact =>
-                {
-                    use crate::engine::kernels::isa::Isa;
-                    let isa = match engine.precision() {
-                        crate::config::Precision::Bf16 => Isa::active(),
-                        _ => Isa::active().min(Isa::Avx512),
-                    };
-                    format!("{}: {isa} kernels", engine.precision())
+                // On the CPU, `fast` and `bf16` run dreamd's own kernels: name their level.
+                (crate::engine::Device::Cpu, _) => {
+                    match crate::engine::taesd::cpu::winograd_products(engine.precision()) {
+                        Some(products) => {
+                            format!("{}: {} kernels", engine.precision(), products.level())
+                        }
+                        None => engine.precision().to_string(),
+                    }
                 }
                 _ => engine.precision().to_string(),
             },
