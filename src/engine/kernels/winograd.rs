@@ -269,7 +269,15 @@ impl Winograd3x3 {
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, _) = geom.rows_of(r);
                     let offset = ci * tiles + k * tw;
-                    scratch.input_tiles(isa, input, (ci, b, y0), &mut v, self.c_in * tiles, offset);
+                    let ahead = (ci + 1 < self.c_in).then_some(ci + 1);
+                    scratch.input_tiles(
+                        isa,
+                        input,
+                        (ci, b, y0),
+                        ahead,
+                        &mut v,
+                        (self.c_in * tiles, offset),
+                    );
                 }
             }
             self.u.multiply(isa, &v, tiles, &mut m);
@@ -278,6 +286,16 @@ impl Winograd3x3 {
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, count) = geom.rows_of(r);
                     let local = co * n + first_row[r - range.start];
+                    if co + 1 < self.c_out {
+                        let next = local + n;
+                        for row in &rows[next..next + count] {
+                            prefetch(row, true);
+                        }
+                        if let Some(res) = epilogue.residual {
+                            let start = res.index(co + 1, b, y0 + 1, 0);
+                            prefetch(&res.data[start..start + count * (res.width + 2)], false);
+                        }
+                    }
                     scratch.output_tiles(
                         isa,
                         &m,
@@ -335,27 +353,29 @@ impl Scratch {
         isa: Isa,
         input: &Padded,
         (ci, b, y0): (usize, usize, usize),
+        ahead: Option<usize>,
         v: &mut [f32],
-        stride: usize,
-        offset: usize,
+        (stride, offset): (usize, usize),
     ) {
         let width = input.width + 2;
         let zeros = &self.zeros[..width];
         // Padded rows y0 .. y0 + 6; those past the bottom border read as zero.
-        let row = |s: usize| -> &[f32] {
+        let row = |c: usize, s: usize| -> &[f32] {
             if y0 + s < input.height + 2 {
-                let start = input.index(ci, b, y0 + s, 0);
+                let start = input.index(c, b, y0 + s, 0);
                 &input.data[start..start + width]
             } else {
                 zeros
             }
         };
-        let d = [row(0), row(1), row(2), row(3), row(4), row(5)];
+        let d: [&[f32]; ALPHA] = std::array::from_fn(|s| row(ci, s));
+        let ahead = ahead.map(|c| -> [&[f32]; ALPHA] { std::array::from_fn(|s| row(c, s)) });
         {
             let [c0, c1, c2, c3, c4, c5] = &mut self.cols;
             bt(
                 isa,
                 d,
+                ahead,
                 [
                     &mut c0[..width],
                     &mut c1[..width],
@@ -381,6 +401,7 @@ impl Scratch {
             bt(
                 isa,
                 src,
+                None,
                 [
                     &mut o0[..tw],
                     &mut o1[..tw],
@@ -460,17 +481,45 @@ impl Scratch {
     }
 }
 
-/// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices, with the
-/// instructions of `isa`.
+/// Asks the CPU to bring `block` into L1, for writing when `write`. The transforms walk channel
+/// planes hundreds of KiB apart, a new short stream per channel, which the hardware prefetchers
+/// pick up too late (BENCHMARKS.md, attempt 15).
 #[inline(always)]
-fn bt(isa: Isa, d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
+fn prefetch(block: &[f32], write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        for line in block.chunks(16) {
+            // SAFETY: a prefetch never faults; the address is inside `block`.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(line.as_ptr().cast());
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (block, write);
+}
+
+/// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices, with the
+/// instructions of `isa`; rows `ahead`, the next ones to transform, are prefetched as it goes.
+#[inline(always)]
+fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [f32]; ALPHA]) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 {
         // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
-        unsafe { avx512::bt(d, out) };
+        unsafe { avx512::bt(d, ahead, out) };
         return;
     }
     let _ = isa;
+    if let Some(ahead) = ahead {
+        for row in ahead {
+            prefetch(row, false);
+        }
+    }
     bt_portable(d, out);
 }
 
@@ -581,9 +630,31 @@ mod avx512 {
 
     /// [`super::bt`]. Needs AVX-512 F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bt(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
+    pub(super) unsafe fn bt(
+        d: [&[f32]; ALPHA],
+        ahead: Option<[&[f32]; ALPHA]>,
+        out: [&mut [f32]; ALPHA],
+    ) {
         let n = out[0].len();
         assert!(d.iter().all(|d| d.len() >= n) && out.iter().all(|o| o.len() >= n));
+        if let Some(ahead) = ahead {
+            assert!(ahead.iter().all(|a| a.len() >= n));
+            bt_body(d, Some(ahead.map(<[f32]>::as_ptr)), out, n);
+        } else {
+            bt_body(d, None, out, n);
+        }
+    }
+
+    /// [`bt`]'s loop; `ahead` is tested inside it, and inlined into each arm of [`bt`] the test
+    /// folds away.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bt_body(
+        d: [&[f32]; ALPHA],
+        ahead: Option<[*const f32; ALPHA]>,
+        out: [&mut [f32]; ALPHA],
+        n: usize,
+    ) {
         let d = d.map(<[f32]>::as_ptr);
         let o = out.map(<[f32]>::as_mut_ptr);
         let (two, four, five) = (
@@ -595,6 +666,12 @@ mod avx512 {
         while x < n {
             let k = mask(n - x);
             let [a0, a1, a2, a3, a4, a5] = d.map(|d| _mm512_maskz_loadu_ps(k, d.add(x)));
+            if let Some(ahead) = ahead {
+                // One cache line of each next row per step, as far along as this step reads.
+                for row in ahead {
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(x).cast());
+                }
+            }
             let store = |i: usize, v: __m512| _mm512_mask_storeu_ps(o[i].add(x), k, v);
             store(0, _mm512_fmadd_ps(four, a0, _mm512_fnmadd_ps(five, a2, a4)));
             store(
