@@ -286,21 +286,15 @@ impl Winograd3x3 {
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, count) = geom.rows_of(r);
                     let local = co * n + first_row[r - range.start];
-                    if co + 1 < self.c_out {
-                        let next = local + n;
-                        for row in &rows[next..next + count] {
-                            prefetch(row, true);
-                        }
-                        if let Some(res) = epilogue.residual {
-                            let start = res.index(co + 1, b, y0 + 1, 0);
-                            prefetch(&res.data[start..start + count * (res.width + 2)], false);
-                        }
-                    }
+                    // This tile row's rows of channel co, and those of co + 1, which the
+                    // epilogue prefetches as it goes.
+                    let (current, later) = rows[local..].split_at_mut(count);
+                    let next = (co + 1 < self.c_out).then(|| &later[n - count..n]);
                     scratch.output_tiles(
                         isa,
                         &m,
                         (self.c_out * tiles, co * tiles + k * tw),
-                        &mut rows[local..local + count],
+                        (current, next),
                         (co, b, y0),
                         bias,
                         epilogue,
@@ -416,7 +410,8 @@ impl Scratch {
 
     /// Inverse-transforms one tile row of output channel `co` (picture `b`, output rows from
     /// `y0`) from `m[p·stride + offset + tx]` into `rows` (its 1–4 interior output rows), adding
-    /// `bias` and the residual, then the ReLU when asked.
+    /// `bias` and the residual, then the ReLU when asked; `next`, the same rows of channel
+    /// `co + 1` when there is one, are prefetched (with that channel's residual) as it goes.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn output_tiles(
@@ -424,7 +419,7 @@ impl Scratch {
         isa: Isa,
         m: &[f32],
         (stride, offset): (usize, usize),
-        rows: &mut [&mut [f32]],
+        (rows, next): (&mut [&mut [f32]], Option<&[&mut [f32]]>),
         (co, b, y0): (usize, usize, usize),
         bias: f32,
         epilogue: Epilogue,
@@ -451,33 +446,65 @@ impl Scratch {
             interleave4(isa, [f0, f1, f2, f3], &mut self.line);
             let width = row.len();
             let line = &self.line[..width];
-            let residual = epilogue.residual.map(|r| {
-                let start = r.index(co, b, y0 + dy + 1, 1);
-                &r.data[start..start + width]
-            });
-            match (residual, epilogue.relu) {
-                (Some(res), true) => {
-                    for ((out, &v), &r) in row.iter_mut().zip(line).zip(res) {
-                        *out = (v + bias + r).max(0.0);
-                    }
+            let residual_row = |c: usize| {
+                epilogue.residual.map(|r| {
+                    let start = r.index(c, b, y0 + dy + 1, 1);
+                    &r.data[start..start + width]
+                })
+            };
+            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1)));
+            epilogue_row(row, line, residual_row(co), (bias, epilogue.relu), ahead);
+        }
+    }
+}
+
+/// `out = line + bias (+ residual)`, then the ReLU when `relu`, 16 values at a time; the same
+/// stretch of the next channel's output row (for writing) and residual row is prefetched at
+/// each step.
+#[inline(always)]
+fn epilogue_row(
+    out: &mut [f32],
+    line: &[f32],
+    residual: Option<&[f32]>,
+    (bias, relu): (f32, bool),
+    ahead: Option<(&[f32], Option<&[f32]>)>,
+) {
+    const STEP: usize = 16;
+    let width = out.len();
+    let (line, residual) = (&line[..width], residual.map(|r| &r[..width]));
+    let mut x = 0;
+    while x < width {
+        let end = (x + STEP).min(width);
+        if let Some((next_out, next_residual)) = ahead {
+            prefetch(&next_out[x..(x + 1).min(next_out.len())], true);
+            if let Some(r) = next_residual {
+                prefetch(&r[x..(x + 1).min(r.len())], false);
+            }
+        }
+        let (out, line) = (&mut out[x..end], &line[x..end]);
+        match (residual.map(|r| &r[x..end]), relu) {
+            (Some(res), true) => {
+                for ((out, &v), &r) in out.iter_mut().zip(line).zip(res) {
+                    *out = (v + bias + r).max(0.0);
                 }
-                (Some(res), false) => {
-                    for ((out, &v), &r) in row.iter_mut().zip(line).zip(res) {
-                        *out = v + bias + r;
-                    }
+            }
+            (Some(res), false) => {
+                for ((out, &v), &r) in out.iter_mut().zip(line).zip(res) {
+                    *out = v + bias + r;
                 }
-                (None, true) => {
-                    for (out, &v) in row.iter_mut().zip(line) {
-                        *out = (v + bias).max(0.0);
-                    }
+            }
+            (None, true) => {
+                for (out, &v) in out.iter_mut().zip(line) {
+                    *out = (v + bias).max(0.0);
                 }
-                (None, false) => {
-                    for (out, &v) in row.iter_mut().zip(line) {
-                        *out = v + bias;
-                    }
+            }
+            (None, false) => {
+                for (out, &v) in out.iter_mut().zip(line) {
+                    *out = v + bias;
                 }
             }
         }
+        x = end;
     }
 }
 
