@@ -339,7 +339,13 @@ impl Conv3x3Stride2 {
                             // Output (y, x) reads padded input (2y + dy, 2x + dx), which stays
                             // inside the padded row: 2(wo − 1) + 2 ≤ width + 1.
                             let start = input.index(ci, b, 2 * (y0 + line) + dy, dx);
-                            even_values(isa, &input.data[start..start + 2 * wo - 1], out);
+                            // The first column of taps walks every row this channel needs; it
+                            // prefetches the same rows of the next channel as it goes.
+                            let ahead = (dx == 0 && ci + 1 < self.c_in).then(|| {
+                                let next = input.index(ci + 1, b, 2 * (y0 + line) + dy, 0);
+                                &input.data[next..next + 2 * wo - 1]
+                            });
+                            even_values(isa, &input.data[start..start + 2 * wo - 1], ahead, out);
                         }
                     }
                 }
@@ -375,11 +381,16 @@ impl Conv3x3Stride2 {
     }
 }
 
-/// `out[x] = src[2x]`; `src` holds at least `2·out.len() − 1` values.
-fn even_values(isa: Isa, src: &[f32], out: &mut [f32]) {
+/// `out[x] = src[2x]`; `src` holds at least `2·out.len() − 1` values. `ahead`, as long as `src`,
+/// is prefetched as it goes.
+fn even_values(isa: Isa, src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
     assert!(
         src.len() + 1 >= 2 * out.len(),
         "even_values: source too short"
+    );
+    assert!(
+        ahead.is_none_or(|a| a.len() == src.len()),
+        "even_values: prefetch span"
     );
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 {
@@ -389,10 +400,13 @@ fn even_values(isa: Isa, src: &[f32], out: &mut [f32]) {
         );
         // SAFETY: the CPU has AVX-512 F (checked above); `even_values_avx512` reads and writes
         // only within the lengths asserted above (masked tails).
-        unsafe { even_values_avx512(src, out) };
+        unsafe { even_values_avx512(src, ahead, out) };
         return;
     }
     let _ = isa;
+    if let Some(ahead) = ahead {
+        super::prefetch(ahead, false);
+    }
     for (v, pair) in out.iter_mut().zip(src.chunks(2)) {
         *v = pair[0];
     }
@@ -401,7 +415,7 @@ fn even_values(isa: Isa, src: &[f32], out: &mut [f32]) {
 /// [`even_values`] 16 at a time: two loads and one two-source permute.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn even_values_avx512(src: &[f32], out: &mut [f32]) {
+unsafe fn even_values_avx512(src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
     use std::arch::x86_64::*;
 
     use super::isa::lanes as mask;
@@ -418,6 +432,12 @@ unsafe fn even_values_avx512(src: &[f32], out: &mut [f32]) {
             s.wrapping_add(first + 16),
         );
         _mm512_mask_storeu_ps(o.add(x), mask(n - x), _mm512_permutex2var_ps(a, even, b));
+        if let Some(ahead) = ahead {
+            // The two lines this step read, in the next channel (`ahead` is as long as `src`).
+            let p = ahead.as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(first).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(first + 16).cast());
+        }
         x += 16;
     }
 }
@@ -591,11 +611,15 @@ mod tests {
             for n in [0, 1, 2, 15, 16, 17, 33, 100] {
                 let src: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
                 // A sentinel past the end must survive (masked stores).
-                let mut out = vec![-1.0; n + 1];
-                even_values(isa, &src, &mut out[..n]);
                 let expected: Vec<f32> = (0..n).map(|x| (2 * x) as f32).collect();
-                assert_eq!(out[..n], expected[..], "{isa}, {n}");
-                assert_eq!(out[n], -1.0, "{isa}, {n}: wrote past the end");
+                // Prefetching the next channel's span changes nothing.
+                let next = vec![7.0; src.len()];
+                for ahead in [None, Some(&next[..])] {
+                    let mut out = vec![-1.0; n + 1];
+                    even_values(isa, &src, ahead, &mut out[..n]);
+                    assert_eq!(out[..n], expected[..], "{isa}, {n}");
+                    assert_eq!(out[n], -1.0, "{isa}, {n}: wrote past the end");
+                }
             }
         }
     }

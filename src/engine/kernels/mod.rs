@@ -9,3 +9,26 @@ pub mod isa;
 pub mod pool;
 pub mod tile_products;
 pub mod winograd;
+
+/// Asks the CPU to bring `block` into L1, for writing when `write`. The kernels walk channel
+/// planes hundreds of KiB apart, a new short stream per channel, which the hardware prefetchers
+/// pick up too late (BENCHMARKS.md, attempts 15–18).
+#[inline(always)]
+pub(crate) fn prefetch(block: &[f32], write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        for line in block.chunks(16) {
+            // SAFETY: a prefetch never faults; the address is inside `block`.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(line.as_ptr().cast());
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (block, write);
+}

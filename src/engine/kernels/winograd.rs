@@ -476,9 +476,9 @@ fn epilogue_row(
     while x < width {
         let end = (x + STEP).min(width);
         if let Some((next_out, next_residual)) = ahead {
-            prefetch(&next_out[x..(x + 1).min(next_out.len())], true);
+            super::prefetch(&next_out[x..(x + 1).min(next_out.len())], true);
             if let Some(r) = next_residual {
-                prefetch(&r[x..(x + 1).min(r.len())], false);
+                super::prefetch(&r[x..(x + 1).min(r.len())], false);
             }
         }
         let (out, line) = (&mut out[x..end], &line[x..end]);
@@ -508,29 +508,6 @@ fn epilogue_row(
     }
 }
 
-/// Asks the CPU to bring `block` into L1, for writing when `write`. The transforms walk channel
-/// planes hundreds of KiB apart, a new short stream per channel, which the hardware prefetchers
-/// pick up too late (BENCHMARKS.md, attempt 15).
-#[inline(always)]
-fn prefetch(block: &[f32], write: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        for line in block.chunks(16) {
-            // SAFETY: a prefetch never faults; the address is inside `block`.
-            unsafe {
-                if write {
-                    _mm_prefetch::<_MM_HINT_ET0>(line.as_ptr().cast());
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (block, write);
-}
-
 /// `out = Bᵀ d` along the six inputs, element-wise over equal-length slices, with the
 /// instructions of `isa`; rows `ahead`, the next ones to transform, are prefetched as it goes.
 #[inline(always)]
@@ -544,7 +521,7 @@ fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [
     let _ = isa;
     if let Some(ahead) = ahead {
         for row in ahead {
-            prefetch(row, false);
+            super::prefetch(row, false);
         }
     }
     bt_portable(d, out);
