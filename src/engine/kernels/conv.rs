@@ -302,79 +302,105 @@ impl Conv3x3Stride2 {
         assert_eq!(input.channels, self.c_in, "conv input channels");
         let (ho, wo) = (input.height.div_ceil(2), input.width.div_ceil(2));
         let mut out = Padded::for_overwrite(self.c_out, input.batch, ho, wo);
-        let plane = out.plane();
+        // Output lines of the flattened batch, (b, y), split between the threads: each builds
+        // the im2col of its own lines only (split by output channel, every thread built all of
+        // it) and multiplies it by all the weights.
+        let lines = input.batch * ho;
+        if lines == 0 || wo == 0 {
+            return out;
+        }
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(self.c_out);
-        let rows_per_thread = self.c_out.div_ceil(threads);
+            .min(lines);
+        let ranges: Vec<Range<usize>> = (0..threads)
+            .map(|t| t * lines / threads..(t + 1) * lines / threads)
+            .collect();
+        // Hand every thread the interior of its output lines, channel-major, in (b, y) order.
+        let mut rows: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+        let padded_rows = ho + 2;
+        for (i, row) in out.data.chunks_mut(wo + 2).enumerate() {
+            let (b, yp) = ((i / padded_rows) % input.batch, i % padded_rows);
+            if yp == 0 || yp == padded_rows - 1 {
+                continue;
+            }
+            let line = b * ho + yp - 1;
+            let owner = ranges
+                .iter()
+                .position(|range| range.contains(&line))
+                .unwrap_or(0);
+            rows[owner].push(&mut row[1..=wo]);
+        }
         std::thread::scope(|scope| {
-            for (part, dst) in out.data.chunks_mut(rows_per_thread * plane).enumerate() {
-                let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
-                scope.spawn(move || self.rows(input, dst, rows, (ho, wo)));
+            for (range, rows) in ranges.into_iter().zip(rows) {
+                scope.spawn(move || self.lines(input, rows, range, (ho, wo)));
             }
         });
         out
     }
 
-    /// Computes output channels `rows` into `dst` (those channels' planes).
-    fn rows(&self, input: &Padded, dst: &mut [f32], rows: Range<usize>, (ho, wo): (usize, usize)) {
+    /// Computes output lines `range` (of the flattened batch) into `rows`: their interior rows,
+    /// `c_out` groups of `range.len()` in (b, y) order.
+    fn lines(
+        &self,
+        input: &Padded,
+        mut rows: Vec<&mut [f32]>,
+        range: Range<usize>,
+        (ho, wo): (usize, usize),
+    ) {
+        let mine = range.len();
+        assert_eq!(rows.len(), mine * self.c_out, "output rows of this thread");
         let k = self.c_in * 9;
-        let lines = (CHUNK / wo).max(1);
-        let mut cols = super::pool::take_dirty(k * lines * wo);
-        let mut product = super::pool::take_dirty(rows.len() * lines * wo);
-        let out_row = wo + 2;
-        let out_image = (ho + 2) * out_row;
-        let plane = input.batch * out_image;
+        let per_chunk = (CHUNK / wo).max(1);
+        let mut cols = super::pool::take_dirty(k * per_chunk * wo);
+        let mut product = super::pool::take_dirty(self.c_out * per_chunk * wo);
         let isa = Isa::active();
-        for b in 0..input.batch {
-            let mut y0 = 0;
-            while y0 < ho {
-                let n_lines = lines.min(ho - y0);
-                let n = n_lines * wo;
-                for ci in 0..self.c_in {
-                    for tap in 0..9 {
-                        let (dy, dx) = (tap / 3, tap % 3);
-                        let col = &mut cols[(ci * 9 + tap) * n..][..n];
-                        for (line, out) in col.chunks_exact_mut(wo).enumerate() {
-                            // Output (y, x) reads padded input (2y + dy, 2x + dx), which stays
-                            // inside the padded row: 2(wo − 1) + 2 ≤ width + 1.
-                            let start = input.index(ci, b, 2 * (y0 + line) + dy, dx);
-                            // The first column of taps walks every row this channel needs; it
-                            // prefetches the same rows of the next channel as it goes.
-                            let ahead = (dx == 0 && ci + 1 < self.c_in).then(|| {
-                                let next = input.index(ci + 1, b, 2 * (y0 + line) + dy, 0);
-                                &input.data[next..next + 2 * wo - 1]
-                            });
-                            even_values(isa, &input.data[start..start + 2 * wo - 1], ahead, out);
-                        }
+        let mut start = range.start;
+        while start < range.end {
+            let chunk = start..(start + per_chunk).min(range.end);
+            let n = chunk.len() * wo;
+            for ci in 0..self.c_in {
+                for tap in 0..9 {
+                    let (dy, dx) = (tap / 3, tap % 3);
+                    let col = &mut cols[(ci * 9 + tap) * n..][..n];
+                    for (line, out) in chunk.clone().zip(col.chunks_exact_mut(wo)) {
+                        let (b, y) = (line / ho, line % ho);
+                        // Output (y, x) reads padded input (2y + dy, 2x + dx), which stays
+                        // inside the padded row: 2(wo − 1) + 2 ≤ width + 1.
+                        let at = input.index(ci, b, 2 * y + dy, dx);
+                        // The first column of taps walks every row this channel needs; it
+                        // prefetches the same rows of the next channel as it goes.
+                        let ahead = (dx == 0 && ci + 1 < self.c_in).then(|| {
+                            let next = input.index(ci + 1, b, 2 * y + dy, 0);
+                            &input.data[next..next + 2 * wo - 1]
+                        });
+                        even_values(isa, &input.data[at..at + 2 * wo - 1], ahead, out);
                     }
                 }
-                let weights = &self.weight[rows.start * k..rows.end * k];
-                matmul(
-                    Matmul {
-                        m: rows.len(),
-                        n,
-                        k,
-                    },
-                    &mut product,
-                    n,
-                    weights,
-                    &cols,
-                    n,
-                    false,
-                );
-                for (local, co) in rows.clone().enumerate() {
-                    let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
-                    for line in 0..n_lines {
-                        let start = local * plane + b * out_image + (y0 + line + 1) * out_row + 1;
-                        let src = &product[local * n + line * wo..][..wo];
-                        for (d, &v) in dst[start..start + wo].iter_mut().zip(src) {
-                            *d = v + bias;
-                        }
-                    }
-                }
-                y0 += n_lines;
             }
+            matmul(
+                Matmul {
+                    m: self.c_out,
+                    n,
+                    k,
+                },
+                &mut product,
+                n,
+                &self.weight,
+                &cols,
+                n,
+                false,
+            );
+            for co in 0..self.c_out {
+                let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
+                for (i, line) in chunk.clone().enumerate() {
+                    let dst = &mut rows[co * mine + line - range.start];
+                    let src = &product[co * n + i * wo..][..wo];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v + bias;
+                    }
+                }
+            }
+            start = chunk.end;
         }
         super::pool::give(cols);
         super::pool::give(product);
