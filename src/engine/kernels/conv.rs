@@ -30,6 +30,40 @@ pub struct Padded {
 }
 
 impl Padded {
+    /// Splits the interior rows between the cores for a kernel that computes output rows in
+    /// `units` (tile rows, output lines) numbered in (b, y) order over the flattened batch, the
+    /// interior row `y` of picture `b` belonging to unit `unit_of(b, y)` (non-decreasing in
+    /// `(b, y)`). Returns, per thread, its units and the interior of their rows, channel-major,
+    /// in (b, y) order; at most one thread per unit.
+    pub(crate) fn rows_by_thread(
+        &mut self,
+        units: usize,
+        unit_of: impl Fn(usize, usize) -> usize,
+    ) -> Vec<(Range<usize>, Vec<&mut [f32]>)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(units)
+            .max(1);
+        let ranges: Vec<Range<usize>> = (0..threads)
+            .map(|t| t * units / threads..(t + 1) * units / threads)
+            .collect();
+        let owner: Vec<usize> = (0..units)
+            .map(|u| ranges.iter().position(|r| r.contains(&u)).unwrap_or(0))
+            .collect();
+        let mut rows: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+        let (batch, height, width) = (self.batch, self.height, self.width);
+        let padded_rows = height + 2;
+        for (i, row) in self.data.chunks_mut(width + 2).enumerate() {
+            let (b, yp) = ((i / padded_rows) % batch.max(1), i % padded_rows);
+            if yp == 0 || yp == padded_rows - 1 {
+                continue;
+            }
+            let thread = owner.get(unit_of(b, yp - 1)).copied().unwrap_or(0);
+            rows[thread].push(&mut row[1..=width]);
+        }
+        ranges.into_iter().zip(rows).collect()
+    }
+
     /// All zeros.
     pub fn zeros(channels: usize, batch: usize, height: usize, width: usize) -> Self {
         let len = channels * batch * (height + 2) * (width + 2);
@@ -309,29 +343,9 @@ impl Conv3x3Stride2 {
         if lines == 0 || wo == 0 {
             return out;
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(lines);
-        let ranges: Vec<Range<usize>> = (0..threads)
-            .map(|t| t * lines / threads..(t + 1) * lines / threads)
-            .collect();
-        // Hand every thread the interior of its output lines, channel-major, in (b, y) order.
-        let mut rows: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
-        let padded_rows = ho + 2;
-        for (i, row) in out.data.chunks_mut(wo + 2).enumerate() {
-            let (b, yp) = ((i / padded_rows) % input.batch, i % padded_rows);
-            if yp == 0 || yp == padded_rows - 1 {
-                continue;
-            }
-            let line = b * ho + yp - 1;
-            let owner = ranges
-                .iter()
-                .position(|range| range.contains(&line))
-                .unwrap_or(0);
-            rows[owner].push(&mut row[1..=wo]);
-        }
+        let parts = out.rows_by_thread(lines, |b, y| b * ho + y);
         std::thread::scope(|scope| {
-            for (range, rows) in ranges.into_iter().zip(rows) {
+            for (range, rows) in parts {
                 scope.spawn(move || self.lines(input, rows, range, (ho, wo)));
             }
         });

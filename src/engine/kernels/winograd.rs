@@ -143,33 +143,10 @@ impl Winograd3x3 {
             th: height.div_ceil(TILE),
             tw: width.div_ceil(TILE),
         };
-        let tile_rows = batch * geom.th;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(tile_rows);
-        let ranges: Vec<Range<usize>> = (0..threads)
-            .map(|t| t * tile_rows / threads..(t + 1) * tile_rows / threads)
-            .collect();
-        let owner: Vec<usize> = (0..tile_rows)
-            .map(|r| {
-                ranges
-                    .iter()
-                    .position(|range| range.contains(&r))
-                    .unwrap_or(0)
-            })
-            .collect();
-        // Hand every thread the interior output rows of its tiles, channel-major, in (b, y) order.
-        let mut rows: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
-        let padded_rows = height + 2;
-        for (i, row) in out.data.chunks_mut(width + 2).enumerate() {
-            let (b, yp) = ((i / padded_rows) % batch, i % padded_rows);
-            if yp == 0 || yp == padded_rows - 1 {
-                continue;
-            }
-            rows[owner[b * geom.th + (yp - 1) / TILE]].push(&mut row[1..=width]);
-        }
+        let th = geom.th;
+        let parts = out.rows_by_thread(batch * th, |b, y| b * th + y / TILE);
         std::thread::scope(|scope| {
-            for (range, rows) in ranges.into_iter().zip(rows) {
+            for (range, rows) in parts {
                 scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, isa));
             }
         });
