@@ -453,9 +453,10 @@ fn epilogue_row(
     while x < width {
         let end = (x + STEP).min(width);
         if let Some((next_out, next_residual)) = ahead {
-            super::prefetch(&next_out[x..(x + 1).min(next_out.len())], true);
+            // Rows of one layer all have `width` values.
+            super::prefetch(&next_out[x..=x], true);
             if let Some(r) = next_residual {
-                super::prefetch(&r[x..(x + 1).min(r.len())], false);
+                super::prefetch(&r[x..=x], false);
             }
         }
         let (out, line) = (&mut out[x..end], &line[x..end]);
@@ -618,24 +619,8 @@ mod avx512 {
     ) {
         let n = out[0].len();
         assert!(d.iter().all(|d| d.len() >= n) && out.iter().all(|o| o.len() >= n));
-        if let Some(ahead) = ahead {
-            assert!(ahead.iter().all(|a| a.len() >= n));
-            bt_body(d, Some(ahead.map(<[f32]>::as_ptr)), out, n);
-        } else {
-            bt_body(d, None, out, n);
-        }
-    }
-
-    /// [`bt`]'s loop; `ahead` is tested inside it, and inlined into each arm of [`bt`] the test
-    /// folds away.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn bt_body(
-        d: [&[f32]; ALPHA],
-        ahead: Option<[*const f32; ALPHA]>,
-        out: [&mut [f32]; ALPHA],
-        n: usize,
-    ) {
+        assert!(ahead.is_none_or(|a| a.iter().all(|a| a.len() >= n)));
+        let ahead = ahead.map(|a| a.map(<[f32]>::as_ptr));
         let d = d.map(<[f32]>::as_ptr);
         let o = out.map(<[f32]>::as_mut_ptr);
         let (two, four, five) = (
