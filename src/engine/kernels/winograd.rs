@@ -410,6 +410,27 @@ impl Scratch {
             };
             at(isa, src, [h0, h1, h2, h3]);
         }
+        let width = rows.first().map_or(0, |row| row.len());
+        let residual_row = |c: usize, dy: usize| {
+            epilogue.residual.map(|r| {
+                let start = r.index(c, b, y0 + dy + 1, 1);
+                &r.data[start..start + width]
+            })
+        };
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512 {
+            let residual: [Option<&[f32]>; TILE] =
+                std::array::from_fn(|dy| (dy < rows.len()).then(|| residual_row(co, dy)).flatten());
+            let ahead: [Option<(&[f32], Option<&[f32]>)>; TILE] = std::array::from_fn(|dy| {
+                next.filter(|next| dy < next.len())
+                    .map(|next| (&*next[dy], residual_row(co + 1, dy)))
+            });
+            // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
+            unsafe {
+                avx512::output_rows(&self.half, rows, residual, (bias, epilogue.relu), ahead)
+            };
+            return;
+        }
         // self.full[k·4 + dy][tx] = output (dy, 4tx + k).
         for k in 0..TILE {
             let src: [&[f32]; ALPHA] = std::array::from_fn(|i| &self.half[i * TILE + k][..]);
@@ -420,17 +441,16 @@ impl Scratch {
         }
         for (dy, row) in rows.iter_mut().enumerate() {
             let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
-            interleave4(isa, [f0, f1, f2, f3], &mut self.line);
-            let width = row.len();
+            interleave4([f0, f1, f2, f3], &mut self.line);
             let line = &self.line[..width];
-            let residual_row = |c: usize| {
-                epilogue.residual.map(|r| {
-                    let start = r.index(c, b, y0 + dy + 1, 1);
-                    &r.data[start..start + width]
-                })
-            };
-            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1)));
-            epilogue_row(row, line, residual_row(co), (bias, epilogue.relu), ahead);
+            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
+            epilogue_row(
+                row,
+                line,
+                residual_row(co, dy),
+                (bias, epilogue.relu),
+                ahead,
+            );
         }
     }
 }
@@ -541,16 +561,10 @@ fn deinterleave4(isa: Isa, src: &[f32], out: [&mut [f32]; TILE]) {
     }
 }
 
-/// `dst[4t + k] = src[k][t]` for `t < src[0].len()` (the inverse of [`deinterleave4`]).
+/// `dst[4t + k] = src[k][t]` for `t < src[0].len()` (the inverse of [`deinterleave4`]; the
+/// AVX-512 build does it in registers, in `avx512::output_rows`).
 #[inline(always)]
-fn interleave4(isa: Isa, src: [&[f32]; TILE], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512 {
-        // SAFETY: as in `bt`.
-        unsafe { avx512::interleave4(src, dst) };
-        return;
-    }
-    let _ = isa;
+fn interleave4(src: [&[f32]; TILE], dst: &mut [f32]) {
     let [f0, f1, f2, f3] = src;
     for ((((quad, &a), &b), &c), &d) in dst.chunks_exact_mut(TILE).zip(f0).zip(f1).zip(f2).zip(f3) {
         quad.copy_from_slice(&[a, b, c, d]);
@@ -683,6 +697,129 @@ mod avx512 {
         }
     }
 
+    /// The output transform's second pass, the phase interleave and the epilogue, fused: for
+    /// 16 tiles at a time, `Aᵀ` down the columns of `half` (`half[i·4 + k][tx]`: input row i,
+    /// phase k) leaves the 4 × 4 outputs in registers; each output row's four phases become
+    /// four vectors of 16 consecutive values, which are stored into `rows[dy]` with the bias,
+    /// `residual[dy]` and the ReLU applied. `ahead[dy]`, the next channel's row and residual,
+    /// are prefetched one line per 16 values. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_rows(
+        half: &[Vec<f32>],
+        rows: &mut [&mut [f32]],
+        residual: [Option<&[f32]>; TILE],
+        (bias, relu): (f32, bool),
+        ahead: [Option<(&[f32], Option<&[f32]>)>; TILE],
+    ) {
+        assert!(half.len() == ALPHA * TILE && rows.len() <= TILE);
+        let Some(width) = rows.first().map(|row| row.len()) else {
+            return;
+        };
+        let tw = width.div_ceil(TILE);
+        assert!(half.iter().all(|h| h.len() >= tw));
+        assert!(rows.iter().all(|row| row.len() == width));
+        assert!(residual.iter().flatten().all(|r| r.len() >= width));
+        assert!(ahead
+            .iter()
+            .flatten()
+            .all(|(row, r)| row.len() >= width && r.is_none_or(|r| r.len() >= width)));
+        let h: [*const f32; ALPHA * TILE] = std::array::from_fn(|j| half[j].as_ptr());
+        let (two, four, eight) = (
+            _mm512_set1_ps(2.0),
+            _mm512_set1_ps(4.0),
+            _mm512_set1_ps(8.0),
+        );
+        let (bias, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
+        let (low, high, first, second) = interleave_indices();
+        let mut t = 0;
+        while t < tw {
+            let k = mask(tw - t);
+            // y[dy][phase]: output (dy, 4·tile + phase) of tiles t..t + 16.
+            let mut y = [[zero; TILE]; TILE];
+            for phase in 0..TILE {
+                let [m0, m1, m2, m3, m4, m5] =
+                    std::array::from_fn(|i| _mm512_maskz_loadu_ps(k, h[i * TILE + phase].add(t)));
+                let (p12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
+                let (p34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
+                y[0][phase] = _mm512_add_ps(_mm512_add_ps(m0, p12), p34);
+                y[1][phase] = _mm512_fmadd_ps(two, d34, d12);
+                y[2][phase] = _mm512_fmadd_ps(four, p34, p12);
+                y[3][phase] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5);
+            }
+            for (dy, row) in rows.iter_mut().enumerate() {
+                let values = interleave(y[dy], (low, high, first, second));
+                for (j, mut v) in values.into_iter().enumerate() {
+                    let x = TILE * t + 16 * j;
+                    if x >= width {
+                        break;
+                    }
+                    let k = mask(width - x);
+                    if let Some((next_row, next_residual)) = ahead[dy] {
+                        _mm_prefetch::<_MM_HINT_ET0>(next_row.as_ptr().add(x).cast());
+                        if let Some(r) = next_residual {
+                            _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().add(x).cast());
+                        }
+                    }
+                    v = _mm512_add_ps(v, bias);
+                    if let Some(r) = residual[dy] {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, r.as_ptr().add(x)));
+                    }
+                    if relu {
+                        v = _mm512_max_ps(v, zero);
+                    }
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(x), k, v);
+                }
+            }
+            t += LANES;
+        }
+    }
+
+    /// The permute indices of [`interleave`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn interleave_indices() -> (__m512i, __m512i, __m512i, __m512i) {
+        (
+            // Pairs of phases, lanes interleaved: [a0 b0 a1 b1 …] for tiles 0–7 and 8–15.
+            _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+            // Then pairs of pairs, 64-bit lanes interleaved: four tiles × four phases per vector.
+            _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11),
+            _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15),
+        )
+    }
+
+    /// The four phases of 16 tiles (`f[k]`: lane t holds value 4t + k) as four vectors of 16
+    /// consecutive values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn interleave(
+        f: [__m512; TILE],
+        (low, high, first, second): (__m512i, __m512i, __m512i, __m512i),
+    ) -> [__m512; TILE] {
+        let [f0, f1, f2, f3] = f;
+        let (l01, h01) = (
+            _mm512_permutex2var_ps(f0, low, f1),
+            _mm512_permutex2var_ps(f0, high, f1),
+        );
+        let (l23, h23) = (
+            _mm512_permutex2var_ps(f2, low, f3),
+            _mm512_permutex2var_ps(f2, high, f3),
+        );
+        [
+            (l01, l23, first),
+            (l01, l23, second),
+            (h01, h23, first),
+            (h01, h23, second),
+        ]
+        .map(|(a, b, index)| {
+            _mm512_castpd_ps(_mm512_permutex2var_pd(
+                _mm512_castps_pd(a),
+                index,
+                _mm512_castps_pd(b),
+            ))
+        })
+    }
+
     /// `idx[lane] = k + 4·(lane mod 8)`: phase k of 8 tiles from a pair of vectors.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -732,47 +869,6 @@ mod avx512 {
                 let high = _mm512_permutex2var_ps(a[2], *index, a[3]);
                 let phase = _mm512_mask_blend_ps(0xff00, low, high);
                 _mm512_mask_storeu_ps(o[k].add(t), mask(n - t), phase);
-            }
-            t += LANES;
-        }
-    }
-
-    /// [`super::interleave4`]. Needs AVX-512 F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn interleave4(src: [&[f32]; TILE], dst: &mut [f32]) {
-        let n = src[0].len();
-        assert!(src.iter().all(|s| s.len() >= n) && dst.len() >= TILE * n);
-        let s = src.map(<[f32]>::as_ptr);
-        let d = dst.as_mut_ptr();
-        // Pairs of phases, lanes interleaved: [a0 b0 a1 b1 …] for tiles 0–7 and 8–15.
-        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        // Then pairs of pairs, 64-bit lanes interleaved: four tiles × four phases per vector.
-        let first = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
-        let second = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
-        let mut t = 0;
-        while t < n {
-            let k = mask(n - t);
-            let [f0, f1, f2, f3] = s.map(|s| _mm512_maskz_loadu_ps(k, s.add(t)));
-            let (l01, h01) = (
-                _mm512_permutex2var_ps(f0, low, f1),
-                _mm512_permutex2var_ps(f0, high, f1),
-            );
-            let (l23, h23) = (
-                _mm512_permutex2var_ps(f2, low, f3),
-                _mm512_permutex2var_ps(f2, high, f3),
-            );
-            let quads = [
-                (l01, l23, first),
-                (l01, l23, second),
-                (h01, h23, first),
-                (h01, h23, second),
-            ];
-            let left = TILE * (n - t);
-            for (j, (a, b, index)) in quads.into_iter().enumerate() {
-                let v = _mm512_permutex2var_pd(_mm512_castps_pd(a), index, _mm512_castps_pd(b));
-                let k = mask(left.saturating_sub(16 * j));
-                _mm512_mask_storeu_ps(d.wrapping_add(TILE * t + 16 * j), k, _mm512_castpd_ps(v));
             }
             t += LANES;
         }
