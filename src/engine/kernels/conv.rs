@@ -14,6 +14,7 @@
 use std::ops::Range;
 
 use super::isa::Isa;
+use super::tile_products::{PositionWeights, Products};
 
 /// Columns per chunk: 64 output rows × this many f32 stay in L2 across the nine taps.
 const CHUNK: usize = 2048;
@@ -309,13 +310,14 @@ impl Conv3x3 {
 
 /// A 3×3 convolution, padding 1, stride 2, with optional bias (the encoder's downsampling): an
 /// im2col copy of a few output rows at a time (`K = 9·c_in`), then one matrix product per
-/// chunk. Output channels are split across threads.
+/// chunk, by the Winograd products' kernels (one "position": `[c_out × K] · [K × columns]`).
+/// Threads split the output lines.
 #[derive(Debug, Clone)]
 pub struct Conv3x3Stride2 {
     c_in: usize,
     c_out: usize,
-    /// `[c_out][c_in·9]`: the PyTorch layout.
-    weight: Vec<f32>,
+    /// `[1][c_out][c_in·9]`: the PyTorch layout.
+    weight: PositionWeights,
     bias: Option<Vec<f32>>,
 }
 
@@ -326,7 +328,7 @@ impl Conv3x3Stride2 {
         Self {
             c_in,
             c_out,
-            weight: weight.to_vec(),
+            weight: PositionWeights::new(1, c_out, c_in * 9, weight.to_vec(), Products::F32),
             bias,
         }
     }
@@ -391,19 +393,7 @@ impl Conv3x3Stride2 {
                     }
                 }
             }
-            matmul(
-                Matmul {
-                    m: self.c_out,
-                    n,
-                    k,
-                },
-                &mut product,
-                n,
-                &self.weight,
-                &cols,
-                n,
-                false,
-            );
+            self.weight.multiply(isa, &cols, n, &mut product);
             for co in 0..self.c_out {
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
                 for (i, line) in chunk.clone().enumerate() {

@@ -1,5 +1,7 @@
-//! The Winograd-domain products of a [`super::winograd`] convolution: for each of the 36
-//! transform positions `p`, `M[p] = U[p] · V[p]`, `[c_out × c_in] · [c_in × tiles]`.
+//! The Winograd-domain products of a [`super::winograd`] convolution: for each of its 36
+//! transform positions `p`, `M[p] = U[p] · V[p]`, `[c_out × c_in] · [c_in × tiles]`. The
+//! encoder's stride-2 convolutions use the same kernels for their im2col product (one
+//! position, `c_in` = 9 × input channels, a column per output pixel).
 //!
 //! `V[p]` arrives row-major (`c_in` rows of `tiles` contiguous values), which is already the
 //! layout a microkernel that vectorizes across tiles wants, so the AVX-512 kernels read it in
@@ -20,9 +22,6 @@
 
 use super::conv::{matmul, Matmul};
 use super::isa::Isa;
-
-/// Transform positions (6 × 6).
-pub(crate) const POSITIONS: usize = 36;
 
 /// The arithmetic of the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,22 +47,31 @@ impl Products {
 /// The transformed weights `U`, in the forms the products need.
 #[derive(Debug, Clone)]
 pub(crate) struct PositionWeights {
+    /// Transform positions (`ALPHA²`).
+    positions: usize,
     c_out: usize,
     c_in: usize,
-    /// `[36][c_out][c_in]`, f32.
+    /// `[positions][c_out][c_in]`, f32.
     f32: Vec<f32>,
-    /// `[36][c_out][c_in.div_ceil(2)]` pairs of bf16 (even input channel in the low 16 bits);
+    /// `[positions][c_out][c_in.div_ceil(2)]` pairs of bf16 (even input channel in the low 16 bits);
     /// made for [`Products::Bf16`] where the CPU has AVX512_BF16.
     bf16: Option<Vec<u32>>,
 }
 
 impl PositionWeights {
-    /// From `u = [36][c_out][c_in]`.
-    pub(crate) fn new(c_out: usize, c_in: usize, u: Vec<f32>, products: Products) -> Self {
-        assert_eq!(u.len(), POSITIONS * c_out * c_in, "transformed weight size");
+    /// From `u = [positions][c_out][c_in]`.
+    pub(crate) fn new(
+        positions: usize,
+        c_out: usize,
+        c_in: usize,
+        u: Vec<f32>,
+        products: Products,
+    ) -> Self {
+        assert_eq!(u.len(), positions * c_out * c_in, "transformed weight size");
         let bf16 = (products == Products::Bf16 && Isa::detected() >= Isa::Avx512Bf16)
             .then(|| pack_bf16_pairs(&u, c_in));
         Self {
+            positions,
             c_out,
             c_in,
             f32: u,
@@ -74,14 +82,14 @@ impl PositionWeights {
     /// `m[p][co][t] = Σ_ci U[p][co][ci] · v[p][ci][t]` for every position, `t < tiles`, with
     /// the best build `isa` allows (bf16 only for weights made with [`Products::Bf16`]).
     pub(crate) fn multiply(&self, isa: Isa, v: &[f32], tiles: usize, m: &mut [f32]) {
-        let (c_out, c_in) = (self.c_out, self.c_in);
+        let (positions, c_out, c_in) = (self.positions, self.c_out, self.c_in);
         assert!(
             isa <= Isa::detected(),
             "{isa} products on a CPU without {isa}"
         );
-        assert!(v.len() >= POSITIONS * c_in * tiles, "products: V too short");
+        assert!(v.len() >= positions * c_in * tiles, "products: V too short");
         assert!(
-            m.len() >= POSITIONS * c_out * tiles,
+            m.len() >= positions * c_out * tiles,
             "products: M too short"
         );
         if tiles == 0 || c_out == 0 {
@@ -92,18 +100,18 @@ impl PositionWeights {
             if let Some(u) = &self.bf16 {
                 // SAFETY: the level is only reached where the CPU has AVX-512 F/BW and
                 // AVX512_BF16 (`Isa::detected`); the asserts above bound every access.
-                unsafe { x86::bf16_products(u, (c_out, c_in, tiles), v, m) };
+                unsafe { x86::bf16_products(u, (positions, c_out, c_in, tiles), v, m) };
                 return;
             }
         }
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx512 {
             // SAFETY: as above, with AVX-512 F.
-            unsafe { x86::f32_products(&self.f32, (c_out, c_in, tiles), v, m) };
+            unsafe { x86::f32_products(&self.f32, (positions, c_out, c_in, tiles), v, m) };
             return;
         }
         let _ = isa;
-        for p in 0..POSITIONS {
+        for p in 0..positions {
             matmul(
                 Matmul {
                     m: c_out,
@@ -131,7 +139,7 @@ fn bf16_bits(x: f32) -> u16 {
     (bits.wrapping_add(rounding) >> 16) as u16
 }
 
-/// `[36][c_out][c_in]` f32 → `[36][c_out][c_in.div_ceil(2)]` bf16 pairs (odd tail paired with 0).
+/// `[positions][c_out][c_in]` f32 → `[positions][c_out][c_in.div_ceil(2)]` bf16 pairs (odd tail paired with 0).
 fn pack_bf16_pairs(u: &[f32], c_in: usize) -> Vec<u32> {
     u.chunks_exact(c_in)
         .flat_map(|row| {
@@ -148,7 +156,6 @@ fn pack_bf16_pairs(u: &[f32], c_in: usize) -> Vec<u32> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::POSITIONS;
     use crate::engine::kernels::isa::lanes;
 
     /// f32 lanes per zmm register.
@@ -191,16 +198,17 @@ mod x86 {
     }
 
     /// The f32 products of every position. Callers guarantee AVX-512 F and
-    /// `u.len() ≥ 36·c_out·c_in`, `v.len() ≥ 36·c_in·tiles`, `m.len() ≥ 36·c_out·tiles`.
+    /// `u.len() ≥ positions·c_out·c_in`, `v.len() ≥ positions·c_in·tiles`, `m.len() ≥
+    /// positions·c_out·tiles`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn f32_products(
         u: &[f32],
-        (c_out, c_in, tiles): (usize, usize, usize),
+        (positions, c_out, c_in, tiles): (usize, usize, usize, usize),
         v: &[f32],
         m: &mut [f32],
     ) {
-        assert!(u.len() >= POSITIONS * c_out * c_in);
-        for p in 0..POSITIONS {
+        assert!(u.len() >= positions * c_out * c_in);
+        for p in 0..positions {
             let u = u.as_ptr().add(p * c_out * c_in);
             let v = v.as_ptr().add(p * c_in * tiles);
             let m = m.as_mut_ptr().add(p * c_out * tiles);
@@ -300,21 +308,22 @@ mod x86 {
     }
 
     /// The bf16 products of every position. Callers guarantee AVX-512 F/BW and AVX512_BF16,
-    /// `u.len() ≥ 36·c_out·⌈c_in/2⌉`, `v.len() ≥ 36·c_in·tiles`, `m.len() ≥ 36·c_out·tiles`.
+    /// `u.len() ≥ positions·c_out·⌈c_in/2⌉`, `v.len() ≥ positions·c_in·tiles`, `m.len() ≥
+    /// positions·c_out·tiles`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn bf16_products(
         u: &[u32],
-        (c_out, c_in, tiles): (usize, usize, usize),
+        (positions, c_out, c_in, tiles): (usize, usize, usize, usize),
         v: &[f32],
         m: &mut [f32],
     ) {
         let pairs = c_in.div_ceil(2);
-        assert!(u.len() >= POSITIONS * c_out * pairs);
+        assert!(u.len() >= positions * c_out * pairs);
         // One position's V as bf16 pairs, `[pairs][padded]`: tile t of pair l at
         // `l·padded + t`, so every row is whole vectors.
         let padded = tiles.div_ceil(LANES) * LANES;
         let mut packed = vec![0u32; pairs * padded];
-        for p in 0..POSITIONS {
+        for p in 0..positions {
             pack_position(v.as_ptr().add(p * c_in * tiles), c_in, tiles, &mut packed);
             let u = u.as_ptr().add(p * c_out * pairs);
             let m = m.as_mut_ptr().add(p * c_out * tiles);
@@ -401,6 +410,9 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// F(4,3)'s positions; the products do not depend on what the positions are.
+    const POSITIONS: usize = 36;
+
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect()
     }
@@ -450,8 +462,9 @@ mod tests {
         for shape @ (c_out, c_in, tiles) in SHAPES {
             let u = values(POSITIONS * c_out * c_in, 0.4);
             let v = values(POSITIONS * c_in * tiles, 1.7);
-            let weights = PositionWeights::new(c_out, c_in, u.clone(), Products::Bf16);
-            let f32_weights = PositionWeights::new(c_out, c_in, u.clone(), Products::F32);
+            let weights = PositionWeights::new(POSITIONS, c_out, c_in, u.clone(), Products::Bf16);
+            let f32_weights =
+                PositionWeights::new(POSITIONS, c_out, c_in, u.clone(), Products::F32);
             let exact = reference(shape, &u, &v, f64::from);
             let rounded = reference(shape, &u, &v, bf16_value);
             for isa in Isa::available() {

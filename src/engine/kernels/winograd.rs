@@ -24,12 +24,14 @@ use std::ops::Range;
 use super::conv::{Epilogue, Padded};
 use super::isa::Isa;
 use super::pool;
-use super::tile_products::{PositionWeights, Products, POSITIONS};
+use super::tile_products::{PositionWeights, Products};
 
 /// Output tile side.
 const TILE: usize = 4;
 /// Input tile side (TILE + 2).
 const ALPHA: usize = 6;
+/// Transform positions.
+const POSITIONS: usize = ALPHA * ALPHA;
 /// Tiles per chunk the threads aim at: `V` and `M` of a chunk (36 × 64 × tiles f32 each) stay
 /// near the core's L2. 32, 48, 96 and 192 measured within noise of each other at 4×32×64
 /// (BENCHMARKS.md); 192 was slowest.
@@ -107,7 +109,7 @@ impl Winograd3x3 {
         Self {
             c_in,
             c_out,
-            u: PositionWeights::new(c_out, c_in, u, products),
+            u: PositionWeights::new(POSITIONS, c_out, c_in, u, products),
             bias,
         }
     }
