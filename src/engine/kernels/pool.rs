@@ -4,8 +4,7 @@
 //! Large allocations go straight to `mmap` in glibc, and every page of a fresh one costs a page
 //! fault and a kernel-side clear: without the pool that was ≈20 % of a TAESD decode. The pool
 //! keeps up to [`MAX_BUFFERS`] returned buffers; [`take`] hands back one of at least the asked
-//! length (at most twice it, so a small request never pins a huge buffer), zero-filled. Fresh
-//! buffers ask for transparent huge pages before their first touch.
+//! length (at most twice it, so a small request never pins a huge buffer), zero-filled.
 
 use std::sync::Mutex;
 
@@ -40,44 +39,8 @@ pub fn take_dirty(len: usize) -> Vec<f32> {
             buffer.resize(len, 0.0);
             buffer
         }
-        None => {
-            let mut buffer = Vec::with_capacity(len);
-            advise_huge_pages(&buffer);
-            buffer.resize(len, 0.0);
-            buffer
-        }
+        None => vec![0.0; len],
     }
-}
-
-/// Asks Linux to back `buffer`'s untouched pages with 2 MiB transparent huge pages, which it
-/// does only on request where the THP mode is `madvise` (the default of many distributions).
-/// The kernels walk channel planes hundreds of KiB apart in activations of tens of MiB; huge
-/// pages spare them most TLB misses (3 % of a decode, BENCHMARKS.md attempt 24). Advice only:
-/// where THP is off or the range too small, nothing changes.
-fn advise_huge_pages(buffer: &Vec<f32>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE_PAGE: usize = 2 << 20;
-        let start = buffer.as_ptr() as usize;
-        let end = start + buffer.capacity() * std::mem::size_of::<f32>();
-        let (first, last) = (
-            start.next_multiple_of(HUGE_PAGE),
-            end / HUGE_PAGE * HUGE_PAGE,
-        );
-        if last > first {
-            // SAFETY: advice on whole pages inside this allocation, which changes no contents;
-            // its result is deliberately ignored (advice that cannot be taken changes nothing).
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buffer;
 }
 
 /// Returns a buffer to the pool (or frees it when the pool is full).
