@@ -404,14 +404,6 @@ impl Scratch {
         epilogue: Epilogue,
     ) {
         let tw = self.tw;
-        for i in 0..ALPHA {
-            let src: [&[f32]; ALPHA] =
-                std::array::from_fn(|j| &m[(i * ALPHA + j) * stride + offset..][..tw]);
-            let [h0, h1, h2, h3] = &mut self.half[i * TILE..(i + 1) * TILE] else {
-                unreachable!("four rows")
-            };
-            at(isa, src, [h0, h1, h2, h3]);
-        }
         let width = rows.first().map_or(0, |row| row.len());
         let residual_row = |c: usize, dy: usize| {
             epilogue.residual.map(|r| {
@@ -423,15 +415,29 @@ impl Scratch {
         if isa >= Isa::Avx512 {
             let residual: [Option<&[f32]>; TILE] =
                 std::array::from_fn(|dy| (dy < rows.len()).then(|| residual_row(co, dy)).flatten());
-            let ahead: [Option<(&[f32], Option<&[f32]>)>; TILE] = std::array::from_fn(|dy| {
+            let ahead: [Option<Ahead>; TILE] = std::array::from_fn(|dy| {
                 next.filter(|next| dy < next.len())
                     .map(|next| (&*next[dy], residual_row(co + 1, dy)))
             });
             // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
             unsafe {
-                avx512::output_rows(&self.half, rows, residual, (bias, epilogue.relu), ahead)
+                avx512::output_rows(
+                    (m, stride, offset),
+                    rows,
+                    residual,
+                    (bias, epilogue.relu),
+                    ahead,
+                )
             };
             return;
+        }
+        for i in 0..ALPHA {
+            let src: [&[f32]; ALPHA] =
+                std::array::from_fn(|j| &m[(i * ALPHA + j) * stride + offset..][..tw]);
+            let [h0, h1, h2, h3] = &mut self.half[i * TILE..(i + 1) * TILE] else {
+                unreachable!("four rows")
+            };
+            at(src, [h0, h1, h2, h3]);
         }
         // self.full[k·4 + dy][tx] = output (dy, 4tx + k).
         for k in 0..TILE {
@@ -439,7 +445,7 @@ impl Scratch {
             let [y0, y1, y2, y3] = &mut self.full[k * TILE..(k + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(isa, src, [y0, y1, y2, y3]);
+            at(src, [y0, y1, y2, y3]);
         }
         for (dy, row) in rows.iter_mut().enumerate() {
             let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
@@ -457,6 +463,10 @@ impl Scratch {
     }
 }
 
+/// The stretch of the next output channel's row and of its residual row that the epilogue
+/// prefetches as it writes the same stretch of this channel's.
+type Ahead<'a> = (&'a [f32], Option<&'a [f32]>);
+
 /// `out = line + bias (+ residual)`, then the ReLU when `relu`, 16 values at a time; the same
 /// stretch of the next channel's output row (for writing) and residual row is prefetched at
 /// each step.
@@ -466,7 +476,7 @@ fn epilogue_row(
     line: &[f32],
     residual: Option<&[f32]>,
     (bias, relu): (f32, bool),
-    ahead: Option<(&[f32], Option<&[f32]>)>,
+    ahead: Option<Ahead>,
 ) {
     const STEP: usize = 16;
     let width = out.len();
@@ -527,17 +537,10 @@ fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [
     bt_portable(d, out);
 }
 
-/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices, with the
-/// instructions of `isa`.
+/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices (the AVX-512 build
+/// does it in registers, in `avx512::output_rows`).
 #[inline(always)]
-fn at(isa: Isa, m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512 {
-        // SAFETY: as in `bt`.
-        unsafe { avx512::at(m, out) };
-        return;
-    }
-    let _ = isa;
+fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
     at_portable(m, out);
 }
 
@@ -621,7 +624,7 @@ fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ALPHA, TILE};
+    use super::{Ahead, ALPHA, TILE};
     use crate::engine::kernels::isa::lanes as mask;
 
     const LANES: usize = 16;
@@ -672,60 +675,33 @@ mod avx512 {
         }
     }
 
-    /// [`super::at`]. Needs AVX-512 F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
-        let n = out[0].len();
-        assert!(m.iter().all(|m| m.len() >= n) && out.iter().all(|o| o.len() >= n));
-        let m = m.map(<[f32]>::as_ptr);
-        let o = out.map(<[f32]>::as_mut_ptr);
-        let (two, four, eight) = (
-            _mm512_set1_ps(2.0),
-            _mm512_set1_ps(4.0),
-            _mm512_set1_ps(8.0),
-        );
-        let mut x = 0;
-        while x < n {
-            let k = mask(n - x);
-            let [m0, m1, m2, m3, m4, m5] = m.map(|m| _mm512_maskz_loadu_ps(k, m.add(x)));
-            let (p12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
-            let (p34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
-            let store = |i: usize, v: __m512| _mm512_mask_storeu_ps(o[i].add(x), k, v);
-            store(0, _mm512_add_ps(_mm512_add_ps(m0, p12), p34));
-            store(1, _mm512_fmadd_ps(two, d34, d12));
-            store(2, _mm512_fmadd_ps(four, p34, p12));
-            store(3, _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5));
-            x += LANES;
-        }
-    }
-
-    /// The output transform's second pass, the phase interleave and the epilogue, fused: for
-    /// 16 tiles at a time, `Aᵀ` down the columns of `half` (`half[i·4 + k][tx]`: input row i,
-    /// phase k) leaves the 4 × 4 outputs in registers; each output row's four phases become
-    /// four vectors of 16 consecutive values, which are stored into `rows[dy]` with the bias,
-    /// `residual[dy]` and the ReLU applied. `ahead[dy]`, the next channel's row and residual,
+    /// The output transform, the phase interleave and the epilogue, fused: for 16 tiles at a
+    /// time, `Aᵀ` along the rows and down the columns of `m[p·stride + offset + tx]` leaves the
+    /// 4 × 4 outputs in registers; each output row's four phases become four vectors of 16
+    /// consecutive values, which are stored into `rows[dy]` with the bias, `residual[dy]` and
+    /// the ReLU applied. `ahead[dy]`, the next channel's row and residual,
     /// are prefetched one line per 16 values. Needs AVX-512 F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn output_rows(
-        half: &[Vec<f32>],
+        (m, stride, offset): (&[f32], usize, usize),
         rows: &mut [&mut [f32]],
         residual: [Option<&[f32]>; TILE],
         (bias, relu): (f32, bool),
-        ahead: [Option<(&[f32], Option<&[f32]>)>; TILE],
+        ahead: [Option<Ahead>; TILE],
     ) {
-        assert!(half.len() == ALPHA * TILE && rows.len() <= TILE);
+        assert!(rows.len() <= TILE);
         let Some(width) = rows.first().map(|row| row.len()) else {
             return;
         };
         let tw = width.div_ceil(TILE);
-        assert!(half.iter().all(|h| h.len() >= tw));
+        assert!(m.len() >= (ALPHA * ALPHA - 1) * stride + offset + tw);
         assert!(rows.iter().all(|row| row.len() == width));
         assert!(residual.iter().flatten().all(|r| r.len() >= width));
         assert!(ahead
             .iter()
             .flatten()
             .all(|(row, r)| row.len() >= width && r.is_none_or(|r| r.len() >= width)));
-        let h: [*const f32; ALPHA * TILE] = std::array::from_fn(|j| half[j].as_ptr());
+        let m = m.as_ptr().add(offset);
         let (two, four, eight) = (
             _mm512_set1_ps(2.0),
             _mm512_set1_ps(4.0),
@@ -736,17 +712,30 @@ mod avx512 {
         let mut t = 0;
         while t < tw {
             let k = mask(tw - t);
-            // y[dy][phase]: output (dy, 4·tile + phase) of tiles t..t + 16.
-            let mut y = [[zero; TILE]; TILE];
-            for phase in 0..TILE {
-                let [m0, m1, m2, m3, m4, m5] =
-                    std::array::from_fn(|i| _mm512_maskz_loadu_ps(k, h[i * TILE + phase].add(t)));
+            // Aᵀ m along a tile's six values.
+            let at = |[m0, m1, m2, m3, m4, m5]: [__m512; ALPHA]| -> [__m512; TILE] {
                 let (p12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
                 let (p34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
-                y[0][phase] = _mm512_add_ps(_mm512_add_ps(m0, p12), p34);
-                y[1][phase] = _mm512_fmadd_ps(two, d34, d12);
-                y[2][phase] = _mm512_fmadd_ps(four, p34, p12);
-                y[3][phase] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5);
+                [
+                    _mm512_add_ps(_mm512_add_ps(m0, p12), p34),
+                    _mm512_fmadd_ps(two, d34, d12),
+                    _mm512_fmadd_ps(four, p34, p12),
+                    _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5),
+                ]
+            };
+            // half[i][phase], along the rows; then y[dy][phase] = output (dy, 4·tile + phase)
+            // of tiles t..t + 16, down the columns.
+            let half: [[__m512; TILE]; ALPHA] = std::array::from_fn(|i| {
+                at(std::array::from_fn(|j| {
+                    _mm512_maskz_loadu_ps(k, m.add((i * ALPHA + j) * stride + t))
+                }))
+            });
+            let mut y = [[zero; TILE]; TILE];
+            for phase in 0..TILE {
+                let column = at(std::array::from_fn(|i| half[i][phase]));
+                for (y, value) in y.iter_mut().zip(column) {
+                    y[phase] = value;
+                }
             }
             for (dy, row) in rows.iter_mut().enumerate() {
                 let values = interleave(y[dy], (low, high, first, second));
