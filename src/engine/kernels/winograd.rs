@@ -915,6 +915,13 @@ mod tests {
     }
 
     #[test]
+    fn matches_direct_convolution_on_wide_ragged_rows() {
+        // Rows of more tiles than a chunk holds (96), ending in a ragged tile.
+        check(8, 5, 2, 6, 4 * 150 + 3, true);
+        check(3, 4, 1, 5, 4 * 300 + 1, false);
+    }
+
+    #[test]
     fn borders_stay_zero() {
         let conv = Winograd3x3::new(1, 1, &[1.0; 9], Some(vec![5.0]), Products::F32);
         let out = conv.forward(
