@@ -47,14 +47,14 @@ impl Products {
 /// The transformed weights `U`, in the forms the products need.
 #[derive(Debug, Clone)]
 pub(crate) struct PositionWeights {
-    /// Transform positions (`ALPHA²`).
+    /// Transform positions: 36 for F(4,3), 1 for the stride-2 im2col product.
     positions: usize,
     c_out: usize,
     c_in: usize,
     /// `[positions][c_out][c_in]`, f32.
     f32: Vec<f32>,
-    /// `[positions][c_out][c_in.div_ceil(2)]` pairs of bf16 (even input channel in the low 16 bits);
-    /// made for [`Products::Bf16`] where the CPU has AVX512_BF16.
+    /// `[positions][c_out][c_in.div_ceil(2)]` pairs of bf16 (even input channel in the low 16
+    /// bits); made for [`Products::Bf16`] where the CPU has AVX512_BF16.
     bf16: Option<Vec<u32>>,
 }
 
@@ -139,7 +139,8 @@ fn bf16_bits(x: f32) -> u16 {
     (bits.wrapping_add(rounding) >> 16) as u16
 }
 
-/// `[positions][c_out][c_in]` f32 → `[positions][c_out][c_in.div_ceil(2)]` bf16 pairs (odd tail paired with 0).
+/// `[positions][c_out][c_in]` f32 → `[positions][c_out][c_in.div_ceil(2)]` bf16 pairs (odd tail
+/// paired with 0).
 fn pack_bf16_pairs(u: &[f32], c_in: usize) -> Vec<u32> {
     u.chunks_exact(c_in)
         .flat_map(|row| {

@@ -295,11 +295,12 @@ struct Scratch {
     /// Phases `cols[i][4·tx + k]`, k = 0..4, `tw + 1` long (phase 4 and 5 are 0 and 1 shifted
     /// by one tile).
     phase: [Vec<f32>; TILE],
-    /// Row transform of the output: `[6][4][tw]`.
+    /// Row transform of the output: `[6][4][tw]` (below AVX-512; `avx512::output_rows` keeps
+    /// the output side in registers).
     half: Vec<Vec<f32>>,
-    /// Both transforms of the output: `[4 phases][4 rows][tw]`.
+    /// Both transforms of the output: `[4 phases][4 rows][tw]` (below AVX-512).
     full: Vec<Vec<f32>>,
-    /// One output row before the epilogue, `4·tw` long.
+    /// One output row before the epilogue, `4·tw` long (below AVX-512).
     line: Vec<f32>,
     /// A zero row standing for input rows past the bottom border.
     zeros: Vec<f32>,
