@@ -239,7 +239,7 @@ impl Winograd3x3 {
         let max_tiles = per_chunk * tw;
         let mut v = pool::take_dirty(POSITIONS * self.c_in * max_tiles);
         let mut m = pool::take_dirty(POSITIONS * self.c_out * max_tiles);
-        let mut scratch = Scratch::new(tw);
+        let mut scratch = Scratch::new(tw, isa);
         let mut start = range.start;
         while start < range.end {
             let chunk = start..(start + per_chunk).min(range.end);
@@ -307,14 +307,21 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(tw: usize) -> Self {
+    /// For tile rows of `tw` tiles with the kernels of `isa`: the output side's rows only where
+    /// it runs through memory (below AVX-512).
+    fn new(tw: usize, isa: Isa) -> Self {
+        let output_rows = if cfg!(target_arch = "x86_64") && isa >= Isa::Avx512 {
+            0
+        } else {
+            tw
+        };
         Self {
             tw,
             cols: std::array::from_fn(|_| vec![0.0; TILE * (tw + 1)]),
             phase: std::array::from_fn(|_| vec![0.0; tw + 1]),
-            half: vec![vec![0.0; tw]; ALPHA * TILE],
-            full: vec![vec![0.0; tw]; TILE * TILE],
-            line: vec![0.0; TILE * tw],
+            half: vec![vec![0.0; output_rows]; ALPHA * TILE],
+            full: vec![vec![0.0; output_rows]; TILE * TILE],
+            line: vec![0.0; TILE * output_rows],
             zeros: vec![0.0; TILE * (tw + 1)],
         }
     }
