@@ -15,6 +15,12 @@
 //! into the [`Padded`] result with the epilogue (bias, residual, ReLU) fused. Tile rows are split
 //! between the threads; each thread owns the output rows of its tiles.
 //!
+//! A 3×3 convolution of the input upsampled 2× (nearest neighbour, TAESD's `Upsample → conv`)
+//! is computed on the input as it is ([`Winograd3x3::upsampled`]): each of the four sub-pixel
+//! phases of the output is a 3×3 convolution of the input with summed taps, the four phases'
+//! transformed weights are stacked as `4·c_out` rows of `U`, one input transform per tile
+//! serves all of them, and the output side interleaves the phases as it writes the rows.
+//!
 //! The transforms are exact in real arithmetic; in f32 the result differs from the direct
 //! convolution by rounding only (≈1e-6 relative per layer), well inside the "fast" path's bound
 //! of 45 dB PSNR against the direct path on real latents (see the decoder's tests).
@@ -34,7 +40,9 @@ const ALPHA: usize = 6;
 const POSITIONS: usize = ALPHA * ALPHA;
 /// Tiles per chunk the threads aim at: `V` and `M` of a chunk (36 × 64 × tiles f32 each) stay
 /// near the core's L2. 32, 48, 96 and 192 measured within noise of each other at 4×32×64
-/// (BENCHMARKS.md); 192 was slowest.
+/// (BENCHMARKS.md); 192 was slowest. Upsampling convolutions keep it although their `M` is four
+/// times as large: a quarter of it, or two products of half the rows, measured slower
+/// (attempts 32–33).
 const TILES_PER_CHUNK: usize = 96;
 
 /// The weight transform `G` (6×3).
@@ -47,14 +55,32 @@ const G: [[f64; 3]; ALPHA] = [
     [0.0, 0.0, 1.0],
 ];
 
-/// A 3×3 convolution, padding 1, stride 1, with optional bias, computed with Winograd F(4,3).
+/// A 3×3 convolution, padding 1, stride 1, with optional bias, computed with Winograd F(4,3);
+/// optionally of the input upsampled 2× first ([`Winograd3x3::upsampled`]).
 #[derive(Debug, Clone)]
 pub struct Winograd3x3 {
     c_in: usize,
     c_out: usize,
-    /// Transformed weights `[36][c_out][c_in]`.
+    /// Whether the input is upsampled 2× (nearest neighbour) before the convolution.
+    upsample: bool,
+    /// Transformed weights `[36][phases·c_out][c_in]`, one block of `c_out` rows per sub-pixel
+    /// phase (one phase without upsampling; four, `py·2 + px`, with it).
     u: PositionWeights,
     bias: Option<Vec<f32>>,
+}
+
+/// For each sub-pixel phase `p` of a 2× nearest upsampling and each input offset `a` (−1, 0,
+/// +1 as 0, 1, 2): the taps of a 3×3 kernel along one axis that read input offset `a`. Output
+/// row `2i` reads upsampled rows `2i − 1, 2i, 2i + 1`, which are input rows `i − 1, i, i`;
+/// output row `2i + 1` reads input rows `i, i, i + 1`.
+const PHASE_TAPS: [[&[usize]; 3]; 2] = [[&[0], &[1, 2], &[]], [&[], &[0, 1], &[2]]];
+
+/// Where one output channel's tiles start in `M`: one block, or, for an upsampling convolution,
+/// the blocks of its four sub-pixel phases `[py][px]`.
+#[derive(Clone, Copy)]
+enum Sources {
+    Plain(usize),
+    Upsampled([[usize; 2]; 2]),
 }
 
 /// Sizes shared by every thread of one forward pass.
@@ -87,21 +113,70 @@ impl Winograd3x3 {
         products: Products,
     ) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
-        let mut u = vec![0.0; POSITIONS * c_out * c_in];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                let g = &weight[(co * c_in + ci) * 9..][..9];
-                // t = G g (6×3), then u = t Gᵀ (6×6).
-                let mut t = [[0.0f64; 3]; ALPHA];
-                for (i, row) in t.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|k| G[i][k] * f64::from(g[k * 3 + j])).sum();
+        let kernel = |_phase: usize, co: usize, ci: usize| -> [f64; 9] {
+            std::array::from_fn(|k| f64::from(weight[(co * c_in + ci) * 9 + k]))
+        };
+        Self::from_kernels((c_in, c_out, false), kernel, bias, products)
+    }
+
+    /// The same convolution applied to the input upsampled 2× (nearest neighbour), as in
+    /// TAESD's `Upsample → conv`, computed on the input as it is: each sub-pixel phase `(py,
+    /// px)` of the output is a 3×3 convolution of the input whose taps are the original taps
+    /// that land on the same input pixel, summed ([`PHASE_TAPS`]). The input is transformed
+    /// once per tile for all four phases (a quarter of the transforms of convolving the
+    /// upsampled activation), and that 4× larger activation is never made. Same products.
+    pub fn upsampled(
+        c_in: usize,
+        c_out: usize,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+        products: Products,
+    ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
+        let kernel = |phase: usize, co: usize, ci: usize| -> [f64; 9] {
+            let g = &weight[(co * c_in + ci) * 9..][..9];
+            let (rows, cols) = (PHASE_TAPS[phase / 2], PHASE_TAPS[phase % 2]);
+            std::array::from_fn(|k| {
+                let (a, b) = (k / 3, k % 3);
+                rows[a]
+                    .iter()
+                    .flat_map(|&ky| cols[b].iter().map(move |&kx| f64::from(g[ky * 3 + kx])))
+                    .sum()
+            })
+        };
+        Self::from_kernels((c_in, c_out, true), kernel, bias, products)
+    }
+
+    /// Transforms `kernel(phase, co, ci)` (3×3, row-major) of every phase into `U`.
+    fn from_kernels(
+        (c_in, c_out, upsample): (usize, usize, bool),
+        kernel: impl Fn(usize, usize, usize) -> [f64; 9],
+        bias: Option<Vec<f32>>,
+        products: Products,
+    ) -> Self {
+        if let Some(bias) = &bias {
+            assert_eq!(bias.len(), c_out, "conv bias size");
+        }
+        let phases = if upsample { 4 } else { 1 };
+        let rows = phases * c_out;
+        let mut u = vec![0.0; POSITIONS * rows * c_in];
+        for phase in 0..phases {
+            for co in 0..c_out {
+                let row = phase * c_out + co;
+                for ci in 0..c_in {
+                    let g = kernel(phase, co, ci);
+                    // t = G g (6×3), then u = t Gᵀ (6×6).
+                    let mut t = [[0.0f64; 3]; ALPHA];
+                    for (i, t) in t.iter_mut().enumerate() {
+                        for (j, v) in t.iter_mut().enumerate() {
+                            *v = (0..3).map(|k| G[i][k] * g[k * 3 + j]).sum();
+                        }
                     }
-                }
-                for i in 0..ALPHA {
-                    for j in 0..ALPHA {
-                        let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                        u[((i * ALPHA + j) * c_out + co) * c_in + ci] = v as f32;
+                    for i in 0..ALPHA {
+                        for j in 0..ALPHA {
+                            let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
+                            u[((i * ALPHA + j) * rows + row) * c_in + ci] = v as f32;
+                        }
                     }
                 }
             }
@@ -109,9 +184,24 @@ impl Winograd3x3 {
         Self {
             c_in,
             c_out,
-            u: PositionWeights::new(POSITIONS, c_out, c_in, u, products),
+            upsample,
+            u: PositionWeights::new(POSITIONS, rows, c_in, u, products),
             bias,
         }
+    }
+
+    /// Output pixels per input pixel along each axis.
+    fn scale(&self) -> usize {
+        if self.upsample {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Rows of `U` and `M`: output channels times sub-pixel phases.
+    fn u_rows(&self) -> usize {
+        self.scale() * self.scale() * self.c_out
     }
 
     /// Output channels.
@@ -128,15 +218,16 @@ impl Winograd3x3 {
     /// have (tests check every level it has).
     fn forward_with(&self, input: &Padded, epilogue: Epilogue, isa: Isa) -> Padded {
         assert_eq!(input.channels, self.c_in, "conv input channels");
+        let (batch, height, width) = (input.batch, input.height, input.width);
+        let scale = self.scale();
         if let Some(r) = epilogue.residual {
             assert_eq!(
                 (r.channels, r.batch, r.height, r.width),
-                (self.c_out, input.batch, input.height, input.width),
+                (self.c_out, batch, scale * height, scale * width),
                 "residual shape"
             );
         }
-        let (batch, height, width) = (input.batch, input.height, input.width);
-        let mut out = Padded::for_overwrite(self.c_out, batch, height, width);
+        let mut out = Padded::for_overwrite(self.c_out, batch, scale * height, scale * width);
         if height == 0 || width == 0 || batch == 0 {
             return out;
         }
@@ -146,7 +237,7 @@ impl Winograd3x3 {
             tw: width.div_ceil(TILE),
         };
         let th = geom.th;
-        let parts = out.rows_by_thread(batch * th, |b, y| b * th + y / TILE);
+        let parts = out.rows_by_thread(batch * th, |b, y| b * th + y / (scale * TILE));
         std::thread::scope(|scope| {
             for (range, rows) in parts {
                 scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, isa));
@@ -226,20 +317,20 @@ impl Winograd3x3 {
         epilogue: Epilogue,
         isa: Isa,
     ) {
-        let tw = geom.tw;
+        let (tw, scale) = (geom.tw, self.scale());
         // Index of each tile row's first output row within one channel's group.
         let mut first_row = Vec::with_capacity(range.len() + 1);
         let mut n = 0;
         for r in range.clone() {
             first_row.push(n);
-            n += geom.rows_of(r).2;
+            n += scale * geom.rows_of(r).2;
         }
         assert_eq!(rows.len(), n * self.c_out, "output rows of this thread");
         let per_chunk = (TILES_PER_CHUNK / tw).max(1);
         let max_tiles = per_chunk * tw;
         let mut v = pool::take_dirty(POSITIONS * self.c_in * max_tiles);
-        let mut m = pool::take_dirty(POSITIONS * self.c_out * max_tiles);
-        let mut scratch = Scratch::new(tw, isa);
+        let mut m = pool::take_dirty(POSITIONS * self.u_rows() * max_tiles);
+        let mut scratch = Scratch::new(tw, isa, self.upsample);
         let mut start = range.start;
         while start < range.end {
             let chunk = start..(start + per_chunk).min(range.end);
@@ -264,17 +355,23 @@ impl Winograd3x3 {
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[co]);
                 for (k, r) in chunk.clone().enumerate() {
                     let (b, y0, count) = geom.rows_of(r);
+                    let count = scale * count;
                     let local = co * n + first_row[r - range.start];
                     // This tile row's rows of channel co, and those of co + 1, which the
                     // epilogue prefetches as it goes.
                     let (current, later) = rows[local..].split_at_mut(count);
                     let next = (co + 1 < self.c_out).then(|| &later[n - count..n]);
+                    let block = |phase: usize| (phase * self.c_out + co) * tiles + k * tw;
+                    let sources = if self.upsample {
+                        Sources::Upsampled([[block(0), block(1)], [block(2), block(3)]])
+                    } else {
+                        Sources::Plain(block(0))
+                    };
                     scratch.output_tiles(
                         isa,
-                        &m,
-                        (self.c_out * tiles, co * tiles + k * tw),
+                        (&m, self.u_rows() * tiles, sources),
                         (current, next),
-                        (co, b, y0),
+                        (co, b, scale * y0),
                         bias,
                         epilogue,
                     );
@@ -302,19 +399,25 @@ struct Scratch {
     full: Vec<Vec<f32>>,
     /// One output row before the epilogue, `4·tw` long (below AVX-512).
     line: Vec<f32>,
+    /// An upsampling convolution's output rows of sub-pixel column phase 0, `[4][4·tw]`, and
+    /// one whole output row, `8·tw` (below AVX-512).
+    even: Vec<Vec<f32>>,
+    wide: Vec<f32>,
     /// A zero row standing for input rows past the bottom border.
     zeros: Vec<f32>,
 }
 
 impl Scratch {
     /// For tile rows of `tw` tiles with the kernels of `isa`: the output side's rows only where
-    /// it runs through memory (below AVX-512).
-    fn new(tw: usize, isa: Isa) -> Self {
+    /// it runs through memory (below AVX-512), and those of the sub-pixel phases only for an
+    /// upsampling convolution.
+    fn new(tw: usize, isa: Isa, upsample: bool) -> Self {
         let output_rows = if cfg!(target_arch = "x86_64") && isa >= Isa::Avx512 {
             0
         } else {
             tw
         };
+        let phase_rows = if upsample { output_rows } else { 0 };
         Self {
             tw,
             cols: std::array::from_fn(|_| vec![0.0; TILE * (tw + 1)]),
@@ -322,6 +425,8 @@ impl Scratch {
             half: vec![vec![0.0; output_rows]; ALPHA * TILE],
             full: vec![vec![0.0; output_rows]; TILE * TILE],
             line: vec![0.0; TILE * output_rows],
+            even: vec![vec![0.0; TILE * phase_rows]; TILE],
+            wide: vec![0.0; 2 * TILE * phase_rows],
             zeros: vec![0.0; TILE * (tw + 1)],
         }
     }
@@ -396,22 +501,20 @@ impl Scratch {
     }
 
     /// Inverse-transforms one tile row of output channel `co` (picture `b`, output rows from
-    /// `y0`) from `m[p·stride + offset + tx]` into `rows` (its 1–4 interior output rows), adding
-    /// `bias` and the residual, then the ReLU when asked; `next`, the same rows of channel
-    /// `co + 1` when there is one, are prefetched (with that channel's residual) as it goes.
+    /// `y0`) from `m[p·stride + offset + tx]`, `offset` given by `sources`, into `rows` (its
+    /// 1–4 interior output rows, 2–8 for an upsampling convolution), adding `bias` and the
+    /// residual, then the ReLU when asked; `next`, the same rows of channel `co + 1` when
+    /// there is one, are prefetched (with that channel's residual) as it goes.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn output_tiles(
         &mut self,
         isa: Isa,
-        m: &[f32],
-        (stride, offset): (usize, usize),
+        (m, stride, sources): (&[f32], usize, Sources),
         (rows, next): (&mut [&mut [f32]], Option<&[&mut [f32]]>),
         (co, b, y0): (usize, usize, usize),
         bias: f32,
         epilogue: Epilogue,
     ) {
-        let tw = self.tw;
         let width = rows.first().map_or(0, |row| row.len());
         let residual_row = |c: usize, dy: usize| {
             epilogue.residual.map(|r| {
@@ -421,16 +524,16 @@ impl Scratch {
         };
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx512 {
-            let residual: [Option<&[f32]>; TILE] =
+            let residual: [Option<&[f32]>; 2 * TILE] =
                 std::array::from_fn(|dy| (dy < rows.len()).then(|| residual_row(co, dy)).flatten());
-            let ahead: [Option<Ahead>; TILE] = std::array::from_fn(|dy| {
+            let ahead: [Option<Ahead>; 2 * TILE] = std::array::from_fn(|dy| {
                 next.filter(|next| dy < next.len())
                     .map(|next| (&*next[dy], residual_row(co + 1, dy)))
             });
             // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
             unsafe {
                 avx512::output_rows(
-                    (m, stride, offset),
+                    (m, stride, sources),
                     rows,
                     residual,
                     (bias, epilogue.relu),
@@ -439,6 +542,51 @@ impl Scratch {
             };
             return;
         }
+        let _ = isa;
+        let emit = |dy: usize, row: &mut [f32], line: &[f32]| {
+            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
+            epilogue_row(
+                row,
+                &line[..width],
+                residual_row(co, dy),
+                (bias, epilogue.relu),
+                ahead,
+            );
+        };
+        match sources {
+            Sources::Plain(offset) => {
+                self.phase_rows(m, stride, offset);
+                for (dy, row) in rows.iter_mut().enumerate() {
+                    self.output_line(dy);
+                    emit(dy, row, &self.line);
+                }
+            }
+            Sources::Upsampled(offsets) => {
+                let low = width.div_ceil(2);
+                for (py, [even, odd]) in offsets.into_iter().enumerate() {
+                    self.phase_rows(m, stride, even);
+                    for dy in 0..TILE {
+                        self.output_line(dy);
+                        self.even[dy][..low].copy_from_slice(&self.line[..low]);
+                    }
+                    self.phase_rows(m, stride, odd);
+                    for (dy, row) in rows.iter_mut().skip(py).step_by(2).enumerate() {
+                        self.output_line(dy);
+                        let pairs = self.wide.chunks_exact_mut(2);
+                        for ((pair, &a), &b) in pairs.zip(&self.even[dy][..low]).zip(&self.line) {
+                            pair.copy_from_slice(&[a, b]);
+                        }
+                        emit(2 * dy + py, row, &self.wide);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Both `Aᵀ` passes of one block of tiles, `m[p·stride + offset + tx]`, into `full`.
+    #[inline(always)]
+    fn phase_rows(&mut self, m: &[f32], stride: usize, offset: usize) {
+        let tw = self.tw;
         for i in 0..ALPHA {
             let src: [&[f32]; ALPHA] =
                 std::array::from_fn(|j| &m[(i * ALPHA + j) * stride + offset..][..tw]);
@@ -455,19 +603,14 @@ impl Scratch {
             };
             at(src, [y0, y1, y2, y3]);
         }
-        for (dy, row) in rows.iter_mut().enumerate() {
-            let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
-            interleave4([f0, f1, f2, f3], &mut self.line);
-            let line = &self.line[..width];
-            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
-            epilogue_row(
-                row,
-                line,
-                residual_row(co, dy),
-                (bias, epilogue.relu),
-                ahead,
-            );
-        }
+    }
+
+    /// Output row `dy` of the tiles in `full`, phases interleaved, into `line`.
+    #[inline(always)]
+    fn output_line(&mut self, dy: usize) {
+        let tw = self.tw;
+        let [f0, f1, f2, f3] = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..tw]);
+        interleave4([f0, f1, f2, f3], &mut self.line);
     }
 }
 
@@ -632,7 +775,7 @@ fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Ahead, ALPHA, TILE};
+    use super::{Ahead, Sources, ALPHA, TILE};
     use crate::engine::kernels::isa::lanes as mask;
 
     const LANES: usize = 16;
@@ -683,43 +826,18 @@ mod avx512 {
         }
     }
 
-    /// The output transform, the phase interleave and the epilogue, fused: for 16 tiles at a
-    /// time, `Aᵀ` along the rows and down the columns of `m[p·stride + offset + tx]` leaves the
-    /// 4 × 4 outputs in registers; each output row's four phases become four vectors of 16
-    /// consecutive values, which are stored into `rows[dy]` with the bias, `residual[dy]` and
-    /// the ReLU applied. `ahead[dy]`, the next channel's row and residual,
-    /// are prefetched one line per 16 values. Needs AVX-512 F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_rows(
-        (m, stride, offset): (&[f32], usize, usize),
-        rows: &mut [&mut [f32]],
-        residual: [Option<&[f32]>; TILE],
-        (bias, relu): (f32, bool),
-        ahead: [Option<Ahead>; TILE],
-    ) {
-        assert!(rows.len() <= TILE);
-        let Some(width) = rows.first().map(|row| row.len()) else {
-            return;
-        };
-        let tw = width.div_ceil(TILE);
-        assert!(m.len() >= (ALPHA * ALPHA - 1) * stride + offset + tw);
-        assert!(rows.iter().all(|row| row.len() == width));
-        assert!(residual.iter().flatten().all(|r| r.len() >= width));
-        assert!(ahead
-            .iter()
-            .flatten()
-            .all(|(row, r)| row.len() >= width && r.is_none_or(|r| r.len() >= width)));
-        let m = m.as_ptr().add(offset);
-        let (two, four, eight) = (
-            _mm512_set1_ps(2.0),
-            _mm512_set1_ps(4.0),
-            _mm512_set1_ps(8.0),
-        );
-        let (bias, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
-        let (low, high, first, second) = interleave_indices();
-        let mut t = 0;
-        while t < tw {
-            let k = mask(tw - t);
+    /// The 4 × 4 outputs of 16 tiles, `m[p·stride + tx]` for lanes `k`, as `y[dy][j]`: output
+    /// row `dy`, values `16·j .. 16·j + 16` of the tiles' 64 columns. A macro so that each use
+    /// is compiled in place: as an `#[inline]` function LLVM kept it (and `Aᵀ`) out of line
+    /// once it had three callers, passing the 16 vectors through memory.
+    macro_rules! tile_values {
+        ($m:expr, $stride:expr, $k:expr, $index:expr) => {{
+            let (m, stride, k): (*const f32, usize, __mmask16) = ($m, $stride, $k);
+            let (two, four, eight) = (
+                _mm512_set1_ps(2.0),
+                _mm512_set1_ps(4.0),
+                _mm512_set1_ps(8.0),
+            );
             // Aᵀ m along a tile's six values.
             let at = |[m0, m1, m2, m3, m4, m5]: [__m512; ALPHA]| -> [__m512; TILE] {
                 let (p12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
@@ -731,46 +849,133 @@ mod avx512 {
                     _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5),
                 ]
             };
-            // half[i][phase], along the rows; then y[dy][phase] = output (dy, 4·tile + phase)
-            // of tiles t..t + 16, down the columns.
+            // half[i][phase], along the rows; then y[dy][phase] = output (dy, 4·tile + phase),
+            // down the columns.
             let half: [[__m512; TILE]; ALPHA] = std::array::from_fn(|i| {
                 at(std::array::from_fn(|j| {
-                    _mm512_maskz_loadu_ps(k, m.add((i * ALPHA + j) * stride + t))
+                    _mm512_maskz_loadu_ps(k, m.add((i * ALPHA + j) * stride))
                 }))
             });
-            let mut y = [[zero; TILE]; TILE];
+            let mut y = [[_mm512_setzero_ps(); TILE]; TILE];
             for phase in 0..TILE {
                 let column = at(std::array::from_fn(|i| half[i][phase]));
                 for (y, value) in y.iter_mut().zip(column) {
                     y[phase] = value;
                 }
             }
-            for (dy, row) in rows.iter_mut().enumerate() {
-                let values = interleave(y[dy], (low, high, first, second));
-                for (j, mut v) in values.into_iter().enumerate() {
-                    let x = TILE * t + 16 * j;
-                    if x >= width {
-                        break;
-                    }
-                    let k = mask(width - x);
-                    if let Some((next_row, next_residual)) = ahead[dy] {
-                        _mm_prefetch::<_MM_HINT_ET0>(next_row.as_ptr().add(x).cast());
-                        if let Some(r) = next_residual {
-                            _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().add(x).cast());
+            y.map(|y| interleave(y, $index))
+        }};
+    }
+
+    /// The output transform, the phase interleave and the epilogue, fused: for 16 tiles at a
+    /// time, `Aᵀ` along the rows and down the columns of `m[p·stride + offset + tx]` leaves the
+    /// 4 × 4 outputs in registers; each output row's four phases become four vectors of 16
+    /// consecutive values, which are stored into `rows[dy]` with the bias, `residual[dy]` and
+    /// the ReLU applied. For an upsampling convolution (`rows` are then 2–8 output rows) row `2·dy +
+    /// py` interleaves the values of the blocks `[py][0]` and `[py][1]` of `sources`, its two
+    /// sub-pixel column phases, into twice as many. `ahead[dy]`, the next channel's row and residual, are prefetched one line per
+    /// 16 values. Needs AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_rows(
+        (m, stride, sources): (&[f32], usize, Sources),
+        rows: &mut [&mut [f32]],
+        residual: [Option<&[f32]>; 2 * TILE],
+        (bias, relu): (f32, bool),
+        ahead: [Option<Ahead>; 2 * TILE],
+    ) {
+        let Some(width) = rows.first().map(|row| row.len()) else {
+            return;
+        };
+        let (scale, last) = match sources {
+            Sources::Plain(offset) => (1, offset),
+            Sources::Upsampled(offsets) => (2, offsets.into_iter().flatten().max().unwrap_or(0)),
+        };
+        assert!(rows.len() <= scale * TILE);
+        let tw = width.div_ceil(scale).div_ceil(TILE);
+        assert!(m.len() >= (ALPHA * ALPHA - 1) * stride + last + tw);
+        assert!(rows.iter().all(|row| row.len() == width));
+        assert!(residual.iter().flatten().all(|r| r.len() >= width));
+        assert!(ahead
+            .iter()
+            .flatten()
+            .all(|(row, r)| row.len() >= width && r.is_none_or(|r| r.len() >= width)));
+        let m = m.as_ptr();
+        let epilogue = (_mm512_set1_ps(bias), relu);
+        let index = interleave_indices();
+        match sources {
+            Sources::Plain(offset) => {
+                let mut t = 0;
+                while t < tw {
+                    let y = tile_values!(m.add(offset + t), stride, mask(tw - t), index);
+                    for (dy, row) in rows.iter_mut().enumerate() {
+                        for (j, v) in y[dy].into_iter().enumerate() {
+                            let x = TILE * t + 16 * j;
+                            if x >= width {
+                                break;
+                            }
+                            store(row, x, v, (residual[dy], ahead[dy]), epilogue);
                         }
                     }
-                    v = _mm512_add_ps(v, bias);
-                    if let Some(r) = residual[dy] {
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, r.as_ptr().add(x)));
-                    }
-                    if relu {
-                        v = _mm512_max_ps(v, zero);
-                    }
-                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(x), k, v);
+                    t += LANES;
                 }
             }
-            t += LANES;
+            Sources::Upsampled(offsets) => {
+                let (low, high, ..) = index;
+                let mut t = 0;
+                while t < tw {
+                    let k = mask(tw - t);
+                    for (py, [even, odd]) in offsets.into_iter().enumerate() {
+                        let a = tile_values!(m.add(even + t), stride, k, index);
+                        let b = tile_values!(m.add(odd + t), stride, k, index);
+                        for (dy, row) in rows.iter_mut().skip(py).step_by(2).enumerate() {
+                            let r = 2 * dy + py;
+                            for j in 0..TILE {
+                                let x = 2 * (TILE * t + 16 * j);
+                                if x >= width {
+                                    break;
+                                }
+                                let (a, b) = (a[dy][j], b[dy][j]);
+                                let extra = (residual[r], ahead[r]);
+                                store(row, x, _mm512_permutex2var_ps(a, low, b), extra, epilogue);
+                                if x + 16 < width {
+                                    let v = _mm512_permutex2var_ps(a, high, b);
+                                    store(row, x + 16, v, extra, epilogue);
+                                }
+                            }
+                        }
+                    }
+                    t += LANES;
+                }
+            }
         }
+    }
+
+    /// Stores `v + bias (+ residual)`, then the ReLU when asked, at `row[x..x + 16]` (masked at
+    /// the row's end), prefetching the same stretch of the next channel's row and residual.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(
+        row: &mut [f32],
+        x: usize,
+        mut v: __m512,
+        (residual, ahead): (Option<&[f32]>, Option<Ahead>),
+        (bias, relu): (__m512, bool),
+    ) {
+        let k = mask(row.len() - x);
+        if let Some((next_row, next_residual)) = ahead {
+            _mm_prefetch::<_MM_HINT_ET0>(next_row.as_ptr().add(x).cast());
+            if let Some(r) = next_residual {
+                _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().add(x).cast());
+            }
+        }
+        v = _mm512_add_ps(v, bias);
+        if let Some(r) = residual {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, r.as_ptr().add(x)));
+        }
+        if relu {
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(row.as_mut_ptr().add(x), k, v);
     }
 
     /// The permute indices of [`interleave`].
@@ -907,6 +1112,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The upsampling convolution against the direct convolution of the upsampled input.
+    fn check_upsampled(
+        c_in: usize,
+        c_out: usize,
+        batch: usize,
+        h: usize,
+        w: usize,
+        residual: bool,
+    ) {
+        let weight = values(c_out * c_in * 9, 0.9);
+        let bias = Some(values(c_out, 0.2));
+        let input = Padded::from_nchw(&values(batch * c_in * h * w, 1.3), batch, c_in, h, w);
+        let (h2, w2) = (2 * h, 2 * w);
+        let res = Padded::from_nchw(&values(batch * c_out * h2 * w2, 0.4), batch, c_out, h2, w2);
+        let epilogue = Epilogue {
+            relu: residual,
+            residual: residual.then_some(&res),
+        };
+        let direct =
+            Conv3x3::new(c_in, c_out, &weight, bias.clone()).forward(&input.upsample2(), epilogue);
+        let conv = Winograd3x3::upsampled(c_in, c_out, &weight, bias, Products::F32);
+        for isa in Isa::available() {
+            let fast = conv.forward_with(&input, epilogue, isa);
+            assert_eq!(
+                (fast.channels, fast.batch, fast.height, fast.width),
+                (c_out, batch, h2, w2)
+            );
+            for (i, (a, b)) in fast.data.iter().zip(&direct.data).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{isa}, {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn upsampling_matches_direct_convolution_of_the_upsampled_input() {
+        check_upsampled(5, 7, 3, 6, 9, false);
+        check_upsampled(3, 2, 1, 13, 5, true);
+        check_upsampled(4, 8, 2, 1, 1, true);
+        check_upsampled(64, 64, 1, 8, 40, false);
+        // Rows of more tiles than a chunk holds.
+        check_upsampled(3, 4, 1, 5, 4 * 110 + 3, true);
     }
 
     #[test]

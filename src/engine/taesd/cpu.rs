@@ -4,7 +4,9 @@
 //! Same architecture and weights as [`super::candle::TaesdDecoder`] and
 //! [`super::candle::TaesdEncoder`] (the candle modules, used on CUDA and as the reference in
 //! tests), laid out for the CPU: activations stay in the padded, channel-major layout for the
-//! whole network, and bias, residual and ReLU are fused into each convolution's epilogue. The
+//! whole network, and bias, residual and ReLU are fused into each convolution's epilogue. In the
+//! Winograd precisions the decoder's nearest 2× upsamplings are folded into the convolution
+//! after each ([`Winograd3x3::upsampled`]), so the upsampled activation is never made. The
 //! encoder's stride-2 convolutions use [`Conv3x3Stride2`] in both precisions.
 //!
 //! [`kernels::conv`]: crate::engine::kernels::conv
@@ -32,12 +34,15 @@ fn per_pass(budget: usize, height: usize, width: usize) -> usize {
     (budget / (HIDDEN * (height + 2) * (width + 2) * 4)).max(1)
 }
 
-/// A stride-1 3×3 convolution in the chosen [`Precision`].
+/// A stride-1 3×3 convolution in the chosen [`Precision`], optionally of its input upsampled 2×.
 #[derive(Debug, Clone)]
 pub(crate) enum Conv {
     /// Direct shifted-GEMM convolution ([`Precision::Exact`]).
     Direct(Conv3x3),
-    /// Winograd F(4,3) ([`Precision::Fast`], [`Precision::Bf16`]).
+    /// Direct, of the input upsampled 2× (nearest neighbour) first ([`Precision::Exact`]).
+    DirectUpsampled(Conv3x3),
+    /// Winograd F(4,3) ([`Precision::Fast`], [`Precision::Bf16`]), which folds an upsampling
+    /// into its weights when built with [`Winograd3x3::upsampled`].
     Winograd(Winograd3x3),
 }
 
@@ -56,10 +61,30 @@ impl Conv {
         }
     }
 
+    /// The same convolution of the input upsampled 2× (nearest neighbour), TAESD's `Upsample →
+    /// conv`: in `exact` the upsampled activation is made and convolved; the Winograd
+    /// precisions compute each sub-pixel phase from the input as it is
+    /// ([`Winograd3x3::upsampled`]).
+    pub(crate) fn upsampling(
+        precision: Precision,
+        c_in: usize,
+        c_out: usize,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        match winograd_products(precision) {
+            None => Conv::DirectUpsampled(Conv3x3::new(c_in, c_out, weight, bias)),
+            Some(products) => {
+                Conv::Winograd(Winograd3x3::upsampled(c_in, c_out, weight, bias, products))
+            }
+        }
+    }
+
     /// Convolves `input`, then applies the epilogue; borders of the result are zero.
     pub(crate) fn forward(&self, input: &Padded, epilogue: Epilogue) -> Padded {
         match self {
             Conv::Direct(conv) => conv.forward(input, epilogue),
+            Conv::DirectUpsampled(conv) => conv.forward(&input.upsample2(), epilogue),
             Conv::Winograd(conv) => conv.forward(input, epilogue),
         }
     }
@@ -83,7 +108,6 @@ enum Layer {
         relu: bool,
     },
     Block(Box<[Conv; 3]>),
-    Upsample,
     /// Stride-2 convolution (encoder).
     Down(Conv3x3Stride2),
 }
@@ -113,7 +137,6 @@ fn run_layers(layers: &[Layer], mut x: Padded) -> Padded {
                     },
                 )
             }
-            Layer::Upsample => x.upsample2(),
             Layer::Down(conv) => conv.forward(&x),
         };
     }
@@ -138,13 +161,25 @@ fn conv(
     c_out: usize,
     bias: bool,
 ) -> Result<Conv, WeightError> {
+    let (weight, bias) = conv_values(weights, prefix, c_in, c_out, bias)?;
+    Ok(Conv::new(precision, c_in, c_out, &weight, bias))
+}
+
+/// A convolution's weights `[c_out][c_in][3][3]` and, when it has one, its bias.
+fn conv_values(
+    weights: &WeightFile,
+    prefix: &str,
+    c_in: usize,
+    c_out: usize,
+    bias: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), WeightError> {
     let weight = weights.values(&format!("{prefix}.weight"), &[c_out, c_in, 3, 3])?;
     let bias = if bias {
         Some(weights.values(&format!("{prefix}.bias"), &[c_out])?)
     } else {
         None
     };
-    Ok(Conv::new(precision, c_in, c_out, &weight, bias))
+    Ok((weight, bias))
 }
 
 fn block(weights: &WeightFile, precision: Precision, index: usize) -> Result<Layer, WeightError> {
@@ -191,17 +226,11 @@ impl TaesdCpuDecoder {
             index += 1;
         }
         for stage in 0..3 {
-            layers.push(Layer::Upsample);
+            // `index` is the Upsample module, folded into the convolution after it.
             index += 1;
+            let (weight, bias) = conv_values(weights, &index.to_string(), HIDDEN, HIDDEN, false)?;
             layers.push(Layer::Conv {
-                conv: conv(
-                    weights,
-                    precision,
-                    &index.to_string(),
-                    HIDDEN,
-                    HIDDEN,
-                    false,
-                )?,
+                conv: Conv::upsampling(precision, HIDDEN, HIDDEN, &weight, bias),
                 relu: false,
             });
             index += 1;
