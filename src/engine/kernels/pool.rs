@@ -8,8 +8,12 @@
 
 use std::sync::Mutex;
 
-/// Buffers kept for reuse; more are freed.
-const MAX_BUFFERS: usize = 8;
+/// Buffers kept for reuse; more are freed. A decode pass cycles through four resolutions with
+/// up to four live activations each, plus each thread's transform buffers: with 8 kept, 70
+/// frames of a 512×256 decode faulted in 224k fresh pages (16 kept: 77k, most at start) for
+/// no saving in peak memory (324 vs 316 MB). 16 measured 4–6 % faster for decode and encode
+/// (BENCHMARKS.md, attempt 34).
+const MAX_BUFFERS: usize = 16;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
