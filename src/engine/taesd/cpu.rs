@@ -322,6 +322,8 @@ impl Decoder for TaesdCpuDecoder {
 pub struct TaesdCpuEncoder {
     latent_channels: usize,
     layers: Vec<Layer>,
+    /// [`ACTIVATION_BUDGET`], smaller in tests.
+    budget: usize,
 }
 
 impl TaesdCpuEncoder {
@@ -363,6 +365,7 @@ impl TaesdCpuEncoder {
         Ok(Self {
             latent_channels,
             layers,
+            budget: ACTIVATION_BUDGET,
         })
     }
 
@@ -371,7 +374,9 @@ impl TaesdCpuEncoder {
         self.latent_channels
     }
 
-    /// Encodes `[N, 3, H, W]` values (C-order, [0, 1]) into `[N, C, H/8, W/8]` (C-order).
+    /// Encodes `[N, 3, H, W]` values (C-order, [0, 1]) into `[N, C, H/8, W/8]` (C-order), in
+    /// sub-batches as the decoder does (see [`ACTIVATION_BUDGET`]): a batch of big pictures
+    /// costs the memory of one pass, not of all of them at once.
     pub fn encode_raw(
         &self,
         values: &[f32],
@@ -379,15 +384,27 @@ impl TaesdCpuEncoder {
         height: usize,
         width: usize,
     ) -> Vec<f32> {
-        let x = Padded::from_nchw(values, batch, 3, height, width);
-        let out = run_layers(&self.layers, x);
-        let (h, w) = (out.height, out.width);
-        let mut latents = Vec::with_capacity(batch * self.latent_channels * h * w);
-        for b in 0..batch {
-            for c in 0..self.latent_channels {
-                for y in 0..h {
-                    let start = out.index(c, b, y + 1, 1);
-                    latents.extend_from_slice(&out.data[start..start + w]);
+        let picture = 3 * height * width;
+        let step = per_pass(self.budget, height, width);
+        let mut latents =
+            Vec::with_capacity(batch * self.latent_channels * (height / 8) * (width / 8));
+        for start in (0..batch).step_by(step) {
+            let n = step.min(batch - start);
+            let x = Padded::from_nchw(
+                &values[start * picture..][..n * picture],
+                n,
+                3,
+                height,
+                width,
+            );
+            let out = run_layers(&self.layers, x);
+            let (h, w) = (out.height, out.width);
+            for b in 0..n {
+                for c in 0..self.latent_channels {
+                    for y in 0..h {
+                        let start = out.index(c, b, y + 1, 1);
+                        latents.extend_from_slice(&out.data[start..start + w]);
+                    }
                 }
             }
         }
@@ -496,10 +513,17 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         for precision in [Precision::Exact, Precision::Fast] {
-            let cpu = TaesdCpuEncoder::new(&weights, precision).unwrap();
+            let mut cpu = TaesdCpuEncoder::new(&weights, precision).unwrap();
             let got = cpu.encode_raw(&values, n, h, w);
             let err = max_abs_diff(&got, &expected);
             assert!(err <= 1e-3, "{precision}: max abs error {err}");
+            // One picture per pass: the passes must come back in order, with the same values.
+            cpu.budget = 1;
+            assert_eq!(
+                cpu.encode_raw(&values, n, h, w),
+                got,
+                "{precision}: one per pass"
+            );
         }
     }
 
