@@ -41,10 +41,7 @@ impl Padded {
         units: usize,
         unit_of: impl Fn(usize, usize) -> usize,
     ) -> Vec<(Range<usize>, Vec<&mut [f32]>)> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(units)
-            .max(1);
+        let threads = super::threads().min(units).max(1);
         let ranges: Vec<Range<usize>> = (0..threads)
             .map(|t| t * units / threads..(t + 1) * units / threads)
             .collect();
@@ -240,18 +237,12 @@ impl Conv3x3 {
         // Output positions whose nine taps all stay inside the plane.
         let columns = (row + 1)..(plane - row - 1);
         let mask = input.interior_mask();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(self.c_out);
+        let threads = super::threads().min(self.c_out);
         let rows_per_thread = self.c_out.div_ceil(threads);
-        std::thread::scope(|scope| {
-            for (part, dst) in out.data.chunks_mut(rows_per_thread * plane).enumerate() {
-                let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
-                let (columns, mask) = (columns.clone(), &mask);
-                scope.spawn(move || {
-                    self.rows(input, dst, rows, columns, mask, epilogue);
-                });
-            }
+        let parts = out.data.chunks_mut(rows_per_thread * plane).enumerate();
+        super::run_parts(parts, |(part, dst)| {
+            let rows = part * rows_per_thread..(part * rows_per_thread + dst.len() / plane);
+            self.rows(input, dst, rows, columns.clone(), &mask, epilogue);
         });
         out
     }
@@ -346,10 +337,8 @@ impl Conv3x3Stride2 {
             return out;
         }
         let parts = out.rows_by_thread(lines, |b, y| b * ho + y);
-        std::thread::scope(|scope| {
-            for (range, rows) in parts {
-                scope.spawn(move || self.lines(input, rows, range, (ho, wo)));
-            }
+        super::run_parts(parts, |(range, rows)| {
+            self.lines(input, rows, range, (ho, wo))
         });
         out
     }

@@ -32,3 +32,27 @@ pub(crate) fn prefetch(block: &[f32], write: bool) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (block, write);
 }
+
+/// Threads the kernels split a layer between: the CPUs this process may use, asked once (the
+/// standard library reads the cgroup files again at every call, and a decode has dozens of
+/// layers per frame).
+pub(crate) fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Runs `work` on each of `parts` at once, one thread per part, the calling thread taking the
+/// first (it would only wait otherwise): a layer starts one thread fewer.
+pub(crate) fn run_parts<T: Send>(parts: impl IntoIterator<Item = T>, work: impl Fn(T) + Sync) {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return;
+    };
+    let work = &work;
+    std::thread::scope(|scope| {
+        for part in parts {
+            scope.spawn(move || work(part));
+        }
+        work(first);
+    });
+}

@@ -238,10 +238,8 @@ impl Winograd3x3 {
         };
         let th = geom.th;
         let parts = out.rows_by_thread(batch * th, |b, y| b * th + y / (scale * TILE));
-        std::thread::scope(|scope| {
-            for (range, rows) in parts {
-                scope.spawn(move || self.tile_rows(input, rows, range, geom, epilogue, isa));
-            }
+        super::run_parts(parts, |(range, rows)| {
+            self.tile_rows(input, rows, range, geom, epilogue, isa)
         });
         out
     }
