@@ -1,8 +1,8 @@
 //! CPU compute kernels for the networks dreamd runs itself: 3×3 convolutions as shifted matrix
 //! products ([`conv`]), their Winograd F(4,3) form ([`winograd`]) with its Winograd-domain
-//! products ([`tile_products`]), the instruction-set level they run at ([`isa`]), and the
-//! buffer pool they draw their memory from ([`pool`]). Nothing here knows a model; the model
-//! code (`taesd::cpu`) composes these.
+//! products ([`tile_products`]), the instruction-set level they run at ([`isa`]), the buffer
+//! pool they draw their memory from ([`pool`]), and how a layer is split between the cores
+//! ([`run_parts`]). Nothing here knows a model; the model code (`taesd::cpu`) composes these.
 
 pub mod conv;
 pub mod isa;
