@@ -117,6 +117,19 @@ impl Padded {
         padded
     }
 
+    /// Appends the interior as `[B][C][H][W]` values (the inverse of [`Self::from_nchw`]).
+    pub fn append_nchw(&self, out: &mut Vec<f32>) {
+        let (h, w) = (self.height, self.width);
+        for b in 0..self.batch {
+            for c in 0..self.channels {
+                for y in 0..h {
+                    let start = self.index(c, b, y + 1, 1);
+                    out.extend_from_slice(&self.data[start..start + w]);
+                }
+            }
+        }
+    }
+
     /// Values per channel (the whole padded batch).
     pub fn plane(&self) -> usize {
         self.batch * (self.height + 2) * (self.width + 2)
@@ -672,6 +685,15 @@ mod tests {
                 assert_eq!(v, 0.0, "border value at {i}");
             }
         }
+    }
+
+    #[test]
+    fn nchw_values_round_trip() {
+        let values = values(2 * 3 * 4 * 5, 0.6);
+        let mut back = vec![-1.0];
+        Padded::from_nchw(&values, 2, 3, 4, 5).append_nchw(&mut back);
+        assert_eq!(back[0], -1.0, "appends");
+        assert_eq!(&back[1..], &values[..]);
     }
 
     #[test]

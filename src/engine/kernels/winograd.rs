@@ -112,11 +112,7 @@ impl Winograd3x3 {
         bias: Option<Vec<f32>>,
         products: Products,
     ) -> Self {
-        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
-        let kernel = |_phase: usize, co: usize, ci: usize| -> [f64; 9] {
-            std::array::from_fn(|k| f64::from(weight[(co * c_in + ci) * 9 + k]))
-        };
-        Self::from_kernels((c_in, c_out, false), kernel, bias, products)
+        Self::build((c_in, c_out, false), weight, bias, products)
     }
 
     /// The same convolution applied to the input upsampled 2× (nearest neighbour), as in
@@ -132,31 +128,39 @@ impl Winograd3x3 {
         bias: Option<Vec<f32>>,
         products: Products,
     ) -> Self {
-        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
-        let kernel = |phase: usize, co: usize, ci: usize| -> [f64; 9] {
-            let g = &weight[(co * c_in + ci) * 9..][..9];
-            let (rows, cols) = (PHASE_TAPS[phase / 2], PHASE_TAPS[phase % 2]);
-            std::array::from_fn(|k| {
-                let (a, b) = (k / 3, k % 3);
-                rows[a]
-                    .iter()
-                    .flat_map(|&ky| cols[b].iter().map(move |&kx| f64::from(g[ky * 3 + kx])))
-                    .sum()
-            })
-        };
-        Self::from_kernels((c_in, c_out, true), kernel, bias, products)
+        Self::build((c_in, c_out, true), weight, bias, products)
     }
 
-    /// Transforms `kernel(phase, co, ci)` (3×3, row-major) of every phase into `U`.
-    fn from_kernels(
+    /// Transforms the kernel of every phase (one without upsampling, where each tap reads its
+    /// own offset) into `U`.
+    fn build(
         (c_in, c_out, upsample): (usize, usize, bool),
-        kernel: impl Fn(usize, usize, usize) -> [f64; 9],
+        weight: &[f32],
         bias: Option<Vec<f32>>,
         products: Products,
     ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
         if let Some(bias) = &bias {
             assert_eq!(bias.len(), c_out, "conv bias size");
         }
+        // The taps along one axis that read input offset a (−1, 0, +1), per phase.
+        let taps = |phase: usize| -> [&[usize]; 3] {
+            if upsample {
+                PHASE_TAPS[phase]
+            } else {
+                [&[0], &[1], &[2]]
+            }
+        };
+        let kernel = |phase: usize, co: usize, ci: usize| -> [f64; 9] {
+            let g = &weight[(co * c_in + ci) * 9..][..9];
+            let (rows, cols) = (taps(phase / 2), taps(phase % 2));
+            std::array::from_fn(|k| {
+                rows[k / 3]
+                    .iter()
+                    .flat_map(|&ky| cols[k % 3].iter().map(move |&kx| f64::from(g[ky * 3 + kx])))
+                    .sum()
+            })
+        };
         let phases = if upsample { 4 } else { 1 };
         let rows = phases * c_out;
         let mut u = vec![0.0; POSITIONS * rows * c_in];
@@ -869,10 +873,10 @@ mod avx512 {
     /// time, `Aᵀ` along the rows and down the columns of `m[p·stride + offset + tx]` leaves the
     /// 4 × 4 outputs in registers; each output row's four phases become four vectors of 16
     /// consecutive values, which are stored into `rows[dy]` with the bias, `residual[dy]` and
-    /// the ReLU applied. For an upsampling convolution (`rows` are then 2–8 output rows) row `2·dy +
-    /// py` interleaves the values of the blocks `[py][0]` and `[py][1]` of `sources`, its two
-    /// sub-pixel column phases, into twice as many. `ahead[dy]`, the next channel's row and residual, are prefetched one line per
-    /// 16 values. Needs AVX-512 F.
+    /// the ReLU applied. For an upsampling convolution (`rows` are then 2–8 output rows),
+    /// row `2·dy + py` interleaves the values of the blocks `[py][0]` and `[py][1]` of
+    /// `sources`, its two sub-pixel column phases, into twice as many. `ahead[dy]`, the next
+    /// channel's row and residual, are prefetched one line per 16 values. Needs AVX-512 F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn output_rows(
         (m, stride, sources): (&[f32], usize, Sources),

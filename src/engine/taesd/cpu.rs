@@ -143,6 +143,26 @@ fn run_layers(layers: &[Layer], mut x: Padded) -> Padded {
     x
 }
 
+/// Runs `layers` over `[batch][channels][height][width]` values `per_pass` pictures at a time,
+/// `prepare` applied to each pass's input, and hands each pass's output to `each`, in order.
+fn run_passes(
+    layers: &[Layer],
+    values: &[f32],
+    (batch, channels, height, width): (usize, usize, usize, usize),
+    per_pass: usize,
+    prepare: impl Fn(&mut Padded),
+    mut each: impl FnMut(&Padded),
+) {
+    let picture = channels * height * width;
+    for start in (0..batch).step_by(per_pass.max(1)) {
+        let n = per_pass.min(batch - start);
+        let pass = &values[start * picture..][..n * picture];
+        let mut x = Padded::from_nchw(pass, n, channels, height, width);
+        prepare(&mut x);
+        each(&run_layers(layers, x));
+    }
+}
+
 /// The TAESD decoder for the CPU.
 #[derive(Debug, Clone)]
 pub struct TaesdCpuDecoder {
@@ -253,33 +273,23 @@ impl TaesdCpuDecoder {
 
     /// Runs the network in sub-batches (see [`ACTIVATION_BUDGET`]) and hands each one's padded
     /// output `[3][n][8h+2][8w+2]` (≈[0, 1], unclamped) to `each`, in order.
-    fn run(&self, batch: &LatentBatch, mut each: impl FnMut(&Padded)) {
+    fn run(&self, batch: &LatentBatch, each: impl FnMut(&Padded)) {
         let s = batch.shape();
-        let step = per_pass(self.budget, 8 * s.height, 8 * s.width);
-        for start in (0..batch.len()).step_by(step) {
-            let n = step.min(batch.len() - start);
-            let data = &batch.data()[start * s.len()..(start + n) * s.len()];
-            let mut x = Padded::from_nchw(data, n, s.channels, s.height, s.width);
-            x.map_interior(|v| (v / 3.0).tanh() * 3.0);
-            each(&run_layers(&self.layers, x));
-        }
+        run_passes(
+            &self.layers,
+            batch.data(),
+            (batch.len(), s.channels, s.height, s.width),
+            per_pass(self.budget, 8 * s.height, 8 * s.width),
+            |x| x.map_interior(|v| (v / 3.0).tanh() * 3.0),
+            each,
+        );
     }
 
     /// The raw output `[N, 3, 8h, 8w]` in C-order (≈[0, 1], unclamped).
     pub fn decode_raw(&self, batch: &LatentBatch) -> Vec<f32> {
         let s = batch.shape();
         let mut values = Vec::with_capacity(batch.len() * 3 * 64 * s.height * s.width);
-        self.run(batch, |out| {
-            let (h, w) = (out.height, out.width);
-            for b in 0..out.batch {
-                for c in 0..3 {
-                    for y in 0..h {
-                        let start = out.index(c, b, y + 1, 1);
-                        values.extend_from_slice(&out.data[start..start + w]);
-                    }
-                }
-            }
-        });
+        self.run(batch, |out| out.append_nchw(&mut values));
         values
     }
 }
@@ -384,30 +394,16 @@ impl TaesdCpuEncoder {
         height: usize,
         width: usize,
     ) -> Vec<f32> {
-        let picture = 3 * height * width;
-        let step = per_pass(self.budget, height, width);
         let mut latents =
             Vec::with_capacity(batch * self.latent_channels * (height / 8) * (width / 8));
-        for start in (0..batch).step_by(step) {
-            let n = step.min(batch - start);
-            let x = Padded::from_nchw(
-                &values[start * picture..][..n * picture],
-                n,
-                3,
-                height,
-                width,
-            );
-            let out = run_layers(&self.layers, x);
-            let (h, w) = (out.height, out.width);
-            for b in 0..n {
-                for c in 0..self.latent_channels {
-                    for y in 0..h {
-                        let start = out.index(c, b, y + 1, 1);
-                        latents.extend_from_slice(&out.data[start..start + w]);
-                    }
-                }
-            }
-        }
+        run_passes(
+            &self.layers,
+            values,
+            (batch, 3, height, width),
+            per_pass(self.budget, height, width),
+            |_| {},
+            |out| out.append_nchw(&mut latents),
+        );
         latents
     }
 
