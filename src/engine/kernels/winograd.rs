@@ -11,7 +11,7 @@
 //! The weights are transformed once, at load (in f64). At run time the input tiles of a chunk of
 //! tile rows are transformed into `V[36][c_in][tiles]`, the 36 element-wise products summed over
 //! input channels become 36 matrix products `M[p] = U[p] · V[p]` (`[c_out × c_in] · [c_in ×
-//! tiles]`, through [`super::conv::matmul`]), and the output transform writes the tiles straight
+//! tiles]`, through [`super::tile_products`]), and the output transform writes the tiles straight
 //! into the [`Padded`] result with the epilogue (bias, residual, ReLU) fused. Tile rows are split
 //! between the threads; each thread owns the output rows of its tiles.
 //!
@@ -681,6 +681,12 @@ fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [
         unsafe { avx512::bt(d, ahead, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as above.
+        unsafe { avx2::bt(d, ahead, out) };
+        return;
+    }
     let _ = isa;
     if let Some(ahead) = ahead {
         for row in ahead {
@@ -706,7 +712,19 @@ fn deinterleave4(isa: Isa, src: &[f32], out: [&mut [f32]; TILE]) {
         unsafe { avx512::deinterleave4(src, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as above.
+        unsafe { avx2::deinterleave4(src, out) };
+        return;
+    }
     let _ = isa;
+    deinterleave4_portable(src, out);
+}
+
+/// [`deinterleave4`] in plain moves.
+#[inline(always)]
+fn deinterleave4_portable(src: &[f32], out: [&mut [f32]; TILE]) {
     let [p0, p1, p2, p3] = out;
     for ((((quad, a), b), c), d) in src
         .chunks_exact(TILE)
@@ -767,6 +785,120 @@ fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
         o1[x] = d12 + 2.0 * d34;
         o2[x] = p12 + 4.0 * p34;
         o3[x] = d12 + 8.0 * d34 + m5[x];
+    }
+}
+
+/// The input transform's pieces with AVX2 instructions, 8 lanes: [`bt`] prefetching the next
+/// channel's rows a line at a time as it goes (the portable build prefetched them all up front,
+/// and its loads of the rows carried most of its time), and [`deinterleave4`] as in-lane
+/// transposes and one cross-lane permute per phase instead of scalar moves. Tails (rows are
+/// `4·tw + 2` and `tw + 1` long) go through the portable code.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{ALPHA, TILE};
+
+    const LANES: usize = 8;
+
+    /// [`super::bt`]. Needs AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bt(
+        d: [&[f32]; ALPHA],
+        ahead: Option<[&[f32]; ALPHA]>,
+        mut out: [&mut [f32]; ALPHA],
+    ) {
+        let n = out[0].len();
+        assert!(d.iter().all(|d| d.len() >= n) && out.iter().all(|o| o.len() >= n));
+        assert!(ahead.is_none_or(|a| a.iter().all(|a| a.len() >= n)));
+        let full = n - n % LANES;
+        {
+            let dp = d.map(<[f32]>::as_ptr);
+            let ap = ahead.map(|a| a.map(<[f32]>::as_ptr));
+            let o = out.each_mut().map(|o| o.as_mut_ptr());
+            let (two, four, five) = (
+                _mm256_set1_ps(2.0),
+                _mm256_set1_ps(4.0),
+                _mm256_set1_ps(5.0),
+            );
+            let mut x = 0;
+            while x < full {
+                let [a0, a1, a2, a3, a4, a5] = dp.map(|d| _mm256_loadu_ps(d.add(x)));
+                if let Some(ahead) = ap {
+                    // One 64-byte line of each next row per 16 values.
+                    if x % 16 == 0 {
+                        for row in ahead {
+                            _mm_prefetch::<_MM_HINT_T0>(row.add(x).cast());
+                        }
+                    }
+                }
+                let store = |i: usize, v: __m256| _mm256_storeu_ps(o[i].add(x), v);
+                store(0, _mm256_fmadd_ps(four, a0, _mm256_fnmadd_ps(five, a2, a4)));
+                store(
+                    1,
+                    _mm256_fnmadd_ps(four, _mm256_add_ps(a1, a2), _mm256_add_ps(a3, a4)),
+                );
+                store(
+                    2,
+                    _mm256_fmadd_ps(four, _mm256_sub_ps(a1, a2), _mm256_sub_ps(a4, a3)),
+                );
+                let a42 = _mm256_sub_ps(a4, a2);
+                store(3, _mm256_fmadd_ps(two, _mm256_sub_ps(a3, a1), a42));
+                store(4, _mm256_fmadd_ps(two, _mm256_sub_ps(a1, a3), a42));
+                store(5, _mm256_fmadd_ps(four, a1, _mm256_fnmadd_ps(five, a3, a5)));
+                x += LANES;
+            }
+        }
+        if full < n {
+            super::bt_portable(d.map(|d| &d[full..n]), out.map(|o| &mut o[full..n]));
+        }
+    }
+
+    /// [`super::deinterleave4`]. Needs AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn deinterleave4(src: &[f32], mut out: [&mut [f32]; TILE]) {
+        let n = out[0].len();
+        assert!(src.len() >= TILE * n && out.iter().all(|o| o.len() >= n));
+        let full = n - n % LANES;
+        {
+            let s = src.as_ptr();
+            let o = out.each_mut().map(|o| o.as_mut_ptr());
+            // After the in-lane transposes phase k holds tiles 0 2 4 6 | 1 3 5 7.
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            let mut t = 0;
+            while t < full {
+                // Vector j holds tiles 2j (low lane) and 2j + 1 (high lane), 4 values each.
+                let [a0, a1, a2, a3] =
+                    [0, 1, 2, 3].map(|j| _mm256_loadu_ps(s.add(TILE * t + 8 * j)));
+                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+                let phases = [
+                    _mm256_castpd_ps(_mm256_unpacklo_pd(
+                        _mm256_castps_pd(t0),
+                        _mm256_castps_pd(t2),
+                    )),
+                    _mm256_castpd_ps(_mm256_unpackhi_pd(
+                        _mm256_castps_pd(t0),
+                        _mm256_castps_pd(t2),
+                    )),
+                    _mm256_castpd_ps(_mm256_unpacklo_pd(
+                        _mm256_castps_pd(t1),
+                        _mm256_castps_pd(t3),
+                    )),
+                    _mm256_castpd_ps(_mm256_unpackhi_pd(
+                        _mm256_castps_pd(t1),
+                        _mm256_castps_pd(t3),
+                    )),
+                ];
+                for (k, phase) in phases.into_iter().enumerate() {
+                    _mm256_storeu_ps(o[k].add(t), _mm256_permutevar8x32_ps(phase, order));
+                }
+                t += LANES;
+            }
+        }
+        if full < n {
+            super::deinterleave4_portable(&src[TILE * full..], out.map(|o| &mut o[full..n]));
+        }
     }
 }
 
