@@ -105,7 +105,7 @@ pub fn judge(report: &Report) -> Bottlenecks {
                     s * 100.0,
                     pairs.decode_ms_per_frame.mean.unwrap_or(0.0)
                 ),
-                "decode-bound: lower generation.width/height (the decode size) or set generation.device = \"cuda\"",
+                "decode-bound: set generation.decode_divisor = 2 (decode at half size and upscale: 4x cheaper), lower generation.width/height, or set generation.device = \"cuda\"",
             );
             over_budget(
                 "keyframe_bound",
