@@ -158,36 +158,6 @@ fn searched_folders(report: &model_search::SearchReport) -> String {
     }
 }
 
-/// The share of a display interval one frame's decode may take when dreamd picks the decode
-/// divisor: the rest of each pair's time goes to keyframes, saving and the display on the same
-/// cores. Measured in the daemon (BENCHMARKS.md): 57 % (8 fps, two AVX-512 cores) and 80 %
-/// (4 fps, an earlier engine) kept the buffer above 90 %; 134 % (4 fps, two AVX2 cores) drained
-/// it.
-pub const AUTO_DECODE_SHARE: f64 = 0.75;
-
-/// Frames of the timed batch of [`Engine::fit_divisor`]: the daemon decodes whole pairs in
-/// one call, and a batch costs less per frame than one frame alone.
-const AUTO_TIMED_FRAMES: usize = 3;
-
-/// The smallest divisor (1, 2, 4, 8; one that divides the latent's `(height, width)`) at which
-/// a frame that decodes in `full_ms` at full size fits [`AUTO_DECODE_SHARE`] of a frame at
-/// `fps`, assuming each halving of the sides divides the cost by 4; the largest valid one when
-/// none fits.
-pub fn auto_divisor(full_ms: f64, fps: f64, (height, width): (usize, usize)) -> u32 {
-    let budget = AUTO_DECODE_SHARE * 1000.0 / fps.max(f64::MIN_POSITIVE);
-    let valid = [1u32, 2, 4, 8]
-        .into_iter()
-        .filter(|&d| height.is_multiple_of(d as usize) && width.is_multiple_of(d as usize));
-    let mut chosen = 1;
-    for d in valid {
-        chosen = d;
-        if full_ms / f64::from(d * d) <= budget {
-            break;
-        }
-    }
-    chosen
-}
-
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
@@ -272,64 +242,11 @@ impl Engine {
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
         engine.adapter = adapter;
-        // Full size unless the config says otherwise; the daemon then sizes it to the machine
-        // (`Engine::fit_divisor`).
+        // Full size by default: with the Winograd CPU engine, TAESD keeps a 4 fps display fed at
+        // 512×256 on two cores (BENCHMARKS.md); a busier machine sets a divisor.
         engine.divisor = g.decode_divisor.unwrap_or(1);
         engine.precision = g.precision;
         Ok(engine)
-    }
-
-    /// When `generation.decode_divisor` is unset and TAESD decodes on the CPU: the largest
-    /// decode size the display rate leaves time for, from one timed full-size batch (after a
-    /// warm-up frame) — 1 (full size) where a frame decodes in at most [`AUTO_DECODE_SHARE`]
-    /// of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames are upscaled to the
-    /// output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
-    /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
-    /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
-    /// preview decoder, a GPU) the engine is returned as it is. Blocking (≈1–2 s on the CPU):
-    /// call it at start-up.
-    pub fn fit_divisor(mut self, config: &Config) -> Engine {
-        if config.generation.decode_divisor.is_some()
-            || self.device != Device::Cpu
-            || self.decoder.name() == preview::PreviewDecoder.name()
-        {
-            return self;
-        }
-        let shape = self.latent_shape();
-        let zeros = crate::latent::Latent::new(shape, vec![0.0; shape.len()]);
-        let timed = zeros.map_err(|e| e.to_string()).and_then(|latent| {
-            let mut one = LatentBatch::with_capacity(shape, 1);
-            one.push(&latent).map_err(|e| e.to_string())?;
-            self.decoder.decode(&one).map_err(|e| e.to_string())?;
-            let mut batch = LatentBatch::with_capacity(shape, AUTO_TIMED_FRAMES);
-            for _ in 0..AUTO_TIMED_FRAMES {
-                batch.push(&latent).map_err(|e| e.to_string())?;
-            }
-            let start = Instant::now();
-            self.decoder.decode(&batch).map_err(|e| e.to_string())?;
-            Ok(start.elapsed() / AUTO_TIMED_FRAMES as u32)
-        });
-        let fps = config.display.target_fps;
-        match timed {
-            Ok(elapsed) => {
-                let ms = elapsed.as_secs_f64() * 1000.0;
-                self.divisor = auto_divisor(ms, fps, (shape.height, shape.width));
-                tracing::info!(
-                    full_size_ms_per_frame = format!("{ms:.1}"),
-                    target_fps = fps,
-                    divisor = self.divisor,
-                    "decode_divisor auto: a full-size frame decodes in {ms:.0} ms of the {:.0} ms \
-                     a frame is shown; decoding at 1/{} (set generation.decode_divisor to choose)",
-                    1000.0 / fps,
-                    self.divisor
-                );
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "decode_divisor auto: the timing decode failed; decoding at full size"
-            ),
-        }
-        self
     }
 
     /// Wraps `decoder`; frames come out at `width × height`, decoded at full size.
@@ -507,21 +424,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn auto_divisor_keeps_full_size_where_the_decode_fits_the_display_rate() {
-        let latent = (32, 64);
-        // Two AVX-512 cores: ≈75 ms per 512×256 frame fits 4 fps (150 ms) and 8 fps (75 ms).
-        assert_eq!(auto_divisor(75.0, 4.0, latent), 1);
-        assert_eq!(auto_divisor(75.0, 8.0, latent), 1);
-        // Two AVX2 cores: 330 ms does not fit 4 fps; at half size (≈83 ms) it does.
-        assert_eq!(auto_divisor(330.0, 4.0, latent), 2);
-        // Very slow: a quarter (4× again), then an eighth, never past what divides the latent.
-        assert_eq!(auto_divisor(1500.0, 4.0, latent), 4);
-        assert_eq!(auto_divisor(1e6, 4.0, latent), 8);
-        assert_eq!(auto_divisor(1e6, 4.0, (12, 20)), 4);
-        assert_eq!(auto_divisor(1e6, 4.0, (3, 5)), 1);
-    }
-
     use super::*;
     use crate::latent::Latent;
 
