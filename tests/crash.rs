@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +34,11 @@ struct Findings {
     problems: Mutex<Vec<String>>,
     status_reads: AtomicU64,
     frame_reads: AtomicU64,
+    /// The daemon run now going on (the number of kills so far).
+    run: AtomicUsize,
+    /// The runs during which `status.json`, and `current_frame.png`, were read.
+    runs_with_status_read: Mutex<HashSet<usize>>,
+    runs_with_frame_read: Mutex<HashSet<usize>>,
     /// Frame file name → its bytes' length and a checksum, as first seen.
     frames_seen: Mutex<HashMap<String, (usize, u64)>>,
 }
@@ -59,6 +64,8 @@ fn read_live_files(output: PathBuf, stop: Arc<AtomicBool>, found: Arc<Findings>)
                 found.problem(format!("partial status.json ({e}): {text:?}"));
             }
             found.status_reads.fetch_add(1, Ordering::Relaxed);
+            let run = found.run.load(Ordering::Relaxed);
+            found.runs_with_status_read.lock().unwrap().insert(run);
         }
         if let Ok(bytes) = std::fs::read(output.join("current_frame.png")) {
             if let Err(e) = image::load_from_memory(&bytes) {
@@ -68,6 +75,8 @@ fn read_live_files(output: PathBuf, stop: Arc<AtomicBool>, found: Arc<Findings>)
                 ));
             }
             found.frame_reads.fetch_add(1, Ordering::Relaxed);
+            let run = found.run.load(Ordering::Relaxed);
+            found.runs_with_frame_read.lock().unwrap().insert(run);
         }
     }
 }
@@ -101,6 +110,16 @@ fn read_frames(frames: PathBuf, stop: Arc<AtomicBool>, found: Arc<Findings>) {
     }
 }
 
+/// Whether `dir` holds a finished frame file.
+fn has_frame(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".png") && !name.starts_with('.')
+        })
+    })
+}
+
 fn temp_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -120,8 +139,13 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
         .map_or(7, |d| d.as_nanos() as u64);
     let mut random = Lcg(seed);
     let dir = tempfile::tempdir().unwrap();
-    // A short gate and a small retention, so kills land in every phase (start, playing, pruning).
-    let text = config("[output]\nkeep_frames = 40\n[server]\nbind = \"127.0.0.1:0\"\n");
+    // A short gate and a small retention, so kills land in every phase (start, playing, pruning);
+    // small frames, so that even a debug build on a slow machine makes many of them per run
+    // (what is tested is how files are written, not how fast frames are made).
+    let text = config(
+        "width = 128\nheight = 64\n[output]\nkeep_frames = 40\n\
+         [server]\nbind = \"127.0.0.1:0\"\n",
+    );
     std::fs::write(dir.path().join("dreamd.toml"), text).unwrap();
     let output = dir.path().join("output");
 
@@ -139,10 +163,24 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
     ];
 
     let started = Instant::now();
-    let mut stale_after_kill = 0;
-    for _ in 0..KILLS {
+    // The first run is killed as its first frame appears; how long that took (this build, this
+    // machine) sets how long the others may live: up to twice as long, so that the kills land
+    // before, during and well after the first frames, however fast the machine is.
+    let mut first = spawn(dir.path(), &["run", "--config", "dreamd.toml"], &[]);
+    let until = started + Duration::from_secs(60);
+    while !has_frame(&output.join("frames")) {
+        assert!(Instant::now() < until, "no frame made in 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first_frame = started.elapsed();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let longest = (2 * first_frame.as_millis() as u64).clamp(700, 10_000);
+    let mut stale_after_kill = temp_files(&output).len() + temp_files(&output.join("frames")).len();
+    for run in 1..KILLS {
+        found.run.store(run, Ordering::Relaxed);
         let mut child = spawn(dir.path(), &["run", "--config", "dreamd.toml"], &[]);
-        std::thread::sleep(Duration::from_millis(random.next_ms(30, 700)));
+        std::thread::sleep(Duration::from_millis(random.next_ms(30, longest)));
         child.kill().unwrap();
         child.wait().unwrap();
         stale_after_kill += temp_files(&output).len() + temp_files(&output.join("frames")).len();
@@ -166,11 +204,16 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
         problems.len(),
         &problems[..problems.len().min(5)]
     );
+    // The readers must have been at work while the kills happened, not merely before or after:
+    // in most runs (the first few may end before the first frame is shown).
     let status_reads = found.status_reads.load(Ordering::Relaxed);
     let frame_reads = found.frame_reads.load(Ordering::Relaxed);
+    let runs_with_status_read = found.runs_with_status_read.lock().unwrap().len();
+    let runs_with_frame_read = found.runs_with_frame_read.lock().unwrap().len();
     assert!(
-        status_reads > 500 && frame_reads > 500,
-        "{status_reads} / {frame_reads} reads"
+        runs_with_status_read > KILLS * 3 / 4 && runs_with_frame_read > KILLS / 2,
+        "the readers read status.json during {runs_with_status_read} and current_frame.png \
+         during {runs_with_frame_read} of {KILLS} runs ({status_reads} / {frame_reads} reads)"
     );
     assert!(
         found.frames_seen.lock().unwrap().len() > 40,
@@ -179,9 +222,11 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
     assert_eq!(temp_files(&output), Vec::<String>::new());
     assert_eq!(temp_files(&output.join("frames")), Vec::<String>::new());
     eprintln!(
-        "{KILLS} kills in {:.1} s: {status_reads} status reads, {frame_reads} frame reads, \
+        "{KILLS} kills in {:.1} s (the first frame after {} ms, so kills at 30-{longest} ms): {status_reads} status reads ({runs_with_status_read} runs), \
+         {frame_reads} frame reads ({runs_with_frame_read} runs), \
          {} frame files checked, {stale_after_kill} temp files found right after kills",
         started.elapsed().as_secs_f64(),
+        first_frame.as_millis(),
         found.frames_seen.lock().unwrap().len()
     );
 }

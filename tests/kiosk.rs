@@ -1,13 +1,16 @@
-//! The kiosk page in real headless Chromium: it loads, shows a frame (the screenshot is not
-//! blank) and the frame changes over time.
+//! The kiosk page in real headless Chromium: it opens on a frame (its first screenshot is not
+//! blank), a later load shows another one, and a page left open follows the live events (driven
+//! through the DevTools protocol: its frame counter and sequence number advance, and the layer on
+//! top holds a loaded picture).
 
 mod support;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::{tool_missing, Daemon};
+use tokio_tungstenite::tungstenite;
 
 /// `DREAMD_CHROMIUM`, else the first Chromium found on PATH.
 fn chromium() -> Option<String> {
@@ -71,7 +74,7 @@ fn difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 }
 
 #[test]
-fn kiosk_page_shows_frames_that_change() {
+fn kiosk_page_opens_on_a_frame_and_frames_change() {
     let Some(browser) = chromium() else {
         tool_missing("chromium (headless)");
         return;
@@ -81,33 +84,198 @@ fn kiosk_page_shows_frames_that_change() {
     let shots = tempfile::tempdir().unwrap();
     let url = format!("{}/", daemon.url);
 
-    // The page draws nothing until its first frame event, so a picture proves the page works.
-    // Each attempt is a fresh headless Chromium whose screenshot races that first event: on two
-    // busy cores three attempts were sometimes all too early.
-    let mut first = None;
-    for attempt in 0..6 {
-        let shot = screenshot(&browser, &url, shots.path(), &format!("a{attempt}.png"));
-        if brightness(&shot) > 8.0 {
-            first = Some(shot);
-            break;
-        }
-    }
-    let first = first.expect("the kiosk page stayed black");
+    // The frame on screen is part of the page, so the screenshot (taken at the load event, before
+    // any live event can arrive) shows it.
+    let first = screenshot(&browser, &url, shots.path(), "first.png");
+    assert!(
+        brightness(&first) > 8.0,
+        "the kiosk page opened black (brightness {:.1})",
+        brightness(&first)
+    );
 
-    // Frames change at 8 fps; a later screenshot shows another one.
+    // Frames change at 8 fps; a later load shows another one.
     let mut changed = 0.0;
-    for attempt in 0..6 {
+    for attempt in 0..5 {
         std::thread::sleep(Duration::from_millis(1000));
-        let shot = screenshot(&browser, &url, shots.path(), &format!("b{attempt}.png"));
-        if brightness(&shot) > 8.0 {
-            changed = difference(&first, &shot);
-            if changed > 1.0 {
-                break;
-            }
+        let shot = screenshot(&browser, &url, shots.path(), &format!("later{attempt}.png"));
+        changed = difference(&first, &shot);
+        if changed > 1.0 {
+            break;
         }
     }
     assert!(
         changed > 1.0,
         "the kiosk page did not change (difference {changed:.2})"
     );
+}
+
+#[test]
+fn kiosk_page_left_open_follows_the_live_events() {
+    let Some(browser) = chromium() else {
+        tool_missing("chromium (headless)");
+        return;
+    };
+    let daemon = Daemon::start("");
+    daemon.wait_for_first_frame();
+    let profile = tempfile::tempdir().unwrap();
+    let mut page = DevToolsPage::open(&browser, &format!("{}/", daemon.url), profile.path());
+
+    let read = |page: &mut DevToolsPage| -> PageState {
+        let json = page.evaluate(
+            // Before the page's script has run, the body has no data yet: no frames.
+            "(d => JSON.stringify({frames: Number(d.frames ?? 0), seq: Number(d.seq ?? -1), \
+             state: d.state ?? '', loaded: [...document.querySelectorAll('img.layer.shown')] \
+                 .filter(i => i.complete && i.naturalWidth > 0).length})) \
+             (document.body ? document.body.dataset : {})",
+        );
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("page state {json}: {e}"))
+    };
+    // The first live frame event arrives, its picture loads and is crossfaded in; then more.
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut first: Option<PageState> = None;
+    loop {
+        let now = read(&mut page);
+        match &first {
+            None if now.frames >= 1 => first = Some(now.clone()),
+            Some(first) if now.frames >= first.frames + 3 && now.seq > first.seq => {
+                assert_eq!(now.state, "playing", "{now:?}");
+                assert!(now.loaded >= 1, "no loaded picture on top: {now:?}");
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < until,
+            "the open page did not follow the frames: first {first:?}, now {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the page says about itself (`document.body.dataset`).
+#[derive(Clone, Debug, serde::Deserialize)]
+struct PageState {
+    /// Frames crossfaded in since the page loaded.
+    frames: u64,
+    /// The newest of them.
+    seq: i64,
+    state: String,
+    /// Layers shown with a decoded picture.
+    loaded: usize,
+}
+
+/// A DevTools protocol connection.
+type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// A page in a headless Chromium driven over the DevTools protocol; the browser is killed on drop.
+struct DevToolsPage {
+    socket: Socket,
+    next_id: u64,
+    _browser: Browser,
+}
+
+/// A browser process, killed on drop (also when a test fails while it runs).
+struct Browser(Child);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl DevToolsPage {
+    fn open(browser: &str, url: &str, profile: &Path) -> DevToolsPage {
+        let browser = Browser(
+            Command::new(browser)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--window-size=640,360",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        DevToolsPage {
+            socket: Self::connect(url, profile),
+            next_id: 1,
+            _browser: browser,
+        }
+    }
+
+    /// Finds the browser's port (it writes it into the profile) and the page's socket.
+    fn connect(url: &str, profile: &Path) -> Socket {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let port = std::fs::read_to_string(profile.join("DevToolsActivePort"))
+                .ok()
+                .and_then(|text| text.lines().next().map(str::to_string));
+            if let Some(port) = port {
+                // Chromium keeps the connection open after answering: read by its length.
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .proxy(None)
+                    .build()
+                    .into();
+                let list = agent
+                    .get(format!("http://127.0.0.1:{port}/json/list"))
+                    .call()
+                    .ok()
+                    .and_then(|mut answer| answer.body_mut().read_to_string().ok());
+                if let Some(list) = list {
+                    let targets: Vec<serde_json::Value> =
+                        serde_json::from_str(&list).unwrap_or_default();
+                    let socket_url = targets.iter().find_map(|t| {
+                        (t["type"] == "page" && t["url"] == url)
+                            .then(|| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+                            .flatten()
+                    });
+                    if let Some(socket_url) = socket_url {
+                        let socket = tungstenite::connect(socket_url).unwrap().0;
+                        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref()
+                        {
+                            stream
+                                .set_read_timeout(Some(Duration::from_secs(10)))
+                                .unwrap();
+                        }
+                        return socket;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no DevTools page for {url}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Evaluates `expression` (which must give a string) in the page.
+    fn evaluate(&mut self, expression: &str) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true},
+        });
+        self.socket
+            .send(tungstenite::Message::text(message.to_string()))
+            .unwrap();
+        loop {
+            let reply = self.socket.read().unwrap();
+            let Ok(text) = reply.to_text() else { continue };
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap();
+            if reply["id"] == id {
+                return reply["result"]["result"]["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("evaluate {expression}: {reply}"))
+                    .to_string();
+            }
+        }
+    }
 }

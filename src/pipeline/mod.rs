@@ -583,7 +583,10 @@ async fn run_stage<T>(
     }
 }
 
-/// Records the end of a pair: stats, failed slots, and its one JSON event.
+/// Records the end of a pair: stats, failed slots, and its one JSON event. A save cut short by
+/// shutdown is abandoned like an earlier stage: its slots failed, no stats and no event (it was
+/// logged as a `partial` pair with no error, which `dreamd analyze` counted as a save failure
+/// after every clean stop that landed mid-save).
 fn finish_pair(
     job: &PairJob,
     last_seq: u64,
@@ -598,7 +601,10 @@ fn finish_pair(
             first_error: Some(reason),
             ..SaveReport::default()
         },
-        StageOutcome::Shutdown => SaveReport::default(),
+        StageOutcome::Shutdown => {
+            buffer.fail_range(job.first_seq..=last_seq);
+            return;
+        }
     };
     // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
     buffer.fail_range(job.first_seq..=last_seq);

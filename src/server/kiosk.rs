@@ -1,8 +1,10 @@
 //! `/`: the kiosk page (`assets/kiosk.html`, embedded in the binary).
 //!
-//! The page follows `/events`, loads each new frame from `/frames/{seq}` (cacheable) and
-//! crossfades it over the previous one at the daemon's frame interval; it reconnects by itself
-//! and shows a discreet state line only while buffering, paused, degraded or disconnected.
+//! The page opens on `/frame/current` (an `<img>` in the document, so its first paint shows a
+//! picture rather than waiting for an event), then follows `/events`, loads each new frame from
+//! `/frames/{seq}` (cacheable) and crossfades it over the previous one at the daemon's frame
+//! interval; it reconnects by itself and shows a discreet state line only while buffering,
+//! paused, degraded or disconnected.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
