@@ -439,7 +439,8 @@ fn batches_split_under_a_small_binding_limit() {
         super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone(), Precision::Exact)
             .unwrap();
     let shape = LatentShape::new(4, 4, 6);
-    let batch = latents(shape, 5);
+    // A pass of two and a pass of one (each pass on lavapipe costs seconds).
+    let batch = latents(shape, 3);
     let whole = decoder.decode_raw(&batch).unwrap();
     let whole_pictures = decoder.decode(&batch).unwrap();
     // One hidden activation of one picture: 64 × 32 × 48 × 4 bytes; allow two per pass.
@@ -456,7 +457,7 @@ fn batches_split_under_a_small_binding_limit() {
     let weights = WeightFile::load(&enc_path, Part::Encoder).unwrap();
     let mut encoder =
         super::encoder::TaesdWgpuEncoder::new(&weights, context, Precision::Exact).unwrap();
-    let (n, h, w) = (3, 32, 48);
+    let (n, h, w) = (2, 32, 48);
     let input: Vec<f32> = (0..n * 3 * h * w)
         .map(|i| 0.5 + 0.4 * (i as f32 * 0.021).sin())
         .collect();
@@ -639,7 +640,8 @@ fn a_late_gpu_is_an_error_and_the_decoder_recovers() {
     let decoder =
         super::decoder::TaesdWgpuDecoder::new("taesd", &weights, context.clone(), Precision::Exact)
             .unwrap();
-    let batch = latents(LatentShape::new(4, 16, 16), 2);
+    // Small: lavapipe runs these shaders on one thread (16×16 × 2 took 54 s in a debug build).
+    let batch = latents(LatentShape::new(4, 8, 8), 1);
     context.set_wait_limit(std::time::Duration::from_nanos(1));
     // A software adapter takes far longer than 1 ns; should it have been done, fine too.
     if let Err(e) = decoder.decode_raw(&batch) {
