@@ -73,14 +73,22 @@ fn difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     sum as f64 / a.as_raw().len() as f64
 }
 
-#[test]
-fn kiosk_page_opens_on_a_frame_and_frames_change() {
+/// Chromium and a daemon showing frames; None (reported) without Chromium.
+fn browser_and_daemon() -> Option<(String, Daemon)> {
     let Some(browser) = chromium() else {
         tool_missing("chromium (headless)");
-        return;
+        return None;
     };
     let daemon = Daemon::start("");
     daemon.wait_for_first_frame();
+    Some((browser, daemon))
+}
+
+#[test]
+fn kiosk_page_opens_on_a_frame_and_frames_change() {
+    let Some((browser, daemon)) = browser_and_daemon() else {
+        return;
+    };
     let shots = tempfile::tempdir().unwrap();
     let url = format!("{}/", daemon.url);
 
@@ -111,12 +119,9 @@ fn kiosk_page_opens_on_a_frame_and_frames_change() {
 
 #[test]
 fn kiosk_page_left_open_follows_the_live_events() {
-    let Some(browser) = chromium() else {
-        tool_missing("chromium (headless)");
+    let Some((browser, daemon)) = browser_and_daemon() else {
         return;
     };
-    let daemon = Daemon::start("");
-    daemon.wait_for_first_frame();
     let profile = tempfile::tempdir().unwrap();
     let mut page = DevToolsPage::open(&browser, &format!("{}/", daemon.url), profile.path());
 
