@@ -218,45 +218,46 @@ impl DevToolsPage {
     /// Finds the browser's port (it writes it into the profile) and the page's socket.
     fn connect(url: &str, profile: &Path) -> Socket {
         let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let port = std::fs::read_to_string(profile.join("DevToolsActivePort"))
-                .ok()
-                .and_then(|text| text.lines().next().map(str::to_string));
-            if let Some(port) = port {
-                // Chromium keeps the connection open after answering: read by its length.
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(5)))
-                    .proxy(None)
-                    .build()
-                    .into();
-                let list = agent
-                    .get(format!("http://127.0.0.1:{port}/json/list"))
-                    .call()
-                    .ok()
-                    .and_then(|mut answer| answer.body_mut().read_to_string().ok());
-                if let Some(list) = list {
-                    let targets: Vec<serde_json::Value> =
-                        serde_json::from_str(&list).unwrap_or_default();
-                    let socket_url = targets.iter().find_map(|t| {
-                        (t["type"] == "page" && t["url"] == url)
-                            .then(|| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
-                            .flatten()
-                    });
-                    if let Some(socket_url) = socket_url {
-                        let socket = tungstenite::connect(socket_url).unwrap().0;
-                        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref()
-                        {
-                            stream
-                                .set_read_timeout(Some(Duration::from_secs(10)))
-                                .unwrap();
-                        }
-                        return socket;
-                    }
-                }
+        let socket_url = loop {
+            if let Some(socket_url) = Self::socket_url(url, profile) {
+                break socket_url;
             }
             assert!(Instant::now() < until, "no DevTools page for {url}");
             std::thread::sleep(Duration::from_millis(100));
+        };
+        let socket = tungstenite::connect(socket_url).unwrap().0;
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
         }
+        socket
+    }
+
+    /// The page's DevTools socket address, once the browser has written its port and opened
+    /// the page.
+    fn socket_url(url: &str, profile: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(profile.join("DevToolsActivePort")).ok()?;
+        let port = text.lines().next()?;
+        // Chromium keeps the connection open after answering: read by its length.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .proxy(None)
+            .build()
+            .into();
+        let list = agent
+            .get(format!("http://127.0.0.1:{port}/json/list"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let targets: Vec<serde_json::Value> = serde_json::from_str(&list).ok()?;
+        targets.iter().find_map(|t| {
+            (t["type"] == "page" && t["url"] == url)
+                .then(|| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+                .flatten()
+        })
     }
 
     /// Evaluates `expression` (which must give a string) in the page.

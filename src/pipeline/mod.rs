@@ -596,18 +596,16 @@ fn finish_pair(
     telemetry: &Telemetry,
 ) {
     let report = match outcome {
-        StageOutcome::Done(report) => report,
-        StageOutcome::Failed(reason) => SaveReport {
+        StageOutcome::Done(report) => Some(report),
+        StageOutcome::Failed(reason) => Some(SaveReport {
             first_error: Some(reason),
             ..SaveReport::default()
-        },
-        StageOutcome::Shutdown => {
-            buffer.fail_range(job.first_seq..=last_seq);
-            return;
-        }
+        }),
+        StageOutcome::Shutdown => None,
     };
     // Anything not ready by now (late save, or in-betweens with no start keyframe) is failed.
     buffer.fail_range(job.first_seq..=last_seq);
+    let Some(report) = report else { return };
     let pipeline = &telemetry.pipeline;
     let ok = report.first_error.is_none() && report.ready == timing.slots;
     if let Some(error) = &report.first_error {
