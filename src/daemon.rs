@@ -108,7 +108,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let (archive, first_seq) = FrameArchive::open(&output.join("frames"), config.keep_frames())?;
     let archive = archive.with_faults(Arc::clone(&faults));
     archive.set_keep_bytes(config.keep_bytes());
-    let engine = Engine::from_config(config)?;
+    let engine = Engine::from_config(config)?.fit_divisor(config);
     let engine = Arc::new(engine.wrap_decoder(|d| FaultyDecoder::wrap(d, Arc::clone(&faults))));
     let keyframes::BuiltSource { source, comfyui } = keyframes::from_config(config, &engine)?;
     let director = Director::new(
@@ -336,14 +336,25 @@ pub async fn run_observed(
 /// Builds what start-up builds from `config` (decoder, encoder, keyframe source) without
 /// writing anything, and says what it found: `dreamd run --check`.
 pub fn check(config: &Config) -> anyhow::Result<String> {
-    let engine = Arc::new(Engine::from_config(config)?);
+    let engine = Arc::new(Engine::from_config(config)?.fit_divisor(config));
     let source = keyframes::from_config(config, &engine)?.source;
     let adapter = engine
         .adapter()
         .map(|a| format!(" ({a})"))
         .unwrap_or_default();
+    let fitted = engine
+        .fitted_to()
+        .map(|full| {
+            format!(
+                ", chosen at start: a full-size frame decoded in {:.0} ms of the {:.0} ms it is shown",
+                full.as_secs_f64() * 1000.0,
+                1000.0 / config.display.target_fps
+            )
+        })
+        .unwrap_or_default();
     Ok(format!(
-        "ok: decoder {} on {}{adapter} (latents {}, decoded at 1/{}), keyframes from {}, output {}",
+        "ok: decoder {} on {}{adapter} (latents {}, decoded at 1/{}{fitted}), keyframes from {}, \
+         output {}",
         engine.decoder_name(),
         engine.device(),
         engine.latent_shape(),

@@ -340,3 +340,65 @@ fn a_second_daemon_on_the_same_output_folder_exits_naming_the_holder() {
     names.sort();
     assert_eq!(names, ["current_frame.png", "frames", "status.json"]);
 }
+
+/// `dreamd run --check`'s one-line report in a fresh folder with `config` as its config file.
+fn check_with(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dreamd.toml"), config).unwrap();
+    let output = support::isolate_models(&mut Command::new(BIN), dir.path())
+        .args(["run", "--config", "dreamd.toml", "--check"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// With `generation.decode_divisor` unset, TAESD on the CPU decodes at the largest size whose
+/// timed frame fits the display rate: full size where a frame may take seconds, smaller where
+/// it may take 6 ms (no CPU decodes a 256×128 frame that fast); a divisor the config sets is
+/// kept, and the preview decoder is never timed.
+#[test]
+fn decode_size_fits_the_display_rate_unless_the_config_sets_it() {
+    let Some(models) = support::weights_dir(support::Family::Taesd) else {
+        return;
+    };
+    let config = |fps: f64, extra: &str| {
+        format!(
+            "[generation]\nwidth = 256\nheight = 128\ndecoder = \"taesd\"\ndevice = \"cpu\"\n\
+             models_dir = {:?}\n{extra}\n[display]\ntarget_fps = {fps}\n",
+            models.display().to_string()
+        )
+    };
+    let decoded_at = |report: &str| -> u32 {
+        let (_, rest) = report
+            .split_once("decoded at 1/")
+            .unwrap_or_else(|| panic!("no decode size in {report:?}"));
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no divisor in {report:?}"))
+    };
+
+    let slow = check_with(&config(0.1, ""));
+    assert_eq!(decoded_at(&slow), 1, "{slow}");
+    let fast = check_with(&config(120.0, ""));
+    assert!(decoded_at(&fast) > 1, "{fast}");
+    assert!(
+        fast.contains("chosen at start: a full-size frame decoded in"),
+        "{fast}"
+    );
+    let set = check_with(&config(120.0, "decode_divisor = 1"));
+    assert_eq!(decoded_at(&set), 1, "{set}");
+    assert!(!set.contains("chosen at start"), "{set}");
+    let preview = check_with(
+        "[generation]\nwidth = 256\nheight = 128\ndecoder = \"preview\"\n\
+         [display]\ntarget_fps = 120\n",
+    );
+    assert_eq!(decoded_at(&preview), 1, "{preview}");
+}

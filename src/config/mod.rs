@@ -218,7 +218,8 @@ pub struct GenerationConfig {
     pub device: String,
     /// Arithmetic of the CPU TAESD convolutions.
     pub precision: Precision,
-    /// Decode at 1/d of the output size and upscale (None: 1, full size).
+    /// Decode at 1/d of the output size and upscale (None: the daemon chooses at start,
+    /// `Engine::fit_divisor`; full size for every decoder but TAESD on the CPU).
     pub decode_divisor: Option<u32>,
     /// Folder searched first for model files.
     pub models_dir: Option<PathBuf>,

@@ -158,6 +158,36 @@ fn searched_folders(report: &model_search::SearchReport) -> String {
     }
 }
 
+/// The share of a display interval one frame's decode may take when dreamd picks the decode
+/// divisor: the rest of each pair's time goes to keyframes, saving and the display on the same
+/// cores. Measured in the daemon (BENCHMARKS.md): 57 % (8 fps, two AVX-512 cores) and 80 %
+/// (4 fps, an earlier engine) kept the buffer above 90 %; 134 % (4 fps, two AVX2 cores) drained
+/// it.
+pub const AUTO_DECODE_SHARE: f64 = 0.75;
+
+/// Frames of the timed batch of [`Engine::fit_divisor`]: the daemon decodes whole pairs in
+/// one call, and a batch costs less per frame than one frame alone.
+const AUTO_TIMED_FRAMES: usize = 3;
+
+/// The smallest divisor (1, 2, 4, 8; one that divides the latent's `(height, width)`) at which
+/// a frame that decodes in `full_ms` at full size fits [`AUTO_DECODE_SHARE`] of a frame at
+/// `fps`, assuming each halving of the sides divides the cost by 4; the largest valid one when
+/// none fits.
+pub fn auto_divisor(full_ms: f64, fps: f64, (height, width): (usize, usize)) -> u32 {
+    let budget = AUTO_DECODE_SHARE * 1000.0 / fps.max(f64::MIN_POSITIVE);
+    let valid = [1u32, 2, 4, 8]
+        .into_iter()
+        .filter(|&d| height.is_multiple_of(d as usize) && width.is_multiple_of(d as usize));
+    let mut chosen = 1;
+    for d in valid {
+        chosen = d;
+        if full_ms / f64::from(d * d) <= budget {
+            break;
+        }
+    }
+    chosen
+}
+
 /// A decoder behind the GPU lock, producing frames of the output size.
 pub struct Engine {
     decoder: Box<dyn Decoder>,
@@ -167,6 +197,8 @@ pub struct Engine {
     width: u32,
     height: u32,
     divisor: u32,
+    /// The full-size frame time the divisor was chosen from (`fit_divisor`).
+    fitted_to: Option<Duration>,
     precision: crate::config::Precision,
     /// The wgpu adapter the networks run on, when the device is wgpu.
     adapter: Option<wgpu::AdapterSummary>,
@@ -242,11 +274,80 @@ impl Engine {
         let mut engine = Engine::new(decoder, device, g.width, g.height);
         engine.encoder = encoder;
         engine.adapter = adapter;
-        // Full size by default: with the Winograd CPU engine, TAESD keeps a 4 fps display fed at
-        // 512×256 on two cores (BENCHMARKS.md); a busier machine sets a divisor.
+        // Full size unless the config says otherwise; the daemon then sizes it to the machine
+        // (`Engine::fit_divisor`).
         engine.divisor = g.decode_divisor.unwrap_or(1);
         engine.precision = g.precision;
         Ok(engine)
+    }
+
+    /// When `generation.decode_divisor` is unset and TAESD decodes on the CPU: the largest
+    /// decode size the display rate leaves time for, from one timed full-size batch (after a
+    /// warm-up frame) — 1 (full size) where a frame decodes in at most [`AUTO_DECODE_SHARE`]
+    /// of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames are upscaled to the
+    /// output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
+    /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
+    /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
+    /// preview decoder, a GPU) the engine is returned as it is. Blocking (≈1–2 s on the CPU):
+    /// call it at start-up.
+    pub fn fit_divisor(mut self, config: &Config) -> Engine {
+        if config.generation.decode_divisor.is_some()
+            || self.device != Device::Cpu
+            || self.decoder.name() == preview::PreviewDecoder.name()
+        {
+            return self;
+        }
+        let shape = self.latent_shape();
+        let fps = config.display.target_fps;
+        match self.time_full_size_frame() {
+            Ok(elapsed) => {
+                let ms = elapsed.as_secs_f64() * 1000.0;
+                self.divisor = auto_divisor(ms, fps, (shape.height, shape.width));
+                self.fitted_to = Some(elapsed);
+                tracing::info!(
+                    full_size_ms_per_frame = format!("{ms:.1}"),
+                    target_fps = fps,
+                    divisor = self.divisor,
+                    "decode_divisor auto: a full-size frame decodes in {ms:.0} ms of the {:.0} ms \
+                     a frame is shown; decoding at 1/{} (set generation.decode_divisor to choose)",
+                    1000.0 / fps,
+                    self.divisor
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "decode_divisor auto: the timing decode failed; decoding at full size"
+            ),
+        }
+        self
+    }
+
+    /// One full-size frame's decode time in a batch of [`AUTO_TIMED_FRAMES`], after a warm-up
+    /// frame (the first decode pays for buffers and first-touch pages).
+    fn time_full_size_frame(&self) -> Result<Duration, String> {
+        let shape = self.latent_shape();
+        let latent =
+            crate::latent::Latent::new(shape, vec![0.0; shape.len()]).map_err(|e| e.to_string())?;
+        let batch_of = |n: usize| -> Result<LatentBatch, String> {
+            let mut batch = LatentBatch::with_capacity(shape, n);
+            for _ in 0..n {
+                batch.push(&latent).map_err(|e| e.to_string())?;
+            }
+            Ok(batch)
+        };
+        self.decoder
+            .decode(&batch_of(1)?)
+            .map_err(|e| e.to_string())?;
+        let batch = batch_of(AUTO_TIMED_FRAMES)?;
+        let start = Instant::now();
+        self.decoder.decode(&batch).map_err(|e| e.to_string())?;
+        Ok(start.elapsed() / AUTO_TIMED_FRAMES as u32)
+    }
+
+    /// The full-size frame time [`Engine::fit_divisor`] chose the divisor from; None when the
+    /// divisor was set, or not chosen by timing.
+    pub fn fitted_to(&self) -> Option<Duration> {
+        self.fitted_to
     }
 
     /// Wraps `decoder`; frames come out at `width × height`, decoded at full size.
@@ -259,6 +360,7 @@ impl Engine {
             width,
             height,
             divisor: 1,
+            fitted_to: None,
             precision: crate::config::Precision::default(),
             adapter: None,
         }
@@ -426,6 +528,21 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::latent::Latent;
+
+    #[test]
+    fn auto_divisor_keeps_full_size_where_the_decode_fits_the_display_rate() {
+        let latent = (32, 64);
+        // Two AVX-512 cores: ≈75 ms per 512×256 frame fits 4 fps (150 ms) and 8 fps (75 ms).
+        assert_eq!(auto_divisor(75.0, 4.0, latent), 1);
+        assert_eq!(auto_divisor(75.0, 8.0, latent), 1);
+        // Two AVX2 cores: 330 ms does not fit 4 fps; at half size (≈83 ms) it does.
+        assert_eq!(auto_divisor(330.0, 4.0, latent), 2);
+        // Very slow: a quarter (4× again), then an eighth, never past what divides the latent.
+        assert_eq!(auto_divisor(1500.0, 4.0, latent), 4);
+        assert_eq!(auto_divisor(1e6, 4.0, latent), 8);
+        assert_eq!(auto_divisor(1e6, 4.0, (12, 20)), 4);
+        assert_eq!(auto_divisor(1e6, 4.0, (3, 5)), 1);
+    }
 
     #[test]
     fn batch_decodes_under_one_acquisition_at_output_size() {
