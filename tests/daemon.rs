@@ -390,7 +390,7 @@ fn decode_size_fits_the_display_rate_unless_the_config_sets_it() {
     let fast = check_with(&config(120.0, ""));
     assert!(decoded_at(&fast) > 1, "{fast}");
     assert!(
-        fast.contains("chosen at start: a full-size frame decoded in"),
+        fast.contains("chosen at start: a full-size frame decodes in ≈"),
         "{fast}"
     );
     let set = check_with(&config(120.0, "decode_divisor = 1"));

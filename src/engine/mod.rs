@@ -165,8 +165,8 @@ fn searched_folders(report: &model_search::SearchReport) -> String {
 /// it.
 pub const AUTO_DECODE_SHARE: f64 = 0.75;
 
-/// Frames of the timed batch of [`Engine::fit_divisor`]: the daemon decodes whole pairs in
-/// one call, and a batch costs less per frame than one frame alone.
+/// Frames of the timed batch of [`Engine::fit_divisor`] (half-size ones): the daemon decodes
+/// whole pairs in one call, and a batch costs less per frame than one frame alone.
 const AUTO_TIMED_FRAMES: usize = 3;
 
 /// The smallest divisor (1, 2, 4, 8; one that divides the latent's `(height, width)`) at which
@@ -282,14 +282,15 @@ impl Engine {
     }
 
     /// When `generation.decode_divisor` is unset and TAESD decodes on the CPU: the largest
-    /// decode size the display rate leaves time for, from one timed full-size batch (after a
-    /// warm-up frame) — 1 (full size) where a frame decodes in at most [`AUTO_DECODE_SHARE`]
+    /// decode size the display rate leaves time for, from a full-size frame's decode time
+    /// (estimated from a timed half-size batch) — 1 (full size) where a frame decodes in at most
+    /// [`AUTO_DECODE_SHARE`]
     /// of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames are upscaled to the
     /// output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
     /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
     /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
-    /// preview decoder, a GPU) the engine is returned as it is. Blocking (≈1–2 s on the CPU):
-    /// call it at start-up.
+    /// preview decoder, a GPU) the engine is returned as it is. Blocking (for less than one
+    /// full-size frame's decode): call it at start-up.
     pub fn fit_divisor(mut self, config: &Config) -> Engine {
         if config.generation.decode_divisor.is_some()
             || self.device != Device::Cpu
@@ -299,7 +300,7 @@ impl Engine {
         }
         let shape = self.latent_shape();
         let fps = config.display.target_fps;
-        match self.time_full_size_frame() {
+        match self.estimate_full_size_frame() {
             Ok(elapsed) => {
                 let ms = elapsed.as_secs_f64() * 1000.0;
                 self.divisor = auto_divisor(ms, fps, (shape.height, shape.width));
@@ -308,7 +309,7 @@ impl Engine {
                     full_size_ms_per_frame = format!("{ms:.1}"),
                     target_fps = fps,
                     divisor = self.divisor,
-                    "decode_divisor auto: a full-size frame decodes in {ms:.0} ms of the {:.0} ms \
+                    "decode_divisor auto: a full-size frame decodes in ≈{ms:.0} ms of the {:.0} ms \
                      a frame is shown; decoding at 1/{} (set generation.decode_divisor to choose)",
                     1000.0 / fps,
                     self.divisor
@@ -322,10 +323,20 @@ impl Engine {
         self
     }
 
-    /// One full-size frame's decode time in a batch of [`AUTO_TIMED_FRAMES`], after a warm-up
-    /// frame (the first decode pays for buffers and first-touch pages).
-    fn time_full_size_frame(&self) -> Result<Duration, String> {
-        let shape = self.latent_shape();
+    /// A full-size frame's decode time, estimated from a batch of [`AUTO_TIMED_FRAMES`] decoded
+    /// at half size (after a warm-up frame: the first decode pays for buffers and first-touch
+    /// pages) times four. The timing then costs less than one full-size frame — start-up waits
+    /// for it, and a slow CPU is exactly where it runs — and the estimate errs towards the
+    /// slower side (a small decode has proportionally more fixed cost): 4 × 18 vs 74 ms on two
+    /// AVX-512 cores, 4 × 100 vs 330 ms on two AVX2 cores (BENCHMARKS.md).
+    fn estimate_full_size_frame(&self) -> Result<Duration, String> {
+        let full = self.latent_shape();
+        let scale = if full.height.is_multiple_of(2) && full.width.is_multiple_of(2) {
+            2
+        } else {
+            1
+        };
+        let shape = LatentShape::new(full.channels, full.height / scale, full.width / scale);
         let latent =
             crate::latent::Latent::new(shape, vec![0.0; shape.len()]).map_err(|e| e.to_string())?;
         let batch_of = |n: usize| -> Result<LatentBatch, String> {
@@ -341,7 +352,7 @@ impl Engine {
         let batch = batch_of(AUTO_TIMED_FRAMES)?;
         let start = Instant::now();
         self.decoder.decode(&batch).map_err(|e| e.to_string())?;
-        Ok(start.elapsed() / AUTO_TIMED_FRAMES as u32)
+        Ok(start.elapsed() * (scale * scale) as u32 / AUTO_TIMED_FRAMES as u32)
     }
 
     /// The full-size frame time [`Engine::fit_divisor`] chose the divisor from; None when the
