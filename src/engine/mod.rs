@@ -289,8 +289,8 @@ impl Engine {
     /// output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
     /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
     /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
-    /// preview decoder, a GPU) the engine is returned as it is. Blocking (for less than one
-    /// full-size frame's decode): call it at start-up.
+    /// preview decoder, a GPU) the engine is returned as it is. Blocking (for about 1.5
+    /// full-size frames' decode): call it at start-up.
     pub fn fit_divisor(mut self, config: &Config) -> Engine {
         if config.generation.decode_divisor.is_some()
             || self.device != Device::Cpu
@@ -324,11 +324,12 @@ impl Engine {
     }
 
     /// A full-size frame's decode time, estimated from a batch of [`AUTO_TIMED_FRAMES`] decoded
-    /// at half size (after a warm-up frame: the first decode pays for buffers and first-touch
-    /// pages) times four. The timing then costs less than one full-size frame — start-up waits
+    /// at half size, times four, after the same batch once untimed (the first decode pays for
+    /// buffers, first-touch pages and threads: timed alone it read 160 ms per frame where warm
+    /// batches take 72–96). The timing then costs about 1.5 full-size frames — start-up waits
     /// for it, and a slow CPU is exactly where it runs — and the estimate errs towards the
     /// slower side (a small decode has proportionally more fixed cost): 4 × 18 vs 74 ms on two
-    /// AVX-512 cores, 4 × 100 vs 330 ms on two AVX2 cores (BENCHMARKS.md).
+    /// AVX-512 cores, 4 × 72 vs 250–330 ms on two AVX2 cores (BENCHMARKS.md).
     fn estimate_full_size_frame(&self) -> Result<Duration, String> {
         let full = self.latent_shape();
         let scale = if full.height.is_multiple_of(2) && full.width.is_multiple_of(2) {
@@ -346,10 +347,8 @@ impl Engine {
             }
             Ok(batch)
         };
-        self.decoder
-            .decode(&batch_of(1)?)
-            .map_err(|e| e.to_string())?;
         let batch = batch_of(AUTO_TIMED_FRAMES)?;
+        self.decoder.decode(&batch).map_err(|e| e.to_string())?;
         let start = Instant::now();
         self.decoder.decode(&batch).map_err(|e| e.to_string())?;
         Ok(start.elapsed() * (scale * scale) as u32 / AUTO_TIMED_FRAMES as u32)
