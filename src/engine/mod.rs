@@ -284,9 +284,8 @@ impl Engine {
     /// When `generation.decode_divisor` is unset and TAESD decodes on the CPU: the largest
     /// decode size the display rate leaves time for, from a full-size frame's decode time
     /// (estimated from a timed half-size batch) — 1 (full size) where a frame decodes in at most
-    /// [`AUTO_DECODE_SHARE`]
-    /// of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames are upscaled to the
-    /// output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
+    /// [`AUTO_DECODE_SHARE`] of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames
+    /// are upscaled to the output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
     /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
     /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
     /// preview decoder, a GPU) the engine is returned as it is. Blocking (for about 1.5
@@ -542,7 +541,8 @@ mod tests {
     #[test]
     fn auto_divisor_keeps_full_size_where_the_decode_fits_the_display_rate() {
         let latent = (32, 64);
-        // Two AVX-512 cores: ≈75 ms per 512×256 frame fits 4 fps (150 ms) and 8 fps (75 ms).
+        // Two AVX-512 cores: ≈75 ms per 512×256 frame fits 75 % of a frame at 4 fps (187.5 ms)
+        // and at 8 fps (93.75 ms).
         assert_eq!(auto_divisor(75.0, 4.0, latent), 1);
         assert_eq!(auto_divisor(75.0, 8.0, latent), 1);
         // Two AVX2 cores: 330 ms does not fit 4 fps; at half size (≈83 ms) it does.
