@@ -299,7 +299,7 @@ impl Engine {
         }
         let shape = self.latent_shape();
         let fps = config.display.target_fps;
-        match self.estimate_full_size_frame() {
+        match self.estimate_full_size_frame(config.timeouts.decode()) {
             Ok(elapsed) => {
                 let ms = elapsed.as_secs_f64() * 1000.0;
                 self.divisor = auto_divisor(ms, fps, (shape.height, shape.width));
@@ -328,8 +328,10 @@ impl Engine {
     /// batches take 72–96). The timing then costs about 1.5 full-size frames — start-up waits
     /// for it, and a slow CPU is exactly where it runs — and the estimate errs towards the
     /// slower side (a small decode has proportionally more fixed cost): 4 × 18 vs 74 ms on two
-    /// AVX-512 cores, 4 × 72 vs 250–330 ms on two AVX2 cores (BENCHMARKS.md).
-    fn estimate_full_size_frame(&self) -> Result<Duration, String> {
+    /// AVX-512 cores, 4 × 72 vs 250–330 ms on two AVX2 cores (BENCHMARKS.md). It decodes
+    /// through [`Engine::decode_batch`], as the pipeline does: under the GPU lock, the latent
+    /// channels checked, and the decoder call's own time.
+    fn estimate_full_size_frame(&self, lock_timeout: Duration) -> Result<Duration, String> {
         let full = self.latent_shape();
         let scale = if full.height.is_multiple_of(2) && full.width.is_multiple_of(2) {
             2
@@ -339,18 +341,17 @@ impl Engine {
         let shape = LatentShape::new(full.channels, full.height / scale, full.width / scale);
         let latent =
             crate::latent::Latent::new(shape, vec![0.0; shape.len()]).map_err(|e| e.to_string())?;
-        let batch_of = |n: usize| -> Result<LatentBatch, String> {
-            let mut batch = LatentBatch::with_capacity(shape, n);
-            for _ in 0..n {
-                batch.push(&latent).map_err(|e| e.to_string())?;
-            }
-            Ok(batch)
+        let mut batch = LatentBatch::with_capacity(shape, AUTO_TIMED_FRAMES);
+        for _ in 0..AUTO_TIMED_FRAMES {
+            batch.push(&latent).map_err(|e| e.to_string())?;
+        }
+        let decode = || {
+            self.decode_batch(&batch, &LockAccount::default(), lock_timeout)
+                .map_err(|e| e.to_string())
         };
-        let batch = batch_of(AUTO_TIMED_FRAMES)?;
-        self.decoder.decode(&batch).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        self.decoder.decode(&batch).map_err(|e| e.to_string())?;
-        Ok(start.elapsed() * (scale * scale) as u32 / AUTO_TIMED_FRAMES as u32)
+        decode()?;
+        let timed = decode()?.decode;
+        Ok(timed * (scale * scale) as u32 / AUTO_TIMED_FRAMES as u32)
     }
 
     /// The full-size frame time [`Engine::fit_divisor`] chose the divisor from; None when the
