@@ -544,41 +544,61 @@ impl Scratch {
             };
             return;
         }
-        let _ = isa;
-        let emit = |dy: usize, row: &mut [f32], line: &[f32]| {
-            let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
-            epilogue_row(
-                row,
-                &line[..width],
-                residual_row(co, dy),
-                (bias, epilogue.relu),
-                ahead,
-            );
-        };
+        // A macro, not a closure: a closure called from two places stays out of line, compiled
+        // without the enclosing build's instruction set (the epilogue ran 4 wide under AVX2).
+        macro_rules! emit {
+            ($dy:expr, $row:expr, $line:expr) => {{
+                let dy = $dy;
+                let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
+                epilogue_row(
+                    $row,
+                    &$line[..width],
+                    residual_row(co, dy),
+                    (bias, epilogue.relu),
+                    ahead,
+                );
+            }};
+        }
         match sources {
             Sources::Plain(offset) => {
-                self.phase_rows(m, stride, offset);
+                self.phase_rows(isa, m, stride, offset);
                 for (dy, row) in rows.iter_mut().enumerate() {
+                    #[cfg(target_arch = "x86_64")]
+                    if isa >= Isa::Avx2 {
+                        let phases = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..]);
+                        let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
+                        // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
+                        unsafe {
+                            avx2::output_row(
+                                phases,
+                                row,
+                                residual_row(co, dy),
+                                (bias, epilogue.relu),
+                                ahead,
+                            )
+                        };
+                        continue;
+                    }
                     self.output_line(dy);
-                    emit(dy, row, &self.line);
+                    emit!(dy, row, self.line);
                 }
             }
             Sources::Upsampled(offsets) => {
                 let low = width.div_ceil(2);
                 for (py, [even, odd]) in offsets.into_iter().enumerate() {
-                    self.phase_rows(m, stride, even);
+                    self.phase_rows(isa, m, stride, even);
                     for dy in 0..TILE {
                         self.output_line(dy);
                         self.even[dy][..low].copy_from_slice(&self.line[..low]);
                     }
-                    self.phase_rows(m, stride, odd);
+                    self.phase_rows(isa, m, stride, odd);
                     for (dy, row) in rows.iter_mut().skip(py).step_by(2).enumerate() {
                         self.output_line(dy);
                         let pairs = self.wide.chunks_exact_mut(2);
                         for ((pair, &a), &b) in pairs.zip(&self.even[dy][..low]).zip(&self.line) {
                             pair.copy_from_slice(&[a, b]);
                         }
-                        emit(2 * dy + py, row, &self.wide);
+                        emit!(2 * dy + py, row, self.wide);
                     }
                 }
             }
@@ -587,7 +607,7 @@ impl Scratch {
 
     /// Both `Aᵀ` passes of one block of tiles, `m[p·stride + offset + tx]`, into `full`.
     #[inline(always)]
-    fn phase_rows(&mut self, m: &[f32], stride: usize, offset: usize) {
+    fn phase_rows(&mut self, isa: Isa, m: &[f32], stride: usize, offset: usize) {
         let tw = self.tw;
         for i in 0..ALPHA {
             let src: [&[f32]; ALPHA] =
@@ -595,7 +615,7 @@ impl Scratch {
             let [h0, h1, h2, h3] = &mut self.half[i * TILE..(i + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(src, [h0, h1, h2, h3]);
+            at(isa, src, [h0, h1, h2, h3]);
         }
         // self.full[k·4 + dy][tx] = output (dy, 4tx + k).
         for k in 0..TILE {
@@ -603,7 +623,7 @@ impl Scratch {
             let [y0, y1, y2, y3] = &mut self.full[k * TILE..(k + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(src, [y0, y1, y2, y3]);
+            at(isa, src, [y0, y1, y2, y3]);
         }
     }
 
@@ -696,10 +716,17 @@ fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [
     bt_portable(d, out);
 }
 
-/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices (the AVX-512 build
-/// does it in registers, in `avx512::output_rows`).
+/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices, with the
+/// instructions of `isa` (the AVX-512 build does it in registers, in `avx512::output_rows`).
 #[inline(always)]
-fn at(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
+fn at(isa: Isa, m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `bt`.
+        unsafe { avx2::at(m, out) };
+        return;
+    }
+    let _ = isa;
     at_portable(m, out);
 }
 
@@ -788,11 +815,13 @@ fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
     }
 }
 
-/// The input transform's pieces with AVX2 instructions, 8 lanes: [`bt`] prefetching the next
-/// channel's rows a line at a time as it goes (the portable build prefetched them all up front,
-/// and its loads of the rows carried most of its time), and [`deinterleave4`] as in-lane
-/// transposes and one cross-lane permute per phase instead of scalar moves. Tails (rows are
-/// `4·tw + 2` and `tw + 1` long) go through the portable code.
+/// The transforms' element-wise pieces with AVX2 instructions, 8 lanes: [`bt`] prefetching the
+/// next channel's rows a line at a time as it goes (the portable build prefetched them all up
+/// front, and its loads of the rows carried most of its time), [`deinterleave4`] as in-lane
+/// transposes and one cross-lane permute per phase instead of scalar moves, [`at`], and
+/// [`output_row`]: the phase interleave and the epilogue of one output row in registers. The
+/// compiler's own vectorization of the portable loops left rows of 16–32 tiles to its scalar
+/// remainder loops. Tails (rows are `4·tw + 2` and `tw + 1` long) go through the portable code.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -851,6 +880,125 @@ mod avx2 {
         }
         if full < n {
             super::bt_portable(d.map(|d| &d[full..n]), out.map(|o| &mut o[full..n]));
+        }
+    }
+
+    /// [`super::at`]. Needs AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn at(m: [&[f32]; ALPHA], mut out: [&mut [f32]; TILE]) {
+        let n = out[0].len();
+        assert!(m.iter().all(|m| m.len() >= n) && out.iter().all(|o| o.len() >= n));
+        let full = n - n % LANES;
+        {
+            let mp = m.map(<[f32]>::as_ptr);
+            let o = out.each_mut().map(|o| o.as_mut_ptr());
+            let (two, four, eight) = (
+                _mm256_set1_ps(2.0),
+                _mm256_set1_ps(4.0),
+                _mm256_set1_ps(8.0),
+            );
+            let mut x = 0;
+            while x < full {
+                let [m0, m1, m2, m3, m4, m5] = mp.map(|m| _mm256_loadu_ps(m.add(x)));
+                let (p12, d12) = (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2));
+                let (p34, d34) = (_mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
+                let store = |i: usize, v: __m256| _mm256_storeu_ps(o[i].add(x), v);
+                store(0, _mm256_add_ps(_mm256_add_ps(m0, p12), p34));
+                store(1, _mm256_fmadd_ps(two, d34, d12));
+                store(2, _mm256_fmadd_ps(four, p34, p12));
+                store(3, _mm256_fmadd_ps(eight, d34, _mm256_add_ps(d12, m5)));
+                x += LANES;
+            }
+        }
+        if full < n {
+            super::at_portable(m.map(|m| &m[full..n]), out.map(|o| &mut o[full..n]));
+        }
+    }
+
+    /// One output row from its four phases (`phases[k][t]` is the row's value at `4t + k`):
+    /// interleaved in registers, then [`super::epilogue_row`]'s `+ bias (+ residual)` and ReLU,
+    /// stored into `out`; one line of the next channel's row and residual is prefetched per 16
+    /// values. Needs AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn output_row(
+        phases: [&[f32]; TILE],
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        (bias, relu): (f32, bool),
+        ahead: Option<super::Ahead>,
+    ) {
+        let width = out.len();
+        // Whole groups of 8 tiles (32 values); the rest through the portable epilogue.
+        let groups = width / (TILE * LANES);
+        let done = groups * TILE * LANES;
+        assert!(phases.iter().all(|p| p.len() * TILE >= width));
+        assert!(residual.is_none_or(|r| r.len() >= width));
+        assert!(ahead.is_none_or(|(o, r)| o.len() >= width && r.is_none_or(|r| r.len() >= width)));
+        {
+            let p = phases.map(<[f32]>::as_ptr);
+            let o = out.as_mut_ptr();
+            let r = residual.map(<[f32]>::as_ptr);
+            let ahead = ahead.map(|(o, r)| (o.as_ptr(), r.map(<[f32]>::as_ptr)));
+            let (bias, zero) = (_mm256_set1_ps(bias), _mm256_setzero_ps());
+            for g in 0..groups {
+                let (t, x) = (g * LANES, g * TILE * LANES);
+                if let Some((next_out, next_residual)) = ahead {
+                    for line in [x, x + 16] {
+                        _mm_prefetch::<_MM_HINT_ET0>(next_out.add(line).cast());
+                        if let Some(next_residual) = next_residual {
+                            _mm_prefetch::<_MM_HINT_T0>(next_residual.add(line).cast());
+                        }
+                    }
+                }
+                let [a, b, c, d] = p.map(|p| _mm256_loadu_ps(p.add(t)));
+                // a0 b0 a1 b1 | a4 b4 a5 b5, and so on.
+                let (ab_lo, ab_hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                let (cd_lo, cd_hi) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+                let pairs = |x: __m256, y: __m256, hi: bool| {
+                    let (x, y) = (_mm256_castps_pd(x), _mm256_castps_pd(y));
+                    _mm256_castpd_ps(if hi {
+                        _mm256_unpackhi_pd(x, y)
+                    } else {
+                        _mm256_unpacklo_pd(x, y)
+                    })
+                };
+                // Tiles 0 | 4, 1 | 5, 2 | 6, 3 | 7, four values each.
+                let q0 = pairs(ab_lo, cd_lo, false);
+                let q1 = pairs(ab_lo, cd_lo, true);
+                let q2 = pairs(ab_hi, cd_hi, false);
+                let q3 = pairs(ab_hi, cd_hi, true);
+                let rows = [
+                    _mm256_permute2f128_ps::<0x20>(q0, q1),
+                    _mm256_permute2f128_ps::<0x20>(q2, q3),
+                    _mm256_permute2f128_ps::<0x31>(q0, q1),
+                    _mm256_permute2f128_ps::<0x31>(q2, q3),
+                ];
+                for (j, v) in rows.into_iter().enumerate() {
+                    let at = x + j * LANES;
+                    let mut v = _mm256_add_ps(v, bias);
+                    if let Some(r) = r {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(at)));
+                    }
+                    if relu {
+                        v = _mm256_max_ps(v, zero);
+                    }
+                    _mm256_storeu_ps(o.add(at), v);
+                }
+            }
+        }
+        if done < width {
+            let mut line = [0.0; TILE * LANES];
+            let tail = width - done;
+            for (x, value) in line[..tail].iter_mut().enumerate() {
+                *value = phases[x % TILE][groups * LANES + x / TILE];
+            }
+            super::epilogue_row(
+                &mut out[done..],
+                &line[..tail],
+                residual.map(|r| &r[done..width]),
+                (bias, relu),
+                ahead.map(|(o, r)| (&o[done..width], r.map(|r| &r[done..width]))),
+            );
         }
     }
 
