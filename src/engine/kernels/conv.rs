@@ -435,12 +435,64 @@ fn even_values(isa: Isa, src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
         unsafe { even_values_avx512(src, ahead, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        assert!(
+            isa <= Isa::detected(),
+            "{isa} kernels on a CPU without {isa}"
+        );
+        // SAFETY: the CPU has AVX2 (checked above); `even_values_avx2` reads and writes only
+        // within the lengths asserted above.
+        unsafe { even_values_avx2(src, ahead, out) };
+        return;
+    }
     let _ = isa;
+    even_values_portable(src, ahead, out);
+}
+
+/// [`even_values`] in plain moves.
+#[inline(always)]
+fn even_values_portable(src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
     if let Some(ahead) = ahead {
         super::prefetch(ahead, false);
     }
     for (v, pair) in out.iter_mut().zip(src.chunks(2)) {
         *v = pair[0];
+    }
+}
+
+/// [`even_values`] 8 at a time: two loads, one in-lane shuffle and one cross-lane permute;
+/// the tail through the portable loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn even_values_avx2(src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+
+    let (n, len) = (out.len(), src.len());
+    // Whole steps read src[2x .. 2x + 16].
+    let steps = n.min(len / 2) / 8;
+    {
+        let (s, o) = (src.as_ptr(), out.as_mut_ptr());
+        for step in 0..steps {
+            let x = 8 * step;
+            let (a, b) = (
+                _mm256_loadu_ps(s.add(2 * x)),
+                _mm256_loadu_ps(s.add(2 * x + 8)),
+            );
+            // a0 a2 b0 b2 | a4 a6 b4 b6, then the middle quarters swapped.
+            let pairs = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+            let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(pairs));
+            _mm256_storeu_ps(o.add(x), even);
+            if let Some(ahead) = ahead {
+                // The line this step read, in the next channel (`ahead` is as long as `src`).
+                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(2 * x).cast());
+            }
+        }
+    }
+    let done = 8 * steps;
+    if done < n {
+        let ahead = ahead.map(|a| &a[2 * done..]);
+        even_values_portable(&src[2 * done..], ahead, &mut out[done..]);
     }
 }
 
