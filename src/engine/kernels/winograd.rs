@@ -609,13 +609,20 @@ impl Scratch {
     #[inline(always)]
     fn phase_rows(&mut self, isa: Isa, m: &[f32], stride: usize, offset: usize) {
         let tw = self.tw;
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
+            unsafe { avx2::phase_rows(m, (stride, offset), tw, &mut self.half, &mut self.full) };
+            return;
+        }
+        let _ = isa;
         for i in 0..ALPHA {
             let src: [&[f32]; ALPHA] =
                 std::array::from_fn(|j| &m[(i * ALPHA + j) * stride + offset..][..tw]);
             let [h0, h1, h2, h3] = &mut self.half[i * TILE..(i + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(isa, src, [h0, h1, h2, h3]);
+            at_portable(src, [h0, h1, h2, h3]);
         }
         // self.full[k·4 + dy][tx] = output (dy, 4tx + k).
         for k in 0..TILE {
@@ -623,7 +630,7 @@ impl Scratch {
             let [y0, y1, y2, y3] = &mut self.full[k * TILE..(k + 1) * TILE] else {
                 unreachable!("four rows")
             };
-            at(isa, src, [y0, y1, y2, y3]);
+            at_portable(src, [y0, y1, y2, y3]);
         }
     }
 
@@ -716,20 +723,6 @@ fn bt(isa: Isa, d: [&[f32]; ALPHA], ahead: Option<[&[f32]; ALPHA]>, out: [&mut [
     bt_portable(d, out);
 }
 
-/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices, with the
-/// instructions of `isa` (the AVX-512 build does it in registers, in `avx512::output_rows`).
-#[inline(always)]
-fn at(isa: Isa, m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 {
-        // SAFETY: as in `bt`.
-        unsafe { avx2::at(m, out) };
-        return;
-    }
-    let _ = isa;
-    at_portable(m, out);
-}
-
 /// `out[k][t] = src[4t + k]` for `t < out[k].len()` (the four phases of a row of tiles).
 #[inline(always)]
 fn deinterleave4(isa: Isa, src: &[f32], out: [&mut [f32]; TILE]) {
@@ -798,7 +791,8 @@ fn bt_portable(d: [&[f32]; ALPHA], out: [&mut [f32]; ALPHA]) {
     }
 }
 
-/// [`at`] in plain arithmetic.
+/// `out = Aᵀ m` along the six inputs, element-wise over equal-length slices (AVX2 has its own,
+/// `avx2::phase_rows`; the AVX-512 build does it in registers, in `avx512::output_rows`).
 #[inline(always)]
 fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
     let n = out[0].len();
@@ -883,35 +877,74 @@ mod avx2 {
         }
     }
 
-    /// [`super::at`]. Needs AVX2 and FMA.
+    /// [`super::Scratch::phase_rows`]: both `Aᵀ` passes of one block of tiles (M's 36 rows of
+    /// `tw` values from `m[offset]`, `stride` apart) into `half`, `[6][4]` rows, then `full`,
+    /// `[4][4]`, in one call: at 8–16 tiles a row, ten calls' set-up cost as much as their
+    /// arithmetic. Needs AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn at(m: [&[f32]; ALPHA], mut out: [&mut [f32]; TILE]) {
-        let n = out[0].len();
-        assert!(m.iter().all(|m| m.len() >= n) && out.iter().all(|o| o.len() >= n));
-        let full = n - n % LANES;
-        {
-            let mp = m.map(<[f32]>::as_ptr);
-            let o = out.each_mut().map(|o| o.as_mut_ptr());
-            let (two, four, eight) = (
-                _mm256_set1_ps(2.0),
-                _mm256_set1_ps(4.0),
-                _mm256_set1_ps(8.0),
-            );
-            let mut x = 0;
-            while x < full {
-                let [m0, m1, m2, m3, m4, m5] = mp.map(|m| _mm256_loadu_ps(m.add(x)));
-                let (p12, d12) = (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2));
-                let (p34, d34) = (_mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
-                let store = |i: usize, v: __m256| _mm256_storeu_ps(o[i].add(x), v);
-                store(0, _mm256_add_ps(_mm256_add_ps(m0, p12), p34));
-                store(1, _mm256_fmadd_ps(two, d34, d12));
-                store(2, _mm256_fmadd_ps(four, p34, p12));
-                store(3, _mm256_fmadd_ps(eight, d34, _mm256_add_ps(d12, m5)));
-                x += LANES;
-            }
+    pub(super) unsafe fn phase_rows(
+        m: &[f32],
+        (stride, offset): (usize, usize),
+        tw: usize,
+        half: &mut [Vec<f32>],
+        full: &mut [Vec<f32>],
+    ) {
+        assert!(half.len() == ALPHA * TILE && full.len() == TILE * TILE);
+        assert!(half.iter().chain(full.iter()).all(|row| row.len() >= tw));
+        if tw == 0 {
+            return;
         }
-        if full < n {
-            super::at_portable(m.map(|m| &m[full..n]), out.map(|o| &mut o[full..n]));
+        assert!(m.len() >= (ALPHA * ALPHA - 1) * stride + offset + tw);
+        let m = m.as_ptr().add(offset);
+        let h: [*mut f32; ALPHA * TILE] = std::array::from_fn(|r| half[r].as_mut_ptr());
+        let f: [*mut f32; TILE * TILE] = std::array::from_fn(|r| full[r].as_mut_ptr());
+        for i in 0..ALPHA {
+            let src = std::array::from_fn(|j| m.add((i * ALPHA + j) * stride));
+            at_rows(src, std::array::from_fn(|k| h[i * TILE + k]), tw);
+        }
+        // full[k·4 + dy][t] = output (dy, 4t + k).
+        for k in 0..TILE {
+            let src = std::array::from_fn(|i| h[i * TILE + k].cast_const());
+            at_rows(src, std::array::from_fn(|dy| f[k * TILE + dy]), tw);
+        }
+    }
+
+    /// `out = Aᵀ m` over `n` values of six rows into four. Callers guarantee AVX2 and FMA and
+    /// rows of `n` values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn at_rows(m: [*const f32; ALPHA], o: [*mut f32; TILE], n: usize) {
+        let (two, four, eight) = (
+            _mm256_set1_ps(2.0),
+            _mm256_set1_ps(4.0),
+            _mm256_set1_ps(8.0),
+        );
+        let mut x = 0;
+        while x + LANES <= n {
+            let [m0, m1, m2, m3, m4, m5] = m.map(|m| _mm256_loadu_ps(m.add(x)));
+            let (p12, d12) = (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2));
+            let (p34, d34) = (_mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
+            let store = |i: usize, v: __m256| _mm256_storeu_ps(o[i].add(x), v);
+            store(0, _mm256_add_ps(_mm256_add_ps(m0, p12), p34));
+            store(1, _mm256_fmadd_ps(two, d34, d12));
+            store(2, _mm256_fmadd_ps(four, p34, p12));
+            store(3, _mm256_fmadd_ps(eight, d34, _mm256_add_ps(d12, m5)));
+            x += LANES;
+        }
+        while x < n {
+            let [m0, m1, m2, m3, m4, m5] = m.map(|m| m.add(x).read());
+            let (p12, d12) = (m1 + m2, m1 - m2);
+            let (p34, d34) = (m3 + m4, m3 - m4);
+            let values = [
+                m0 + p12 + p34,
+                d12 + 2.0 * d34,
+                p12 + 4.0 * p34,
+                d12 + 8.0 * d34 + m5,
+            ];
+            for (o, v) in o.iter().zip(values) {
+                o.add(x).write(v);
+            }
+            x += 1;
         }
     }
 
