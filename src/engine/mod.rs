@@ -285,11 +285,11 @@ impl Engine {
     /// decode size the display rate leaves time for, from a full-size frame's decode time
     /// (estimated from a timed half-size batch) — 1 (full size) where a frame decodes in at most
     /// [`AUTO_DECODE_SHARE`] of a display interval, else 2, 4 or 8 (each 4× cheaper; the frames
-    /// are upscaled to the output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms (full size up to 8
-    /// fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a frame at 4 fps
-    /// (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set divisor, the
-    /// preview decoder, a GPU) the engine is returned as it is. Blocking (for about 1.5
-    /// full-size frames' decode): call it at start-up.
+    /// are upscaled to the output size). On two AVX-512 cores a 512×256 frame takes ≈75 ms
+    /// (full size up to 8 fps); on two AVX2-only cores ≈250–330 ms, more than the 250 ms of a
+    /// frame at 4 fps (BENCHMARKS.md), where full size drained the buffer. Elsewhere (a set
+    /// divisor, the preview decoder, a GPU) the engine is returned as it is. Blocking (for about
+    /// 1.5 full-size frames' decode): call it at start-up.
     pub fn fit_divisor(mut self, config: &Config) -> Engine {
         if config.generation.decode_divisor.is_some()
             || self.device != Device::Cpu

@@ -424,12 +424,12 @@ fn even_values(isa: Isa, src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
         ahead.is_none_or(|a| a.len() == src.len()),
         "even_values: prefetch span"
     );
+    assert!(
+        isa <= Isa::detected(),
+        "{isa} kernels on a CPU without {isa}"
+    );
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 {
-        assert!(
-            isa <= Isa::detected(),
-            "{isa} kernels on a CPU without {isa}"
-        );
         // SAFETY: the CPU has AVX-512 F (checked above); `even_values_avx512` reads and writes
         // only within the lengths asserted above (masked tails).
         unsafe { even_values_avx512(src, ahead, out) };
@@ -437,10 +437,6 @@ fn even_values(isa: Isa, src: &[f32], ahead: Option<&[f32]>, out: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
-        assert!(
-            isa <= Isa::detected(),
-            "{isa} kernels on a CPU without {isa}"
-        );
         // SAFETY: the CPU has AVX2 (checked above); `even_values_avx2` reads and writes only
         // within the lengths asserted above.
         unsafe { even_values_avx2(src, ahead, out) };

@@ -544,43 +544,28 @@ impl Scratch {
             };
             return;
         }
-        // A macro, not a closure: a closure called from two places stays out of line, compiled
-        // without the enclosing build's instruction set (the epilogue ran 4 wide under AVX2).
-        macro_rules! emit {
-            ($dy:expr, $row:expr, $line:expr) => {{
-                let dy = $dy;
-                let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
-                epilogue_row(
-                    $row,
-                    &$line[..width],
-                    residual_row(co, dy),
-                    (bias, epilogue.relu),
-                    ahead,
-                );
-            }};
-        }
+        // Output row dy of the next channel, and its residual row, for the epilogue to prefetch.
+        let ahead_row = |dy: usize| next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
+        // The epilogue is called inline in each arm, not through a shared closure: a closure
+        // called from two places stays out of line, compiled without the enclosing build's
+        // instruction set (the epilogue ran 4 wide under AVX2).
         match sources {
             Sources::Plain(offset) => {
                 self.phase_rows(isa, m, stride, offset);
                 for (dy, row) in rows.iter_mut().enumerate() {
+                    let (residual, ahead) = (residual_row(co, dy), ahead_row(dy));
                     #[cfg(target_arch = "x86_64")]
                     if isa >= Isa::Avx2 {
                         let phases = [0, 1, 2, 3].map(|k| &self.full[k * TILE + dy][..]);
-                        let ahead = next.map(|next| (&*next[dy], residual_row(co + 1, dy)));
                         // SAFETY: `isa` is at most what the CPU has (`tile_rows`).
                         unsafe {
-                            avx2::output_row(
-                                phases,
-                                row,
-                                residual_row(co, dy),
-                                (bias, epilogue.relu),
-                                ahead,
-                            )
+                            avx2::output_row(phases, row, residual, (bias, epilogue.relu), ahead)
                         };
                         continue;
                     }
                     self.output_line(dy);
-                    emit!(dy, row, self.line);
+                    let line = &self.line[..width];
+                    epilogue_row(row, line, residual, (bias, epilogue.relu), ahead);
                 }
             }
             Sources::Upsampled(offsets) => {
@@ -598,7 +583,14 @@ impl Scratch {
                         for ((pair, &a), &b) in pairs.zip(&self.even[dy][..low]).zip(&self.line) {
                             pair.copy_from_slice(&[a, b]);
                         }
-                        emit!(2 * dy + py, row, self.wide);
+                        let y = 2 * dy + py;
+                        epilogue_row(
+                            row,
+                            &self.wide[..width],
+                            residual_row(co, y),
+                            (bias, epilogue.relu),
+                            ahead_row(y),
+                        );
                     }
                 }
             }
@@ -812,8 +804,9 @@ fn at_portable(m: [&[f32]; ALPHA], out: [&mut [f32]; TILE]) {
 /// The transforms' element-wise pieces with AVX2 instructions, 8 lanes: [`bt`] prefetching the
 /// next channel's rows a line at a time as it goes (the portable build prefetched them all up
 /// front, and its loads of the rows carried most of its time), [`deinterleave4`] as in-lane
-/// transposes and one cross-lane permute per phase instead of scalar moves, [`at`], and
-/// [`output_row`]: the phase interleave and the epilogue of one output row in registers. The
+/// transposes and one cross-lane permute per phase instead of scalar moves, [`phase_rows`]
+/// (the output's `Aᵀ` passes), and [`output_row`]: the phase interleave and the epilogue of one
+/// output row in registers. The
 /// compiler's own vectorization of the portable loops left rows of 16–32 tiles to its scalar
 /// remainder loops. Tails (rows are `4·tw + 2` and `tw + 1` long) go through the portable code.
 #[cfg(target_arch = "x86_64")]
@@ -909,8 +902,8 @@ mod avx2 {
         }
     }
 
-    /// `out = Aᵀ m` over `n` values of six rows into four. Callers guarantee AVX2 and FMA and
-    /// rows of `n` values.
+    /// `out = Aᵀ m` over `n` values of six rows into four. Callers guarantee AVX2 and FMA, rows
+    /// of `n` values, and outputs that overlap neither each other nor an input.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn at_rows(m: [*const f32; ALPHA], o: [*mut f32; TILE], n: usize) {
@@ -931,6 +924,8 @@ mod avx2 {
             store(3, _mm256_fmadd_ps(eight, d34, _mm256_add_ps(d12, m5)));
             x += LANES;
         }
+        // The tail in place rather than through `at_portable`: calling it kept this function
+        // out of line, ten calls per block again.
         while x < n {
             let [m0, m1, m2, m3, m4, m5] = m.map(|m| m.add(x).read());
             let (p12, d12) = (m1 + m2, m1 - m2);
@@ -1022,9 +1017,7 @@ mod avx2 {
         if done < width {
             let mut line = [0.0; TILE * LANES];
             let tail = width - done;
-            for (x, value) in line[..tail].iter_mut().enumerate() {
-                *value = phases[x % TILE][groups * LANES + x / TILE];
-            }
+            super::interleave4(phases.map(|p| &p[groups * LANES..]), &mut line);
             super::epilogue_row(
                 &mut out[done..],
                 &line[..tail],
